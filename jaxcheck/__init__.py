@@ -1,0 +1,1 @@
+"""Check JAX derivatives against finite differences, and say exactly where they are wrong."""
