@@ -1,0 +1,279 @@
+"""Host-side orchestration of the finite-difference engine.
+
+`Evaluator` holds one function at one point: it picks the precision the reference is
+computed in, chooses steps, and runs the chunked, vmapped stencil kernels of
+`_finite_diff.py` over coordinates or directions with bounded memory.
+"""
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _finite_diff as fd
+from . import _tolerance
+from ._flatten import ArgLayout, ravel_leaves
+
+# Memory budget for one chunk of stencil evaluations (all points of all directions).
+CHUNK_BUDGET_BYTES = 64 * 2**20
+MAX_BATCH = 1024
+REFERENCES = ("auto", "float64", "native")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """Where finite differences are evaluated."""
+
+    x64: bool  # evaluate f in float64 inside `jax.enable_x64(True)`
+    dtype: np.dtype  # widest real dtype f is evaluated in
+    description: str
+    fallback: str | None = None  # why float64 was not used, when it was wanted
+
+
+def _real_dtype(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.finfo(dtype).dtype)
+
+
+def _leaf_eval_dtype(dtype: np.dtype, x64: bool) -> np.dtype:
+    if not x64:
+        return np.dtype(dtype)
+    return np.dtype(np.complex128) if np.issubdtype(dtype, np.complexfloating) else np.dtype(np.float64)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _jaxpr_bytes(jaxpr: Any) -> int:
+    """Sum of the sizes of all intermediate values of a jaxpr (a memory upper bound)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            aval = getattr(var, "aval", None)
+            shape = getattr(aval, "shape", None)
+            dtype = getattr(aval, "dtype", None)
+            if shape is not None and dtype is not None:
+                try:
+                    total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                except TypeError:
+                    pass
+        for param in eqn.params.values():
+            sub = getattr(param, "jaxpr", param)
+            if hasattr(sub, "eqns"):
+                total += _jaxpr_bytes(sub)
+    return total
+
+
+class Evaluator:
+    """One function at one point, ready for finite differences.
+
+    Args:
+      f: The user's function, called as `f(*args)`.
+      has_aux: Whether f returns `(value, aux)`.
+      layout: The argument layout.
+      diff_values: Differentiated leaves (user dtypes).
+      dynamic_values: Other array leaves.
+      reference: "auto" (float64 when f evaluates faithfully there), "float64" or "native".
+      native_value: f's value computed in the user's dtypes (to validate the float64 path).
+      seed: Seed for the float64 precision probe.
+    """
+
+    def __init__(
+        self,
+        f: Callable,
+        has_aux: bool,
+        layout: ArgLayout,
+        diff_values: Sequence[Any],
+        dynamic_values: Sequence[Any],
+        reference: str,
+        native_value: np.ndarray,
+        seed: int = 0,
+    ):
+        if reference not in REFERENCES:
+            raise ValueError(f"`reference` must be one of {REFERENCES}; got {reference!r}.")
+        self.f, self.has_aux, self.layout = f, has_aux, layout
+        self.dynamic = list(dynamic_values)
+        self.theta = ravel_leaves(layout, diff_values)  # float64 host copy
+        self.n = self.theta.size
+        self.seed = seed
+        self.n_evaluations = 0
+        self.native_dtypes = tuple(leaf.dtype for leaf in layout.diff)
+        self.reference = self._choose_reference(reference, native_value)
+        self.dtypes = tuple(_leaf_eval_dtype(d, self.reference.x64) for d in self.native_dtypes)
+        self.spec = fd.EvalSpec(f, has_aux, layout, self.dtypes)
+        self.real_dtypes = tuple(sorted({_real_dtype(d) for d in self.dtypes}, key=str))
+        self.coord_dtype_codes = np.zeros(self.n, np.int8)
+        for leaf, dtype in zip(layout.diff, self.dtypes):
+            self.coord_dtype_codes[leaf.offset : leaf.offset + leaf.size] = self.real_dtypes.index(_real_dtype(dtype))
+        self.theta_dtype = np.result_type(*[_real_dtype(d) for d in self.dtypes])
+        with self.context():
+            self.theta_device = jnp.asarray(self.theta, self.theta_dtype)
+            self.f0 = np.asarray(jax.device_get(fd.value_at(self.spec, self.theta_device, self.dynamic)), np.float64)
+        self.n_evaluations += 1
+
+    # -- precision -------------------------------------------------------------
+
+    def context(self) -> contextlib.AbstractContextManager:
+        """The JAX config context the reference is evaluated in."""
+        return jax.enable_x64(True) if self.reference.x64 else contextlib.nullcontext()
+
+    def _choose_reference(self, requested: str, native_value: np.ndarray) -> Reference:
+        native_real = np.result_type(*[_real_dtype(d) for d in self.native_dtypes])
+        native = Reference(False, native_real, f"native {native_real} (f evaluated in the arguments' own dtypes)")
+        if requested == "native" or native_real == np.float64:
+            return native
+        reason = self._float64_problem(native_value)
+        if reason is None:
+            return Reference(True, np.dtype(np.float64), "float64 (f re-evaluated with x64 enabled)")
+        if requested == "float64":
+            raise ValueError(
+                f"`reference='float64'` was requested but f cannot be evaluated faithfully in float64: {reason}. "
+                "Use `reference='auto'` or `'native'`."
+            )
+        return dataclasses.replace(native, fallback=reason)
+
+    def _float64_problem(self, native_value: np.ndarray) -> str | None:
+        """Why f cannot serve as a float64 reference, or None if it can."""
+        dtypes = tuple(_leaf_eval_dtype(d, True) for d in self.native_dtypes)
+        spec = fd.EvalSpec(self.f, self.has_aux, self.layout, dtypes)
+        try:
+            with jax.enable_x64(True):
+                theta = jnp.asarray(self.theta, jnp.float64)
+                out = jax.eval_shape(fd.value_at, spec, theta, self.dynamic)
+                if out.dtype != jnp.float64:
+                    return f"with float64 inputs f returns {out.dtype} (it casts internally)"
+                value = np.asarray(jax.device_get(fd.value_at(spec, theta, self.dynamic)), np.float64)
+                probe = self._probe_float64(spec, theta)
+        except Exception as error:  # noqa: BLE001 - any failure means: do not use float64
+            return f"evaluating f in float64 failed ({_first_line(error)})"
+        self.n_evaluations += 1
+        native_value = np.asarray(native_value, np.float64).ravel()
+        native_eps = float(np.finfo(np.result_type(*[_real_dtype(d) for d in self.native_dtypes])).eps)
+        rel = max(1e-4, 1000 * native_eps)
+        scale = np.abs(native_value) + 1e-3 * float(np.max(np.abs(native_value), initial=0.0)) + 1e-30
+        if value.shape != native_value.shape or not np.all(np.abs(value - native_value) <= rel * scale):
+            worst = float(np.max(np.abs(value - native_value) / scale)) if value.shape == native_value.shape else np.inf
+            return (
+                f"f's float64 value differs from its native value by a relative {worst:.1e} "
+                "(random numbers drawn in the default float dtype, or dtype-dependent code)"
+            )
+        return probe
+
+    def _probe_float64(self, spec: fd.EvalSpec, theta: jax.Array) -> str | None:
+        """Checks that f resolves float64-sized steps (no internal cast to float32)."""
+        tiny, big = 1e-8, 1e-3
+        directions = self.random_directions(2, "float64-probe") * _tolerance.coordinate_scales(self.layout, self.theta)
+        ts = jnp.asarray([-big, -tiny, tiny, big], jnp.float64)
+        values = np.asarray(jax.device_get(fd.values_along_directions(spec, theta, self.dynamic, jnp.asarray(directions), ts)), np.float64)
+        self.n_evaluations += values.shape[0] * values.shape[1]
+        f0 = np.asarray(jax.device_get(fd.value_at(spec, theta, self.dynamic)), np.float64)
+        slope_big = (values[:, 3] - values[:, 0]) / (2 * big)
+        slope_tiny = (values[:, 2] - values[:, 1]) / (2 * tiny)
+        ok = np.abs(slope_tiny - slope_big) <= 1e-3 * np.abs(slope_big) + 1e-6 * np.abs(f0)[None, :] + 1e-300
+        if not np.all(ok):
+            return "f does not resolve float64-sized steps (an internal cast to a narrower dtype)"
+        return None
+
+    # -- randomness ------------------------------------------------------------
+
+    def random_directions(self, count: int, salt: str) -> np.ndarray:
+        """`count` standard-normal directions (count, n), each leaf seeded from its path."""
+        return random_directions(self.layout, self.seed, count, salt)
+
+    # -- kernels -----------------------------------------------------------------
+
+    def auto_batch_size(self, points_per_direction: int) -> int:
+        """Directions per vmapped chunk so that one chunk stays within CHUNK_BUDGET_BYTES."""
+        with self.context():
+            jaxpr = jax.make_jaxpr(lambda th: fd.value_at(self.spec, th, self.dynamic))(self.theta_device)
+        per_eval = self.n * np.dtype(self.theta_dtype).itemsize + _jaxpr_bytes(jaxpr.jaxpr)
+        batch = CHUNK_BUDGET_BYTES // max(1, points_per_direction * per_eval)
+        batch = int(2 ** int(np.floor(np.log2(max(1, batch)))))
+        return int(max(1, min(batch, MAX_BATCH)))
+
+    def steps(self, eps: float | None) -> np.ndarray:
+        """The step of every coordinate (see `_tolerance.steps`)."""
+        return _tolerance.steps(self.layout, self.theta, tuple(_real_dtype(d) for d in self.dtypes), eps)
+
+    def stencil(
+        self,
+        coords: np.ndarray,
+        h: np.ndarray,
+        batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[jax.Array, np.ndarray]:
+        """f at theta + k h_i e_i for k in STENCIL and each coordinate i in `coords`.
+
+        Returns:
+          (values, points): device array (len(coords), 4, m) and the host (len(coords), 4)
+          coordinate values used (exact in the evaluation dtype).
+
+        Raises:
+          ValueError: a step is too small to change the coordinate in its dtype.
+        """
+        coords = np.asarray(coords, np.int64)
+        points = _tolerance.stencil_points(self.theta[coords], h, self.coord_dtype_codes[coords], self.real_dtypes)
+        if np.any(points[:, 2] <= points[:, 1]) or np.any(points[:, 3] <= points[:, 0]):
+            bad = int(coords[np.argmax((points[:, 2] <= points[:, 1]) | (points[:, 3] <= points[:, 0]))])
+            leaf, index, _ = self.layout.locate(bad)
+            raise ValueError(
+                f"The finite-difference step at {leaf.path}{list(index)} is too small to change the value "
+                f"{self.theta[bad]:.6g} in {self.real_dtypes[self.coord_dtype_codes[bad]]}: pass a larger `eps` or leave `eps=None`."
+            )
+        count = coords.size
+        batch = batch_size or self.auto_batch_size(len(fd.STENCIL))
+        batch = max(1, min(batch, count))
+        chunks = []
+        with self.context():
+            for start in range(0, count, batch):
+                stop = min(start + batch, count)
+                c, p = coords[start:stop], points[start:stop]
+                if stop - start < batch:  # pad the last chunk so the kernel compiles once
+                    pad = batch - (stop - start)
+                    c = np.concatenate([c, np.repeat(c[:1], pad)])
+                    p = np.concatenate([p, np.repeat(p[:1], pad, axis=0)])
+                out = fd.values_at_coordinates(
+                    self.spec, self.theta_device, self.dynamic, jnp.asarray(c, jnp.int32), jnp.asarray(p, self.theta_dtype)
+                )
+                chunks.append(out[: stop - start])
+                if progress is not None:
+                    jax.block_until_ready(out)
+                    progress(stop, count)
+            values = jnp.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        self.n_evaluations += count * len(fd.STENCIL)
+        return values, points
+
+    def along(self, directions: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """f(theta + t v) for each direction v (rows) and multiplier t; host (b, K, m) float64."""
+        with self.context():
+            out = fd.values_along_directions(
+                self.spec,
+                self.theta_device,
+                self.dynamic,
+                jnp.asarray(directions, self.theta_dtype),
+                jnp.asarray(ts, self.theta_dtype),
+            )
+            out = np.asarray(jax.device_get(out), np.float64)
+        self.n_evaluations += out.shape[0] * out.shape[1]
+        return out
+
+
+def random_directions(layout: ArgLayout, seed: int, count: int, salt: str) -> np.ndarray:
+    """Standard-normal directions (count, n); each leaf's block is seeded from its path.
+
+    Adding an unrelated leaf does not change the directions drawn for the others.
+    """
+    import zlib
+
+    out = np.zeros((count, layout.n), np.float64)
+    base = jax.random.key(seed)
+    for leaf in layout.diff:
+        key = jax.random.fold_in(base, zlib.crc32(f"{salt}:{leaf.path}".encode()) & 0x7FFFFFFF)
+        block = jax.random.normal(key, (count, leaf.size), jnp.float32)
+        out[:, leaf.offset : leaf.offset + leaf.size] = np.asarray(jax.device_get(block), np.float64)
+    return out

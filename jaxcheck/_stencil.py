@@ -1,0 +1,126 @@
+"""Traced: everything here runs under jit and vmap.
+
+Turns raw stencil values f(x + k h), k in (-2, -1, 1, 2), into derivative estimates
+with an error estimate, and classifies each element of an analytic derivative against
+them. Works elementwise on arrays of any leading shape (b, m).
+
+Estimates:
+  D1 = central difference at h, D2 = central difference at 2h,
+  numeric = Richardson extrapolation of (D1, D2): fourth-order accurate,
+  fd_error = |D1 - D2| / 3 (the truncation error of D1, a conservative bound for the
+  extrapolated value) + a rounding term proportional to eps(dtype) * |f| / h.
+One-sided slopes at h and 2h detect kinks: for a smooth f, (F2 - B2) = 2 (F1 - B1);
+at a kink the jump F - B does not shrink with the step.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+# Rounding error of one function value, in units of eps(dtype) * |f|. Reductions over
+# many terms round worse than one ulp, hence the margin.
+NOISE_ULPS = 8.0
+# A kink must explain at least this fraction of the discrepancy to be called one.
+KINK_SHARE = 0.1
+
+# Element codes (host code maps them to words).
+PASS, FAIL, NONSMOOTH, FAIL_NONSMOOTH, REF_NONFINITE, ANALYTIC_NONFINITE = range(6)
+
+
+class Estimates(NamedTuple):
+    """Finite-difference estimates, each (b, m)."""
+
+    numeric: jax.Array
+    fd_error: jax.Array
+    noise: jax.Array
+    slopes: jax.Array  # (4, b, m): backward 2h, backward h, forward h, forward 2h
+
+
+class Assessment(NamedTuple):
+    """Per-element verdicts, each (b, m)."""
+
+    code: jax.Array  # int8, one of the codes above
+    tolerance: jax.Array
+    resolved: jax.Array  # bool: the reference is accurate enough to see a 50% error
+
+
+@jax.jit
+def combine(values: jax.Array, f0: jax.Array, points: jax.Array, x0: jax.Array) -> Estimates:
+    """Combines stencil values into derivative estimates.
+
+    Args:
+      values: (b, 4, m) f at the stencil points (-2h, -h, h, 2h).
+      f0: (m,) f at the base point.
+      points: (b, 4) the perturbed coordinate's values (exactly representable).
+      x0: (b,) the coordinate's base value.
+
+    Returns:
+      `Estimates` of the derivative of each of the m outputs along each of the b coordinates.
+    """
+    fm2, fm1, fp1, fp2 = (values[:, k, :] for k in range(4))
+    xm2, xm1, xp1, xp2 = (points[:, k, None] for k in range(4))
+    x0 = x0[:, None]
+    d1, d2 = xp1 - xm1, xp2 - xm2
+    c1 = (fp1 - fm1) / d1
+    c2 = (fp2 - fm2) / d2
+    ratio2 = (d2 / d1) ** 2
+    numeric = (ratio2 * c1 - c2) / (ratio2 - 1)
+    truncation = jnp.abs(c1 - c2) / (ratio2 - 1)
+    eps = jnp.finfo(values.dtype).eps
+    fscale = jnp.max(jnp.abs(values), axis=1)
+    fscale = jnp.maximum(fscale, jnp.abs(f0)[None, :])
+    noise = NOISE_ULPS * eps * fscale / d1
+    slopes = jnp.stack(
+        [(f0 - fm2) / (x0 - xm2), (f0 - fm1) / (x0 - xm1), (fp1 - f0) / (xp1 - x0), (fp2 - f0) / (xp2 - x0)]
+    )
+    return Estimates(numeric, truncation + noise, noise, slopes)
+
+
+@jax.jit
+def assess(est: Estimates, analytic: jax.Array, rtol: jax.Array, atol: jax.Array, safety: jax.Array) -> Assessment:
+    """Classifies each analytic element against the finite-difference estimate.
+
+    Tolerance per element: `safety * fd_error + rtol * |numeric| + atol`.
+
+    Args:
+      est: `Estimates` (b, m).
+      analytic: (b, m) analytic derivative.
+      rtol: Scalar relative tolerance for the analytic value's own rounding.
+      atol: (b, m) or scalar absolute tolerance.
+      safety: Scalar multiplier on the estimated finite-difference error.
+
+    Returns:
+      `Assessment` with a code per element.
+    """
+    analytic = analytic.astype(est.numeric.dtype)
+    numeric = est.numeric
+    diff = jnp.abs(analytic - numeric)
+    tolerance = safety * est.fd_error + rtol * jnp.abs(numeric) + atol
+    mismatch = ~(diff <= tolerance)
+    backward2, backward1, forward1, forward2 = est.slopes
+    jump1 = forward1 - backward1
+    jump2 = forward2 - backward2
+    kink = (
+        (jnp.abs(jump1) >= KINK_SHARE * diff)
+        & (jnp.abs(jump2 - 2 * jump1) > 0.25 * jnp.abs(jump1))
+        & (jnp.abs(jump1) > safety * 2 * est.noise)
+        & (jnp.abs(jump1) > tolerance)
+    )
+    inside = (analytic >= jnp.min(est.slopes, axis=0) - tolerance) & (analytic <= jnp.max(est.slopes, axis=0) + tolerance)
+    ref_ok = jnp.isfinite(numeric) & jnp.isfinite(est.fd_error) & jnp.all(jnp.isfinite(est.slopes), axis=0)
+    code = jnp.where(
+        ~jnp.isfinite(analytic),
+        ANALYTIC_NONFINITE,
+        jnp.where(
+            ~ref_ok,
+            REF_NONFINITE,
+            jnp.where(
+                kink,
+                jnp.where(mismatch & ~inside, FAIL_NONSMOOTH, NONSMOOTH),
+                jnp.where(mismatch, FAIL, PASS),
+            ),
+        ),
+    ).astype(jnp.int8)
+    resolved = safety * est.fd_error <= jnp.maximum(0.5 * jnp.abs(numeric), rtol * jnp.abs(numeric) + atol)
+    return Assessment(code, tolerance, resolved)

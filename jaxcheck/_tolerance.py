@@ -1,0 +1,113 @@
+"""Per-dtype tolerances and the finite-difference step policy (host-side numpy)."""
+
+import dataclasses
+
+import numpy as np
+
+from ._flatten import ArgLayout
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Tolerance:
+    """How far an analytic derivative may be from its finite-difference reference.
+
+    An element passes when `|analytic - numeric| <= safety * fd_error + rtol * |numeric| + atol`,
+    where `fd_error` is the estimated error of the finite-difference reference itself.
+    By default `atol` is `rtol * max|numeric|` over the leaf plus a floor of
+    `16 * eps * |f| / scale_i` (a derivative too small to move f by more than rounding).
+
+    Attributes:
+      rtol: Relative allowance for the analytic derivative's own rounding.
+      atol: Absolute allowance; `None` derives it per leaf as described above.
+      safety: Multiplier on the estimated finite-difference error.
+    """
+
+    rtol: float
+    atol: float | None = None
+    safety: float = 3.0
+
+
+# Rounding allowance of the analytic derivative, by the dtype it is computed in. A
+# backward pass accumulates a few dozen ulps of error in practice.
+_DEFAULT_RTOL = {
+    np.dtype(np.float64): 1e-10,
+    np.dtype(np.float32): 2e-5,
+    np.dtype(np.float16): 1e-2,
+}
+_FLOOR_ULPS = 16.0
+
+
+def default_tolerance(dtype: np.dtype) -> Tolerance:
+    """The default `Tolerance` for an analytic derivative computed in `dtype`."""
+    real = np.dtype(np.finfo(dtype).dtype) if np.issubdtype(dtype, np.complexfloating) else np.dtype(dtype)
+    rtol = _DEFAULT_RTOL.get(real)
+    if rtol is None:  # bfloat16 and other narrow floats
+        rtol = float(np.sqrt(np.finfo(real).eps))
+    return Tolerance(rtol=rtol)
+
+
+def floor_atol(dtype: np.dtype, f_scale: float, scales: np.ndarray) -> np.ndarray:
+    """Absolute floor per coordinate for numerically-zero derivatives.
+
+    A derivative whose effect over its coordinate's own scale, |g_i| * scale_i, is below
+    a few ulps of |f| cannot be told from rounding: floor_i = ulps * eps * |f| / scale_i.
+    """
+    return _FLOOR_ULPS * float(np.finfo(dtype).eps) * f_scale / scales
+
+
+def relative_step(dtype: np.dtype) -> float:
+    """The central-difference step relative to a coordinate's scale: eps ** (1/3)."""
+    return float(np.finfo(dtype).eps) ** (1.0 / 3.0)
+
+
+def coordinate_scales(layout: ArgLayout, theta: np.ndarray) -> np.ndarray:
+    """Per-coordinate scale: max(|theta_i|, rms of its leaf), or 1 for an all-zero leaf.
+
+    A leaf of magnitude 1e3 gets steps a million times larger than one of magnitude 1e-3.
+    """
+    scales = np.abs(theta).astype(np.float64)
+    for leaf in layout.diff:
+        block = theta[leaf.offset : leaf.offset + leaf.size]
+        rms = float(np.sqrt(np.mean(np.square(block)))) if block.size else 0.0
+        floor = rms if rms > 0 and np.isfinite(rms) else 1.0
+        scales[leaf.offset : leaf.offset + leaf.size] = np.maximum(scales[leaf.offset : leaf.offset + leaf.size], floor)
+    return scales
+
+
+def steps(layout: ArgLayout, theta: np.ndarray, leaf_dtypes: tuple[np.dtype, ...], eps: float | None) -> np.ndarray:
+    """Step per coordinate: `eps` if given (absolute), else relative_step(dtype) * scale.
+
+    Args:
+      layout: The argument layout.
+      theta: (n,) float64 point.
+      leaf_dtypes: The dtype each differentiated leaf is evaluated in.
+      eps: The user's absolute step, or None.
+    """
+    if eps is not None:
+        return np.full(theta.shape, float(eps))
+    rel = np.empty_like(theta)
+    for leaf, dtype in zip(layout.diff, leaf_dtypes):
+        rel[leaf.offset : leaf.offset + leaf.size] = relative_step(dtype)
+    return rel * coordinate_scales(layout, theta)
+
+
+def stencil_points(theta: np.ndarray, h: np.ndarray, dtype_codes: np.ndarray, dtypes: tuple[np.dtype, ...], offsets=(-2, -1, 1, 2)) -> np.ndarray:
+    """The stencil's coordinate values, rounded to the dtype f is evaluated in.
+
+    Rounding first and differencing the rounded values later keeps every step exact.
+
+    Args:
+      theta, h: (k,) coordinates and their steps.
+      dtype_codes: (k,) index into `dtypes` of each coordinate's evaluation dtype.
+      dtypes: The distinct real evaluation dtypes.
+      offsets: Stencil offsets in units of h.
+
+    Returns:
+      (k, len(offsets)) float64 array of exactly representable values.
+    """
+    raw = theta[:, None] + np.asarray(offsets, np.float64)[None, :] * h[:, None]
+    out = np.empty_like(raw)
+    for code, dtype in enumerate(dtypes):
+        mask = dtype_codes == code
+        out[mask] = raw[mask].astype(dtype).astype(np.float64)
+    return out
