@@ -17,7 +17,7 @@ from ._errors import GradCheckError
 from ._finite_diff import analytic_grad
 from ._flatten import ArgLayout, build_layout, check_args, normalize_argnums, rebuild_args, ravel_leaves, unravel_host
 from ._result import GradCheckResult
-from ._taylor import taylor_test
+from ._taylor import evidence
 
 PyTree = Any
 MODES = ("full",)
@@ -178,9 +178,9 @@ def _step_policy(eps: float | None, dtype: np.dtype) -> str:
     return f"h_i = {_tolerance.relative_step(dtype):.2e} * max(|x_i|, rms of its leaf) ({dtype} eps**(1/3)); stencil at +-h, +-2h"
 
 
-def _finite_differences(ev: Evaluator, eps: float | None, batch_size: int | None, progress: Callable | None):
+def _finite_differences(ev: Evaluator, h: np.ndarray, batch_size: int | None, progress: Callable | None):
     """Runs the full stencil over every coordinate; returns device `Estimates`."""
-    values, points = ev.stencil(np.arange(ev.n), ev.steps(eps), batch_size, progress)
+    values, points = ev.stencil(np.arange(ev.n), h, batch_size, progress)
     with ev.context():
         est = st.combine(values, jnp.asarray(ev.f0, values.dtype), jnp.asarray(points, values.dtype), jnp.asarray(ev.theta, values.dtype))
     return est
@@ -227,7 +227,7 @@ def numerical_grad(
     layout, diff_values, dynamic = build_layout(args, nums)
     value = deterministic_value(f, args, has_aux)
     ev = Evaluator(f, has_aux, layout, diff_values, dynamic, reference, value, seed)
-    est = _finite_differences(ev, eps, batch_size, None)
+    est = _finite_differences(ev, ev.steps(eps), batch_size, None)
     numeric = np.asarray(jax.device_get(est.numeric), np.float64)[:, 0]
     return _as_pytree(layout, numeric, argnums, args)
 
@@ -297,7 +297,8 @@ def check_grad(
         _, grads = analytic_grad(f, has_aux, layout, list(diff_values), dynamic)
     analytic = _theta_vector(layout, grads)
     ev = Evaluator(f, has_aux, layout, diff_values, dynamic, reference, value, seed)
-    est = _finite_differences(ev, eps, batch_size, progress)
+    h = ev.steps(eps)
+    est = _finite_differences(ev, h, batch_size, progress)
     native_dtype = np.result_type(*[np.finfo(leaf.dtype).dtype for leaf in layout.diff])
     tol = _tolerance.default_tolerance(native_dtype)
     if rtol is not None or atol is not None:
@@ -330,7 +331,10 @@ def check_grad(
     status, reason = _summary.overall(leaves)
     if not np.all(np.isfinite(value)):
         status, reason = "inconclusive", f"f(*args) = {value[0]}: the function itself is not finite at this point"
-    taylor = taylor_test(ev, analytic, tol.rtol)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.nan_to_num(np.abs(analytic - numeric) / np.asarray(tolerance, np.float64), nan=np.inf)
+    worst = int(np.argmax(ratio))
+    taylor, sweep = evidence(ev, analytic, tol.rtol, worst, float(numeric[worst]), float(h[worst]))
     return GradCheckResult(
         name=function_name(f),
         status=status,
@@ -349,6 +353,7 @@ def check_grad(
         n_evaluations=int(ev.n_evaluations),
         seconds=time.perf_counter() - start,
         hints=_summary.hints(leaves, ev.reference.dtype == np.float64),
+        step_sweep=sweep,
         analytic=_as_pytree(layout, analytic, argnums, args),
         numeric=_as_pytree(layout, numeric, argnums, args),
     )

@@ -88,6 +88,34 @@ class LeafReport:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class StepSweep:
+    """Central-difference estimates of one element's derivative across step sizes.
+
+    Plotting |estimate - numeric| against the step shows the V of truncation error
+    (right, falls like h**2) and rounding error (left, grows like 1/h).
+
+    Attributes:
+      path, index, part: The element (the worst one of the check).
+      steps: Step sizes, largest first.
+      estimates: (f(x + h) - f(x - h)) / 2h at each step.
+      chosen_step: The step the check used for this element.
+      numeric: The check's finite-difference reference for this element.
+      analytic: The analytic derivative of this element.
+      dtype: The dtype f was evaluated in.
+    """
+
+    path: str
+    index: tuple[int, ...]
+    part: str
+    steps: tuple[float, ...]
+    estimates: tuple[float, ...]
+    chosen_step: float
+    numeric: float
+    analytic: float
+    dtype: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class TaylorReport:
     """The step-free second line of evidence for one differentiated argument.
 
@@ -158,6 +186,7 @@ class GradCheckResult:
       n_evaluations: Function evaluations spent on finite differences.
       seconds: Wall time of the check.
       hints: What to try next.
+      step_sweep: Estimates of the worst element's derivative across step sizes (for plots).
       analytic: The analytic gradient, shaped like the differentiated arguments (numpy).
       numeric: The finite-difference gradient, same structure.
     """
@@ -179,6 +208,7 @@ class GradCheckResult:
     n_evaluations: int
     seconds: float
     hints: tuple[str, ...] = ()
+    step_sweep: StepSweep | None = None
     analytic: PyTree = dataclasses.field(default=None, repr=False)
     numeric: PyTree = dataclasses.field(default=None, repr=False)
 
