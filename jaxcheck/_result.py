@@ -236,7 +236,8 @@ class GradCheckResult:
 
         def plain(obj: Any) -> Any:
             if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-                return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in ("analytic", "numeric")}
+                # Only the top-level gradient pytrees are left out; element/sweep values are kept.
+                return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if obj is not self or f.name not in ("analytic", "numeric")}
             if isinstance(obj, (list, tuple)):
                 return [plain(x) for x in obj]
             if isinstance(obj, float) and not np.isfinite(obj):
