@@ -254,6 +254,12 @@ class GradCheckResult:
         """`to_dict()` as a JSON string."""
         return json.dumps(self.to_dict(), **kwargs)
 
+    def plot(self, path: Any = None) -> Any:
+        """Saves (and returns) the figure of `jaxcheck._plot.plot_result`; needs `jaxcheck[plot]`."""
+        from ._plot import plot_result
+
+        return plot_result(self, path)
+
     def __str__(self) -> str:
         return "\n".join(format_grad_result(self))
 
