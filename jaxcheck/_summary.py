@@ -32,6 +32,46 @@ def normalized_distance(a: np.ndarray, n: np.ndarray) -> float:
     return float(np.linalg.norm(a - n)) / denom if denom > 0 else 0.0
 
 
+def status_from_counts(
+    *,
+    n: int,
+    n_failed: int,
+    n_analytic_nonfinite: int,
+    n_nonfinite: int,
+    n_kink_outside: int,
+    n_nonsmooth: int,
+    n_unresolved: int,
+    unresolved_share: float,
+    what: str = "elements",
+) -> tuple[str, str]:
+    """(status, reason) of one leaf (or Jacobian block) from its element counts.
+
+    Shared by `summarize_leaf` and the streaming Jacobian/probe checks, which never hold
+    all elements at once. `what` names the compared items ("elements", "probes").
+    """
+    if n_failed:
+        reason = f"{n_failed} of {n} {what} out of tolerance"
+        if n_analytic_nonfinite:
+            reason += f" ({n_analytic_nonfinite} analytic NaN/Inf)"
+        return "failed", reason
+    if n_nonfinite:
+        return "inconclusive", f"finite differences are NaN/Inf at {n_nonfinite} of {n} {what} (f is not finite within a step)"
+    if n_kink_outside:
+        return "inconclusive", (
+            f"{n_kink_outside} of {n} {what} sit at a kink where the analytic value lies outside "
+            "the one-sided slopes; check at a point away from the kink"
+        )
+    if unresolved_share > UNRESOLVED_SHARE:
+        return "inconclusive", (
+            f"the finite-difference reference cannot resolve {n_unresolved} of {n} {what} "
+            "(rounding noise or non-smoothness exceeds the derivative)"
+        )
+    reason = f"all {what} within tolerance"
+    if n_nonsmooth:
+        reason += f"; {n_nonsmooth} at a kink, accepted between the one-sided slopes"
+    return "passed", reason
+
+
 def summarize_leaf(
     *,
     path: str,
@@ -73,31 +113,16 @@ def summarize_leaf(
     n_unresolved = int(unresolved.sum())
     total = float(mass.sum())
     share = float(mass[unresolved].sum()) / total if total > 0 else (n_unresolved / max(1, code.size))
-    if n_failed:
-        status = "failed"
-        reason = f"{n_failed} of {code.size} elements out of tolerance"
-        if np.any(code == st.ANALYTIC_NONFINITE):
-            reason += f" ({int(np.sum(code == st.ANALYTIC_NONFINITE))} analytic NaN/Inf)"
-    elif n_nonfinite:
-        status = "inconclusive"
-        reason = f"finite differences are NaN/Inf at {n_nonfinite} of {code.size} elements (f is not finite within a step)"
-    elif kink_outside.any():
-        status = "inconclusive"
-        reason = (
-            f"{int(kink_outside.sum())} of {code.size} elements sit at a kink where the analytic value lies outside "
-            "the one-sided slopes; check at a point away from the kink"
-        )
-    elif share > UNRESOLVED_SHARE:
-        status = "inconclusive"
-        reason = (
-            f"the finite-difference reference cannot resolve {n_unresolved} of {code.size} elements "
-            "(rounding noise or non-smoothness exceeds the derivative)"
-        )
-    else:
-        status = "passed"
-        reason = "all elements within tolerance"
-        if n_nonsmooth:
-            reason += f"; {n_nonsmooth} at a kink, accepted between the one-sided slopes"
+    status, reason = status_from_counts(
+        n=int(code.size),
+        n_failed=n_failed,
+        n_analytic_nonfinite=int(np.sum(code == st.ANALYTIC_NONFINITE)),
+        n_nonfinite=n_nonfinite,
+        n_kink_outside=int(kink_outside.sum()),
+        n_nonsmooth=n_nonsmooth,
+        n_unresolved=n_unresolved,
+        unresolved_share=share,
+    )
     elements = []
     for k in order[:MAX_ELEMENTS]:
         c = int(code[k])
@@ -144,19 +169,19 @@ def sort_worst_first(leaves: list[LeafReport]) -> tuple[LeafReport, ...]:
     return tuple(sorted(leaves, key=lambda l: (rank[l.status], -np.nan_to_num(l.relative_error, nan=np.inf))))
 
 
-def overall(leaves: tuple[LeafReport, ...]) -> tuple[str, str]:
-    """(status, reason) for a set of leaf reports."""
+def overall(leaves: tuple[LeafReport, ...], noun: str = "leaves") -> tuple[str, str]:
+    """(status, reason) for a set of leaf reports (`noun`: "leaves", or "blocks" for Jacobian blocks)."""
     failed = [l for l in leaves if l.status == "failed"]
     inconclusive = [l for l in leaves if l.status == "inconclusive"]
     if failed:
         names = ", ".join(l.path for l in failed[:3]) + (" ..." if len(failed) > 3 else "")
-        return "failed", f"{len(failed)} of {len(leaves)} leaves wrong: {names} ({failed[0].reason})"
+        return "failed", f"{len(failed)} of {len(leaves)} {noun} wrong: {names} ({failed[0].reason})"
     if inconclusive:
         names = ", ".join(l.path for l in inconclusive[:3])
-        return "inconclusive", f"{len(inconclusive)} of {len(leaves)} leaves inconclusive: {names} ({inconclusive[0].reason})"
+        return "inconclusive", f"{len(inconclusive)} of {len(leaves)} {noun} inconclusive: {names} ({inconclusive[0].reason})"
     kinks = sum(l.n_nonsmooth for l in leaves)
     extra = f"; {kinks} element(s) at a kink accepted" if kinks else ""
-    return "passed", f"all {len(leaves)} leaves match finite differences{extra}"
+    return "passed", f"all {len(leaves)} {noun} match finite differences{extra}"
 
 
 def hints(leaves: tuple[LeafReport, ...], reference_is_float64: bool) -> tuple[str, ...]:
