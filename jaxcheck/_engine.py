@@ -7,6 +7,7 @@ computed in, chooses steps, and runs the chunked, vmapped stencil kernels of
 
 import contextlib
 import dataclasses
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,9 @@ from ._flatten import ArgLayout, ravel_leaves
 CHUNK_BUDGET_BYTES = 64 * 2**20
 MAX_BATCH = 1024
 REFERENCES = ("auto", "float64", "native")
+# Steps (relative to each coordinate's scale) of the evidence kernel: the float64 probe,
+# the Taylor test and the step sweep all use this grid, so they share one compilation.
+EVIDENCE_STEPS = 10.0 ** -np.arange(1.0, 10.5, 0.5)  # 1e-1 ... 1e-10, half decades
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,11 +151,9 @@ class Evaluator:
                 out = jax.eval_shape(fd.value_at, spec, theta, self.dynamic)
                 if out.dtype != jnp.float64:
                     return f"with float64 inputs f returns {out.dtype} (it casts internally)"
-                value = np.asarray(jax.device_get(fd.value_at(spec, theta, self.dynamic)), np.float64)
-                probe = self._probe_float64(spec, theta)
+                value, probe = self._probe_float64(spec, theta)
         except Exception as error:  # noqa: BLE001 - any failure means: do not use float64
             return f"evaluating f in float64 failed ({_first_line(error)})"
-        self.n_evaluations += 1
         native_value = np.asarray(native_value, np.float64).ravel()
         native_eps = float(np.finfo(np.result_type(*[_real_dtype(d) for d in self.native_dtypes])).eps)
         rel = max(1e-4, 1000 * native_eps)
@@ -164,20 +166,32 @@ class Evaluator:
             )
         return probe
 
-    def _probe_float64(self, spec: fd.EvalSpec, theta: jax.Array) -> str | None:
-        """Checks that f resolves float64-sized steps (no internal cast to float32)."""
-        tiny, big = 1e-8, 1e-3
-        directions = self.random_directions(2, "float64-probe") * _tolerance.coordinate_scales(self.layout, self.theta)
-        ts = jnp.asarray([-big, -tiny, tiny, big], jnp.float64)
-        values = np.asarray(jax.device_get(fd.values_along_directions(spec, theta, self.dynamic, jnp.asarray(directions), ts)), np.float64)
-        self.n_evaluations += values.shape[0] * values.shape[1]
+    def _probe_float64(self, spec: fd.EvalSpec, theta: jax.Array) -> tuple[np.ndarray, str | None]:
+        """Checks that f resolves float64-sized steps (no internal cast to a narrower dtype).
+
+        Compares central differences at 1e-8 and 1e-3 (relative) along a random direction,
+        using the same kernel shape as the later Taylor test so it compiles once.
+
+        Returns:
+          (f0, problem): f in float64 at theta, and a reason or None.
+        """
+        rows = evidence_rows(self.layout)
+        direction = self.random_directions(1, "float64-probe")[0] * _tolerance.coordinate_scales(self.layout, self.theta)
+        directions = np.zeros((rows, self.n))
+        directions[0], directions[1] = direction, -direction
+        values = np.asarray(
+            jax.device_get(fd.values_along_directions(spec, theta, self.dynamic, jnp.asarray(directions), jnp.asarray(EVIDENCE_STEPS))),
+            np.float64,
+        )
         f0 = np.asarray(jax.device_get(fd.value_at(spec, theta, self.dynamic)), np.float64)
-        slope_big = (values[:, 3] - values[:, 0]) / (2 * big)
-        slope_tiny = (values[:, 2] - values[:, 1]) / (2 * tiny)
-        ok = np.abs(slope_tiny - slope_big) <= 1e-3 * np.abs(slope_big) + 1e-6 * np.abs(f0)[None, :] + 1e-300
+        self.n_evaluations += 2 * EVIDENCE_STEPS.size + 1
+        big, tiny = int(np.argmin(np.abs(EVIDENCE_STEPS - 1e-3))), int(np.argmin(np.abs(EVIDENCE_STEPS - 1e-8)))
+        slope_big = (values[0, big] - values[1, big]) / (2 * EVIDENCE_STEPS[big])
+        slope_tiny = (values[0, tiny] - values[1, tiny]) / (2 * EVIDENCE_STEPS[tiny])
+        ok = np.abs(slope_tiny - slope_big) <= 1e-3 * np.abs(slope_big) + 1e-6 * np.abs(f0) + 1e-300
         if not np.all(ok):
-            return "f does not resolve float64-sized steps (an internal cast to a narrower dtype)"
-        return None
+            return f0, "f does not resolve float64-sized steps (an internal cast to a narrower dtype)"
+        return f0, None
 
     # -- randomness ------------------------------------------------------------
 
@@ -263,17 +277,21 @@ class Evaluator:
         return out
 
 
+def evidence_rows(layout: ArgLayout) -> int:
+    """Rows of the evidence kernel: one Taylor direction per argument, plus +-e_i for the sweep."""
+    return len({leaf.argnum for leaf in layout.diff}) + 2
+
+
 def random_directions(layout: ArgLayout, seed: int, count: int, salt: str) -> np.ndarray:
-    """Standard-normal directions (count, n); each leaf's block is seeded from its path.
+    """Standard-normal directions (count, n); each leaf's block is seeded from (seed, salt, path).
 
-    Adding an unrelated leaf does not change the directions drawn for the others.
+    Adding an unrelated leaf does not change the directions drawn for the others. Drawn
+    with numpy's PCG64 on the host: deterministic, and free of the seconds of XLA
+    compilation that `jax.random` costs on the first call of every process.
     """
-    import zlib
-
     out = np.zeros((count, layout.n), np.float64)
-    base = jax.random.key(seed)
     for leaf in layout.diff:
-        key = jax.random.fold_in(base, zlib.crc32(f"{salt}:{leaf.path}".encode()) & 0x7FFFFFFF)
-        block = jax.random.normal(key, (count, leaf.size), jnp.float32)
-        out[:, leaf.offset : leaf.offset + leaf.size] = np.asarray(jax.device_get(block), np.float64)
+        stream = zlib.crc32(f"{salt}:{leaf.path}".encode())
+        rng = np.random.Generator(np.random.PCG64([int(seed) & 0xFFFFFFFF, stream]))
+        out[:, leaf.offset : leaf.offset + leaf.size] = rng.standard_normal((count, leaf.size))
     return out

@@ -1,8 +1,11 @@
-"""Traced: everything here runs under jit and vmap.
+"""Traced: everything here runs under jit and vmap (and, unjitted, on numpy arrays).
 
 Turns raw stencil values f(x + k h), k in (-2, -1, 1, 2), into derivative estimates
 with an error estimate, and classifies each element of an analytic derivative against
-them. Works elementwise on arrays of any leading shape (b, m).
+them. Works elementwise on arrays of any leading shape (b, m). Each function is written once
+against an array module `xp`: `combine`/`assess` are the jitted jnp versions (for
+chunks on device), `combine_host`/`assess_host` the numpy versions (no compilation, for
+small results already on the host).
 
 Estimates:
   D1 = central difference at h, D2 = central difference at 2h,
@@ -13,10 +16,12 @@ One-sided slopes at h and 2h detect kinks: for a smooth f, (F2 - B2) = 2 (F1 - B
 at a kink the jump F - B does not shrink with the step.
 """
 
-from typing import NamedTuple
+import functools as ft
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Rounding error of one function value, in units of eps(dtype) * |f|. Reductions over
 # many terms round worse than one ulp, hence the margin.
@@ -45,8 +50,7 @@ class Assessment(NamedTuple):
     resolved: jax.Array  # bool: the reference is accurate enough to see a 50% error
 
 
-@jax.jit
-def combine(values: jax.Array, f0: jax.Array, points: jax.Array, x0: jax.Array) -> Estimates:
+def _combine(values: jax.Array, f0: jax.Array, points: jax.Array, x0: jax.Array, xp: Any = jnp) -> Estimates:
     """Combines stencil values into derivative estimates.
 
     Args:
@@ -66,19 +70,18 @@ def combine(values: jax.Array, f0: jax.Array, points: jax.Array, x0: jax.Array) 
     c2 = (fp2 - fm2) / d2
     ratio2 = (d2 / d1) ** 2
     numeric = (ratio2 * c1 - c2) / (ratio2 - 1)
-    truncation = jnp.abs(c1 - c2) / (ratio2 - 1)
-    eps = jnp.finfo(values.dtype).eps
-    fscale = jnp.max(jnp.abs(values), axis=1)
-    fscale = jnp.maximum(fscale, jnp.abs(f0)[None, :])
+    truncation = xp.abs(c1 - c2) / (ratio2 - 1)
+    eps = xp.finfo(values.dtype).eps
+    fscale = xp.max(xp.abs(values), axis=1)
+    fscale = xp.maximum(fscale, xp.abs(f0)[None, :])
     noise = NOISE_ULPS * eps * fscale / d1
-    slopes = jnp.stack(
+    slopes = xp.stack(
         [(f0 - fm2) / (x0 - xm2), (f0 - fm1) / (x0 - xm1), (fp1 - f0) / (xp1 - x0), (fp2 - f0) / (xp2 - x0)]
     )
     return Estimates(numeric, truncation + noise, noise, slopes)
 
 
-@jax.jit
-def assess(est: Estimates, analytic: jax.Array, rtol: jax.Array, atol: jax.Array, safety: jax.Array) -> Assessment:
+def _assess(est: Estimates, analytic: jax.Array, rtol: jax.Array, atol: jax.Array, safety: jax.Array, xp: Any = jnp) -> Assessment:
     """Classifies each analytic element against the finite-difference estimate.
 
     Tolerance per element: `safety * fd_error + rtol * |numeric| + atol`.
@@ -93,34 +96,40 @@ def assess(est: Estimates, analytic: jax.Array, rtol: jax.Array, atol: jax.Array
     Returns:
       `Assessment` with a code per element.
     """
-    analytic = analytic.astype(est.numeric.dtype)
+    analytic = xp.asarray(analytic).astype(est.numeric.dtype)
     numeric = est.numeric
-    diff = jnp.abs(analytic - numeric)
-    tolerance = safety * est.fd_error + rtol * jnp.abs(numeric) + atol
+    diff = xp.abs(analytic - numeric)
+    tolerance = safety * est.fd_error + rtol * xp.abs(numeric) + atol
     mismatch = ~(diff <= tolerance)
     backward2, backward1, forward1, forward2 = est.slopes
     jump1 = forward1 - backward1
     jump2 = forward2 - backward2
     kink = (
-        (jnp.abs(jump1) >= KINK_SHARE * diff)
-        & (jnp.abs(jump2 - 2 * jump1) > 0.25 * jnp.abs(jump1))
-        & (jnp.abs(jump1) > safety * 2 * est.noise)
-        & (jnp.abs(jump1) > tolerance)
+        (xp.abs(jump1) >= KINK_SHARE * diff)
+        & (xp.abs(jump2 - 2 * jump1) > 0.25 * xp.abs(jump1))
+        & (xp.abs(jump1) > safety * 2 * est.noise)
+        & (xp.abs(jump1) > tolerance)
     )
-    inside = (analytic >= jnp.min(est.slopes, axis=0) - tolerance) & (analytic <= jnp.max(est.slopes, axis=0) + tolerance)
-    ref_ok = jnp.isfinite(numeric) & jnp.isfinite(est.fd_error) & jnp.all(jnp.isfinite(est.slopes), axis=0)
-    code = jnp.where(
-        ~jnp.isfinite(analytic),
+    inside = (analytic >= xp.min(est.slopes, axis=0) - tolerance) & (analytic <= xp.max(est.slopes, axis=0) + tolerance)
+    ref_ok = xp.isfinite(numeric) & xp.isfinite(est.fd_error) & xp.all(xp.isfinite(est.slopes), axis=0)
+    code = xp.where(
+        ~xp.isfinite(analytic),
         ANALYTIC_NONFINITE,
-        jnp.where(
+        xp.where(
             ~ref_ok,
             REF_NONFINITE,
-            jnp.where(
+            xp.where(
                 kink,
-                jnp.where(mismatch & ~inside, FAIL_NONSMOOTH, NONSMOOTH),
-                jnp.where(mismatch, FAIL, PASS),
+                xp.where(mismatch & ~inside, FAIL_NONSMOOTH, NONSMOOTH),
+                xp.where(mismatch, FAIL, PASS),
             ),
         ),
-    ).astype(jnp.int8)
-    resolved = safety * est.fd_error <= jnp.maximum(0.5 * jnp.abs(numeric), rtol * jnp.abs(numeric) + atol)
+    ).astype(xp.int8)
+    resolved = safety * est.fd_error <= xp.maximum(0.5 * xp.abs(numeric), rtol * xp.abs(numeric) + atol)
     return Assessment(code, tolerance, resolved)
+
+
+combine = jax.jit(ft.partial(_combine, xp=jnp))
+assess = jax.jit(ft.partial(_assess, xp=jnp))
+combine_host = ft.partial(_combine, xp=np)
+assess_host = ft.partial(_assess, xp=np)

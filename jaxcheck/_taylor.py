@@ -11,11 +11,11 @@ truncation/rounding V-plot. Both share one kernel call (one compilation).
 
 import numpy as np
 
-from ._engine import Evaluator
+from ._engine import EVIDENCE_STEPS as STEPS
+from ._engine import Evaluator, evidence_rows
 from ._result import StepSweep, TaylorReport
 from ._tolerance import coordinate_scales
 
-STEPS = 10.0 ** -np.arange(1.0, 10.5, 0.5)  # 1e-1 ... 1e-10, half decades (relative to scale)
 FIT_POINTS = 3
 FLOOR_ULPS = 64.0
 
@@ -38,7 +38,7 @@ def evidence(evaluator: Evaluator, analytic: np.ndarray, analytic_rtol: float, w
     argnums = sorted({leaf.argnum for leaf in layout.diff})
     scales = coordinate_scales(layout, evaluator.theta)
     z = evaluator.random_directions(1, "taylor")[0] * scales
-    directions = np.zeros((len(argnums) + 2, layout.n))
+    directions = np.zeros((evidence_rows(layout), layout.n))
     for row, argnum in enumerate(argnums):
         for leaf in layout.diff:
             if leaf.argnum == argnum:
