@@ -39,7 +39,7 @@ class Reference:
 
 
 def _real_dtype(dtype: np.dtype) -> np.dtype:
-    return np.dtype(np.finfo(dtype).dtype)
+    return np.dtype(jnp.finfo(dtype).dtype)
 
 
 def _leaf_eval_dtype(dtype: np.dtype, x64: bool) -> np.dtype:
@@ -155,7 +155,7 @@ class Evaluator:
         except Exception as error:  # noqa: BLE001 - any failure means: do not use float64
             return f"evaluating f in float64 failed ({_first_line(error)})"
         native_value = np.asarray(native_value, np.float64).ravel()
-        native_eps = float(np.finfo(np.result_type(*[_real_dtype(d) for d in self.native_dtypes])).eps)
+        native_eps = float(jnp.finfo(np.result_type(*[_real_dtype(d) for d in self.native_dtypes])).eps)
         rel = max(1e-4, 1000 * native_eps)
         scale = np.abs(native_value) + 1e-3 * float(np.max(np.abs(native_value), initial=0.0)) + 1e-30
         if value.shape != native_value.shape or not np.all(np.abs(value - native_value) <= rel * scale):

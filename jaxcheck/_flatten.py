@@ -41,7 +41,7 @@ class DiffLeaf:
 
     @property
     def real_dtype(self) -> np.dtype:
-        return np.dtype(np.finfo(self.dtype).dtype)
+        return np.dtype(jnp.finfo(self.dtype).dtype)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,7 +77,7 @@ def _scalar_value(f: Callable, args: tuple, has_aux: bool) -> np.ndarray:
             "or use `jaxcheck.check_vjp` for vector-valued functions."
         )
     value = np.asarray(jax.device_get(leaves[0]))
-    if not np.issubdtype(value.dtype, np.floating):
+    if not jnp.issubdtype(value.dtype, jnp.floating):
         raise ValueError(f"`f` must return a real floating-point scalar; it returned dtype {value.dtype}.")
     return value.astype(np.float64).reshape(1)
 
@@ -181,9 +181,10 @@ def _step_policy(eps: float | None, dtype: np.dtype) -> str:
 def _finite_differences(ev: Evaluator, h: np.ndarray, batch_size: int | None, progress: Callable | None) -> st.Estimates:
     """Runs the full stencil over every coordinate; returns host (numpy) `Estimates` of shape (n, 1)."""
     values, points = ev.stencil(np.arange(ev.n), h, batch_size, progress)
-    values = np.asarray(jax.device_get(values))
+    values = np.asarray(jax.device_get(values), np.float64)
+    eps = np.array([float(jnp.finfo(d).eps) for d in ev.real_dtypes])[ev.coord_dtype_codes][:, None]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return st.combine_host(values, ev.f0.astype(values.dtype), points, ev.theta)
+        return st.combine_host(values, ev.f0, points, ev.theta, eps)
 
 
 def numerical_grad(
@@ -299,7 +300,7 @@ def check_grad(
     ev = Evaluator(f, has_aux, layout, diff_values, dynamic, reference, value, seed)
     h = ev.steps(eps)
     est = _finite_differences(ev, h, batch_size, progress)
-    native_dtype = np.result_type(*[np.finfo(leaf.dtype).dtype for leaf in layout.diff])
+    native_dtype = np.result_type(*[jnp.finfo(leaf.dtype).dtype for leaf in layout.diff])
     tol = _tolerance.default_tolerance(native_dtype)
     if rtol is not None or atol is not None:
         tol = _tolerance.Tolerance(rtol=tol.rtol if rtol is None else float(rtol), atol=None if atol is None else float(atol))

@@ -50,7 +50,7 @@ class Assessment(NamedTuple):
     resolved: jax.Array  # bool: the reference is accurate enough to see a 50% error
 
 
-def _combine(values: jax.Array, f0: jax.Array, points: jax.Array, x0: jax.Array, xp: Any = jnp) -> Estimates:
+def _combine(values: jax.Array, f0: jax.Array, points: jax.Array, x0: jax.Array, eps: Any = None, xp: Any = jnp) -> Estimates:
     """Combines stencil values into derivative estimates.
 
     Args:
@@ -58,6 +58,8 @@ def _combine(values: jax.Array, f0: jax.Array, points: jax.Array, x0: jax.Array,
       f0: (m,) f at the base point.
       points: (b, 4) the perturbed coordinate's values (exactly representable).
       x0: (b,) the coordinate's base value.
+      eps: Machine epsilon of the dtype f was evaluated in, scalar or (b, 1); default
+        that of `values.dtype`.
 
     Returns:
       `Estimates` of the derivative of each of the m outputs along each of the b coordinates.
@@ -71,7 +73,7 @@ def _combine(values: jax.Array, f0: jax.Array, points: jax.Array, x0: jax.Array,
     ratio2 = (d2 / d1) ** 2
     numeric = (ratio2 * c1 - c2) / (ratio2 - 1)
     truncation = xp.abs(c1 - c2) / (ratio2 - 1)
-    eps = xp.finfo(values.dtype).eps
+    eps = jnp.finfo(values.dtype).eps if eps is None else eps
     fscale = xp.max(xp.abs(values), axis=1)
     fscale = xp.maximum(fscale, xp.abs(f0)[None, :])
     noise = NOISE_ULPS * eps * fscale / d1

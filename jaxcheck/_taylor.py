@@ -9,6 +9,7 @@ Step sweep: central differences of the worst element at many step sizes, for the
 truncation/rounding V-plot. Both share one kernel call (one compilation).
 """
 
+import jax.numpy as jnp
 import numpy as np
 
 from ._engine import EVIDENCE_STEPS as STEPS
@@ -47,7 +48,7 @@ def evidence(evaluator: Evaluator, analytic: np.ndarray, analytic_rtol: float, w
     directions[-1, worst] = -scales[worst]
     values = evaluator.along(directions, STEPS)[:, :, 0]  # (A + 2, K)
     f0 = float(evaluator.f0[0])
-    eps = float(np.finfo(evaluator.reference.dtype).eps)
+    eps = float(jnp.finfo(evaluator.reference.dtype).eps)
     reports = []
     for row, argnum in enumerate(argnums):
         v = directions[row]

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
 
 from ._flatten import ArgLayout
@@ -39,10 +40,10 @@ _FLOOR_ULPS = 16.0
 
 def default_tolerance(dtype: np.dtype) -> Tolerance:
     """The default `Tolerance` for an analytic derivative computed in `dtype`."""
-    real = np.dtype(np.finfo(dtype).dtype) if np.issubdtype(dtype, np.complexfloating) else np.dtype(dtype)
+    real = np.dtype(jnp.finfo(dtype).dtype) if np.issubdtype(dtype, np.complexfloating) else np.dtype(dtype)
     rtol = _DEFAULT_RTOL.get(real)
     if rtol is None:  # bfloat16 and other narrow floats
-        rtol = float(np.sqrt(np.finfo(real).eps))
+        rtol = float(np.sqrt(jnp.finfo(real).eps))
     return Tolerance(rtol=rtol)
 
 
@@ -52,12 +53,12 @@ def floor_atol(dtype: np.dtype, f_scale: float, scales: np.ndarray) -> np.ndarra
     A derivative whose effect over its coordinate's own scale, |g_i| * scale_i, is below
     a few ulps of |f| cannot be told from rounding: floor_i = ulps * eps * |f| / scale_i.
     """
-    return _FLOOR_ULPS * float(np.finfo(dtype).eps) * f_scale / scales
+    return _FLOOR_ULPS * float(jnp.finfo(dtype).eps) * f_scale / scales
 
 
 def relative_step(dtype: np.dtype) -> float:
     """The central-difference step relative to a coordinate's scale: eps ** (1/3)."""
-    return float(np.finfo(dtype).eps) ** (1.0 / 3.0)
+    return float(jnp.finfo(dtype).eps) ** (1.0 / 3.0)
 
 
 def coordinate_scales(layout: ArgLayout, theta: np.ndarray) -> np.ndarray:

@@ -1,0 +1,62 @@
+"""Stencil combination and element classification, on exactly known functions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcheck import _stencil as st
+
+OFFSETS = np.array([-2.0, -1.0, 1.0, 2.0])
+
+
+def _estimates(fn, x0, h, xp_host=True):
+    points = (x0 + OFFSETS * h)[None, :]
+    values = np.array([[fn(p)] for p in points[0]], np.float64)[None]
+    f0 = np.array([fn(x0)], np.float64)
+    combine = st.combine_host if xp_host else st.combine
+    return combine(values, f0, points, np.array([x0]))
+
+
+def test_richardson_is_exact_for_quartic_polynomials():
+    est = _estimates(lambda x: 3 * x**4 - x**3 + 2 * x, 0.7, 1e-2)
+    assert est.numeric[0, 0] == pytest.approx(12 * 0.7**3 - 3 * 0.7**2 + 2, rel=1e-12)
+    assert est.fd_error[0, 0] > 0
+
+
+def test_host_and_jitted_versions_agree():
+    host = _estimates(np.sin, 0.3, 1e-3)
+    with jax.enable_x64(True):
+        dev = _estimates(np.sin, 0.3, 1e-3, xp_host=False)
+        for a, b in zip(host, dev):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+
+
+def _code(fn, analytic, x0=0.0, h=1e-3):
+    est = _estimates(fn, x0, h)
+    return int(st.assess_host(est, np.array([[analytic]]), 1e-10, 1e-12, 3.0).code[0, 0])
+
+
+def test_codes_for_smooth_functions():
+    assert _code(np.sin, np.cos(0.5), x0=0.5) == st.PASS
+    assert _code(np.sin, -np.cos(0.5), x0=0.5) == st.FAIL
+    assert _code(np.sin, np.nan, x0=0.5) == st.ANALYTIC_NONFINITE
+    assert _code(lambda x: np.log(x), 1.0, x0=1e-3, h=1e-3) == st.REF_NONFINITE
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.3e-3, 0.9e-3, 1.5e-3])
+def test_kinks_inside_the_stencil_are_not_failures(offset):
+    relu = lambda x: max(x - offset, 0.0)
+    for analytic in (0.0, 1.0) if offset == 0.0 else (0.0,):
+        assert _code(relu, analytic) in (st.PASS, st.NONSMOOTH)
+
+
+def test_kink_with_analytic_outside_the_one_sided_slopes():
+    assert _code(abs, 3.0) == st.FAIL_NONSMOOTH
+    assert _code(abs, 0.0) == st.NONSMOOTH
+
+
+def test_tolerance_formula():
+    est = _estimates(np.exp, 0.0, 1e-4)
+    a = st.assess_host(est, np.array([[1.0]]), 1e-3, 0.5, 3.0)
+    assert a.tolerance[0, 0] == pytest.approx(3.0 * est.fd_error[0, 0] + 1e-3 * abs(est.numeric[0, 0]) + 0.5)
