@@ -160,7 +160,7 @@ _matvec_transposed_da = _matvec_rule(True, False)
 
 
 # ----------------------------------------------------------------------------
-# Elementwise custom_vjp cases: one op, one argument, weighted sum.
+# Unary and matvec custom_vjp cases: loss = sum(w * op(x)) with fixed random w.
 
 
 def _unary_build(dtype, *, op: Callable, true_op: Callable | None, x_fn: Callable,
@@ -228,7 +228,8 @@ def _vjp_cases() -> list[GradCase]:
 _L2 = 0.05
 
 
-def _mlp3_data(dtype) -> tuple[PyTree, jax.Array, jax.Array]:
+def mlp3_data(dtype) -> tuple[PyTree, jax.Array, jax.Array]:
+    """Returns `(params, x, y)` for `mlp3_loss`: 403 parameters, a batch of 8."""
     sizes = (4, 16, 16, 3)
     params = {}
     for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -287,7 +288,7 @@ def _mlp3_build(dtype, *, bug: str | None, use_grad_fn: bool = True) -> CaseSetu
     kwargs: dict[str, Any] = {"argnums": 0}
     if use_grad_fn:
         kwargs["grad_fn"] = ft.partial(mlp3_backprop, bug=bug)
-    return CaseSetup(f=mlp3_loss, args=_mlp3_data(dtype), kwargs=kwargs)
+    return CaseSetup(f=mlp3_loss, args=mlp3_data(dtype), kwargs=kwargs)
 
 
 def _mlp2_data(dtype) -> tuple[PyTree, jax.Array, jax.Array]:

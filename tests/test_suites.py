@@ -1,0 +1,220 @@
+"""Tests for `jaxcheck._suites`: the catalogue is sound, and `check_grad` agrees with it.
+
+The soundness tests need no checker: they prove that every "correct" case really
+has the right derivative and that every "broken" one is wrong on `bad_path` (and
+only there). The checker tests then demand the verdict the catalogue records.
+Float64 cases are built and checked inside `jax.enable_x64(True)`; the global
+flag is never flipped.
+"""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+import pytest
+
+from jaxcheck import _suites
+
+GRAD_CASES = _suites.grad_cases()
+OP_CASES = _suites.elementwise_op_cases(None)
+OP_CASES_F32_BUG = _suites.elementwise_op_cases(1e-4)
+OP_CASES_F64_BUG = _suites.elementwise_op_cases(1e-8)
+DTYPES = [jnp.float32, jnp.float64]
+# Agreement demanded of two exact derivatives of the same function: rtol, atol as
+# a fraction of the leaf's largest entry.
+SAME = {jnp.float32: (1e-4, 1e-5), jnp.float64: (1e-10, 1e-12)}
+# A broken leaf must be off by at least this fraction of its largest entry.
+MIN_BUG = 0.05
+
+
+def _ids(cases):
+    return [c.name for c in cases]
+
+
+def _precision(dtype):
+    return jax.enable_x64(True) if dtype == jnp.float64 else contextlib.nullcontext()
+
+
+def _leaves_by_path(tree, prefix: str) -> dict:
+    leaves, _ = jtu.tree_flatten_with_path(tree)
+    return {prefix + jtu.keystr(path): leaf for path, leaf in leaves}
+
+
+def _arg_paths(args) -> dict:
+    out = {}
+    for i, arg in enumerate(args):
+        out.update(_leaves_by_path(arg, f"args[{i}]"))
+    return out
+
+
+def _grads_by_path(grads, argnums) -> dict:
+    if isinstance(argnums, int):
+        return _leaves_by_path(grads, f"args[{argnums}]")
+    out = {}
+    for i, g in zip(argnums, grads):
+        out.update(_leaves_by_path(g, f"args[{i}]"))
+    return out
+
+
+def _identical(a, b) -> bool:
+    if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+        a, b = jax.random.key_data(a), jax.random.key_data(b)
+    return a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def _gradients(setup) -> tuple[dict, dict]:
+    """Returns (gradient under test, true gradient), each keyed by leaf path."""
+    argnums = setup.kwargs.get("argnums", 0)
+    true = jax.grad(setup.true_f or setup.f, argnums, allow_int=True)(*setup.args)
+    grad_fn = setup.kwargs.get("grad_fn")
+    if grad_fn is None:
+        tested = jax.grad(setup.f, argnums, allow_int=True)(*setup.args)
+    else:
+        tested = grad_fn(*setup.args)
+    tested, true = _grads_by_path(tested, argnums), _grads_by_path(true, argnums)
+    keep = [p for p, t in true.items() if jnp.issubdtype(t.dtype, jnp.inexact)]
+    return ({p: np.asarray(tested[p]) for p in keep}, {p: np.asarray(true[p]) for p in keep})
+
+
+def _assert_sound(case, dtype):
+    setup = case.build(dtype)
+    if setup.true_f is not None:
+        np.testing.assert_allclose(setup.f(*setup.args), setup.true_f(*setup.args),
+                                   rtol=SAME[dtype][0])
+    tested, true = _gradients(setup)
+    assert tested.keys() == true.keys()
+    rtol, atol = SAME[dtype]
+    for path in true:
+        t, r = tested[path], true[path]
+        assert t.shape == r.shape and t.dtype == r.dtype == np.dtype(dtype), path
+        scale = float(np.max(np.abs(r)))
+        assert np.all(np.isfinite(r)) and scale > 0, path
+        if path != case.bad_path:
+            np.testing.assert_allclose(t, r, rtol=rtol, atol=atol * scale, err_msg=path)
+            continue
+        diff = np.abs(t - r)
+        assert diff.max() > MIN_BUG * scale, f"{case.name}: bug too small on {path}"
+        if case.bad_index is not None:
+            assert np.unravel_index(diff.argmax(), diff.shape) == case.bad_index
+            assert np.sum(diff > atol * scale) == 1, "bug must touch one element only"
+
+
+# ----------------------------------------------------------------------------
+# The catalogue itself.
+
+
+def test_grad_cases_shape():
+    names = _ids(GRAD_CASES)
+    assert len(names) == len(set(names))
+    assert 25 <= len(names) <= 40
+    for case in GRAD_CASES:
+        assert case.broken == (case.bad_path is not None), case.name
+        assert case.bad_index is None or case.broken, case.name
+        assert not (case.expect_nonsmooth and case.broken), case.name
+    assert sum(c.broken for c in GRAD_CASES) >= 10
+    assert sum(not c.broken for c in GRAD_CASES) >= 10
+
+
+@pytest.mark.parametrize("rel_bug", [None, 1e-4])
+def test_elementwise_op_cases_shape(rel_bug):
+    cases = _suites.elementwise_op_cases(rel_bug)
+    names = _ids(cases)
+    assert len(names) == len(set(names)) >= 30
+    assert {"lax/exp", "lax/atan2", "lax/atan2[1]", "lax/pow[1]", "lax/div[1]"} <= set(names)
+    for case in cases:
+        assert case.broken == (rel_bug is not None)
+        argnum = int(case.name[-2]) if case.name.endswith("]") else 0
+        assert case.bad_path == (None if rel_bug is None else f"args[{argnum}]")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("case", GRAD_CASES + OP_CASES, ids=_ids(GRAD_CASES + OP_CASES))
+def test_case_builds(case, dtype):
+    x64_before = jax.config.jax_enable_x64
+    with _precision(dtype):
+        setup, again = case.build(dtype), case.build(dtype)
+        paths = _arg_paths(setup.args)
+        assert case.bad_path is None or case.bad_path in paths
+        for path, leaf in paths.items():
+            if jnp.issubdtype(leaf.dtype, jnp.floating):
+                assert leaf.dtype == dtype, path
+        same = jtu.tree_map(_identical, setup.args, again.args)
+        assert all(jtu.tree_leaves(same)), "build must be deterministic"
+        value = setup.f(*setup.args)
+        assert value.shape == () and value.dtype == dtype and jnp.isfinite(value)
+    assert jax.config.jax_enable_x64 == x64_before
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("case", GRAD_CASES, ids=_ids(GRAD_CASES))
+def test_grad_case_is_sound(case, dtype):
+    with _precision(dtype):
+        _assert_sound(case, dtype)
+
+
+@pytest.mark.parametrize("case", OP_CASES_F32_BUG, ids=_ids(OP_CASES_F32_BUG))
+def test_elementwise_bug_is_exact(case):
+    with jax.enable_x64(True):
+        setup = case.build(jnp.float64)
+        tested, true = _gradients(setup)
+    (path,) = true
+    assert path == case.bad_path
+    np.testing.assert_allclose(tested[path], (1 + 1e-4) * true[path], rtol=1e-12)
+    assert np.max(np.abs(true[path])) > 0
+
+
+# ----------------------------------------------------------------------------
+# check_grad against the catalogue.
+
+
+def _check(case, dtype):
+    from jaxcheck import check_grad
+
+    setup = case.build(dtype)
+    result = check_grad(setup.f, setup.args, **setup.kwargs)
+    report = str(result)
+    if not case.broken:
+        assert result.status == "passed", f"{case.name} ({case.note}):\n{report}"
+        assert result.passed
+    else:
+        assert result.status == "failed", f"{case.name} ({case.note}):\n{report}"
+        assert not result.passed
+        failed = {leaf.path: leaf for leaf in result.leaves if leaf.status == "failed"}
+        assert case.bad_path in failed, f"{case.bad_path} not named:\n{report}"
+        assert case.bad_path in report
+        if case.bad_index is not None:
+            assert failed[case.bad_path].worst_index == case.bad_index, report
+    if case.expect_nonsmooth:
+        leaf = {leaf.path: leaf for leaf in result.leaves}["args[0]"]
+        assert leaf.n_nonsmooth >= 1, report
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=_ids(GRAD_CASES))
+def test_check_grad_float32(case):
+    _check(case, jnp.float32)
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=_ids(GRAD_CASES))
+def test_check_grad_float64(case):
+    with jax.enable_x64(True):
+        _check(case, jnp.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("case", OP_CASES, ids=_ids(OP_CASES))
+def test_check_grad_elementwise_correct(case, dtype):
+    with _precision(dtype):
+        _check(case, dtype)
+
+
+@pytest.mark.parametrize("case", OP_CASES_F32_BUG, ids=_ids(OP_CASES_F32_BUG))
+def test_check_grad_elementwise_bug_float32(case):
+    _check(case, jnp.float32)
+
+
+@pytest.mark.parametrize("case", OP_CASES_F64_BUG, ids=_ids(OP_CASES_F64_BUG))
+def test_check_grad_elementwise_bug_float64(case):
+    with jax.enable_x64(True):
+        _check(case, jnp.float64)
