@@ -523,6 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxcheck: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `jaxcheck demo --list | head`: the reader left
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush stays quiet
+        return EXIT_WRONG
     except Exception as error:  # an unexpected failure inside the user's code or jaxcheck
         if options.traceback:
             traceback.print_exc()
