@@ -43,7 +43,7 @@ def _matplotlib_figure() -> Any:
 def _gradient_result(result: Any) -> Any:
     """The result whose leaves are drawn: `result` itself, or for a custom-rule result
     (`RuleCheckResult`) its worst nested finite-difference `GradCheckResult`."""
-    if getattr(result, "leaves", None) is not None:
+    if getattr(result, "leaves", None) is not None or getattr(result, "blocks", None) is not None:
         return result
     nested = tuple(getattr(result, "fd_results", None) or ())
     if not nested:
@@ -52,17 +52,17 @@ def _gradient_result(result: Any) -> Any:
     return min(nested, key=lambda r: rank.get(getattr(r, "status", ""), 3))
 
 
-def _rows(result: Any) -> list[tuple[str, float, str]]:
-    """(label, relative error, status) per leaf / block / check of any result type."""
-    rows = []
-    for item in getattr(result, "leaves", None) or ():
-        rows.append((str(item.path), float(item.relative_error), str(item.status)))
-    return rows
+def _rows(result: Any) -> tuple[str, list[tuple[str, float, str]]]:
+    """("leaf" or "block", [(label, relative error, status)]) for a gradient or Jacobian result."""
+    unit, items = "leaf", getattr(result, "leaves", None)
+    if items is None:
+        unit, items = "block", getattr(result, "blocks", None)  # JacobianCheckResult
+    return unit, [(str(i.path), float(i.relative_error), str(i.status)) for i in items or ()]
 
 
 def _panel_errors(ax: Any, result: Any) -> None:
-    rows = _rows(result)
-    ax.set_title("(a) relative error per leaf  ||a-n|| / (||a||+||n||)", fontsize=9)
+    unit, rows = _rows(result)
+    ax.set_title(f"(a) relative error per {unit}  ||a-n|| / (||a||+||n||)", fontsize=9)
     if not rows:
         ax.text(0.5, 0.5, "no per-leaf errors recorded in this result", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
@@ -81,6 +81,8 @@ def _panel_errors(ax: Any, result: Any) -> None:
             bar.set_edgecolor("black")
         note = "nan" if not np.isfinite(value) else ("0" if value <= 0 else f"{value:.1e}")
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " " + note, va="center", fontsize=7)
+    pad = max(0.0, (3 - len(rows)) / 2)  # keep one or two bars from filling the panel
+    ax.set_ylim(-0.75 - pad, len(rows) - 0.25 + pad)
     ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=7)
     lo = min(1e-9, float(values.min()) / 3)
@@ -95,7 +97,7 @@ def _panel_errors(ax: Any, result: Any) -> None:
     ax.legend(handles=handles, fontsize=7, loc="lower right", title="verdict (per-element tolerance)", title_fontsize=7)
     note = "dotted: rule-of-thumb guides, not the pass test"
     if hidden:
-        note += f"; {hidden} more leaves not shown"
+        note += f"; {hidden} more {'leaves' if unit == 'leaf' else 'blocks'} not shown"
     ax.set_xlabel(note, fontsize=7)
 
 
@@ -138,13 +140,20 @@ def _panel_sweep(ax: Any, result: Any) -> None:
     ax.legend(fontsize=7, loc="best")
 
 
+def _first_line(result: Any, prefix: str = "", suffix: str = "", width: int = 150) -> str:
+    line = prefix + str(result).split("\n", 1)[0]
+    if len(line) + len(suffix) > width:
+        line = line[: width - len(suffix) - 3] + "..."
+    return line + suffix
+
+
 def plot_result(result: Any, path: Any = None, *, dpi: int = 120) -> Any:
     """Draws the two-panel figure of a check result and optionally saves it.
 
     Args:
-      result: A `GradCheckResult`. A custom-rule `RuleCheckResult` draws its worst nested
-        finite-difference check; other results draw panel (a) when they list `leaves`
-        and panel (b) when they carry a `step_sweep`, and an explanatory text otherwise.
+      result: A `GradCheckResult`. A `JacobianCheckResult` (`check_vjp`/`check_jvp`) draws
+        panel (a) per Jacobian block and says in panel (b) that it records no step sweep;
+        a custom-rule `RuleCheckResult` draws its worst nested finite-difference check.
       path: File to write (format from the suffix, e.g. ".png", ".svg", ".pdf"); `None`
         only returns the figure.
       dpi: Resolution of raster output.
@@ -161,10 +170,10 @@ def plot_result(result: Any, path: Any = None, *, dpi: int = 120) -> Any:
     source = _gradient_result(result)
     _panel_errors(ax_errors, source)
     _panel_sweep(ax_sweep, source)
-    verdict = str(result).split("\n", 1)[0]
+    title = _first_line(result)
     if source is not result:
-        verdict += f"\n(panels: the finite-difference check {str(source).split(chr(10), 1)[0]})"
-    fig.suptitle(verdict if len(verdict) <= 140 else verdict[:137] + "...", fontsize=9)
+        title += "\n" + _first_line(source, prefix="(panels: the finite-difference check ", suffix=")")
+    fig.suptitle(title, fontsize=9)
     if path is not None:
         fig.savefig(path, dpi=dpi)
     return fig

@@ -132,3 +132,36 @@ def test_points_wrapper_is_documented():
     # The CLI writes this wrapper for `--points K`; test_cli.py checks the written keys.
     documented = section('kind = "points"', "")  # the single table of that section
     assert documented == {"schema_version", "kind", "function", "factory", "status", "points"}
+
+
+@pytest.fixture(scope="module")
+def jacobian_result():
+    jacobian = pytest.importorskip("jaxcheck._jacobian")
+
+    @jax.custom_vjp
+    def double_cos(x):
+        return jnp.sin(x)
+
+    double_cos.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (2.0 * g * jnp.cos(x),))  # wrong by 2
+    result = jacobian.check_vjp(double_cos, (jnp.array([0.1, 0.2, 0.3], jnp.float32),))
+    assert result.status == "failed"
+    return result
+
+
+@pytest.mark.parametrize(
+    "sub, get",
+    [
+        ("Top level", lambda d: d),
+        ("`blocks[]`", lambda d: d["blocks"][0]),
+        ("`blocks[].elements[]` (and `blocks[].worst`)", lambda d: d["blocks"][0]["elements"][0]),
+        ("`blocks[].elements[]` (and `blocks[].worst`)", lambda d: d["blocks"][0]["worst"]),
+    ],
+    ids=["top", "blocks", "elements", "worst"],
+)
+def test_jacobian_fields_are_exactly_the_documented_ones(jacobian_result, sub, get):
+    data = strict_loads(jacobian_result.to_json())
+    assert data["kind"] == "vjp" and data["schema_version"] == 1
+    documented = section('kind = "vjp"', sub)
+    actual = set(get(data))
+    assert documented - actual == set(), "documented in docs/json_schema.md but missing from to_dict()"
+    assert actual - documented == set(), "present in to_dict() but not documented in docs/json_schema.md"

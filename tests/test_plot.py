@@ -109,3 +109,21 @@ def test_missing_matplotlib_says_how_to_install(failed_result, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
     with pytest.raises(ImportError, match=r"pip install 'jaxcheck\[plot\]'"):
         failed_result.plot("never-written.png")
+
+
+def test_jacobian_result_plots_one_bar_per_block(tmp_path):
+    pytest.importorskip("matplotlib")
+    jacobian = pytest.importorskip("jaxcheck._jacobian")
+
+    @jax.custom_vjp
+    def double_cos(x):
+        return jnp.sin(x)
+
+    double_cos.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (2.0 * g * jnp.cos(x),))  # wrong by 2
+    result = jacobian.check_vjp(double_cos, (jnp.array([0.1, 0.2, 0.3], jnp.float32),))
+    fig = plot_result(result, tmp_path / "jac.png")
+    assert len(fig.axes) == 2
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [b.path for b in result.blocks]
+    assert "per block" in fig.axes[0].get_title()
+    assert any("no step sweep recorded" in t.get_text() for t in fig.axes[1].texts)
+    assert (tmp_path / "jac.png").read_bytes()[:8] == PNG_MAGIC
