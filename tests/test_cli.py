@@ -269,12 +269,24 @@ def test_unknown_kind(capsys, user_file):
     assert "unknown --kind `hessian`; choose from grad, vjp, jvp, custom-vjp, custom-jvp." in err
 
 
-def test_custom_vjp_kind_with_the_real_check(capsys, user_file):
-    if not hasattr(jaxcheck, "check_custom_vjp"):
-        pytest.skip("jaxcheck.check_custom_vjp is not available yet")
+def test_custom_vjp_kind_with_the_real_check(capsys, user_file, monkeypatch):
+    if not hasattr(jaxcheck, "check_custom_vjp"):  # not re-exported yet: use the module directly
+        module = pytest.importorskip("jaxcheck._custom_vjp")
+        monkeypatch.setattr(jaxcheck, "check_custom_vjp", module.check_custom_vjp, raising=False)
     code, out, _ = run(capsys, "check", f"{user_file}:scaled_sin", "--args", f"{user_file}:small_x", "--kind", "custom-vjp", "--points", "2")
     assert code == 1
     assert "PASSED" in out.split("=== point 2/2")[0] and "FAILED" in out.split("=== point 2/2")[1]
+
+
+def test_vjp_kind_with_the_real_check(capsys, user_file, monkeypatch):
+    if not hasattr(jaxcheck, "check_vjp"):  # not re-exported yet: use the module directly
+        module = pytest.importorskip("jaxcheck._jacobian")
+        monkeypatch.setattr(jaxcheck, "check_vjp", module.check_vjp, raising=False)
+    code, out, _ = run(capsys, "check", f"{user_file}:scaled_sin", "--args", f"{user_file}:small_x", "--kind", "vjp", "--points", "2", "--argnums", "0")
+    assert code == 1
+    first, second = out.split("=== point 2/2")
+    assert "PASSED: check_vjp(scaled_sin)" in first
+    assert "FAILED: check_vjp(scaled_sin)" in second and "args[0] -> out" in second
 
 
 # --------------------------------------------------------------------------- check: input errors
