@@ -110,8 +110,12 @@ def _positive_int(text: str) -> int:
 
 
 def _common_output(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", metavar="FILE", help="write the result as JSON (schema: docs/json_schema.md)")
-    parser.add_argument("--plot", metavar="FILE", help="save the figure (per-leaf errors and the step sweep); needs `pip install 'jaxcheck[plot]'`")
+    parser.add_argument("--json", metavar="FILE", help="write the result as JSON (schema: docs/json_schema.md; with --points, one document listing every point)")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="save the figure (per-leaf errors and the step sweep; with --points, FILE-seedK.png per point); needs `pip install 'jaxcheck[plot]'`",
+    )
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="colour the report (default: only on a terminal; NO_COLOR disables)")
     parser.add_argument("--traceback", action="store_true", help="print the full traceback of unexpected errors")
 
@@ -403,8 +407,11 @@ def run_demo(options: argparse.Namespace) -> int:
         _save_plot(result, options.plot)
     if status == expected and not options.fixed:
         print(
-            f"As designed: jaxcheck caught the planted bug (exit code 0). "
-            f"`jaxcheck demo {demo.name} --fixed` runs the corrected version."
+            textwrap.fill(
+                f"As designed: jaxcheck caught the planted bug (exit code 0). "
+                f"`jaxcheck demo {demo.name} --fixed` runs the corrected version.",
+                WIDTH,
+            )
         )
         return EXIT_OK
     if status == expected:
