@@ -1,0 +1,386 @@
+"""`check_vjp`, `check_jvp` and their `assert_*` twins: Jacobians of pytree -> pytree functions."""
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+from . import _jacobian_kernels as jk
+from . import _summary, _tolerance
+from ._engine import Evaluator
+from ._errors import GradCheckError
+from ._flatten import SkippedLeaf, build_layout, check_args, normalize_argnums
+from ._grad import _step_policy, function_name, validate_options
+from ._jacobian_full import Problem, run_full
+from ._jacobian_result import BlockReport, JacobianCheckResult, sort_blocks
+
+PyTree = Any
+MODES = ("auto", "full", "probe")
+# mode="auto" checks every entry while the Jacobian is affordable: at most FULL_MAX_ENTRIES
+# entries (n * m real coordinates; the comparison streams over them) and at most
+# FULL_MAX_INPUTS input coordinates (4 evaluations of f each). Beyond either, probes.
+FULL_MAX_ENTRIES = 10**7
+FULL_MAX_INPUTS = 20_000
+DEFAULT_PROBES = 4
+
+
+def resolve_mode(mode: str, n: int, m: int) -> str:
+    """"full" or "probe" for `mode` ("auto", "full", "probe") and a Jacobian of n inputs x m outputs."""
+    if mode != "auto":
+        return mode
+    return "full" if n * m <= FULL_MAX_ENTRIES and n <= FULL_MAX_INPUTS else "probe"
+
+
+def _real_view(leaves: Sequence[np.ndarray]) -> np.ndarray:
+    parts = []
+    for x in leaves:
+        x = np.asarray(x)
+        parts += [x.real.ravel(), x.imag.ravel()] if np.iscomplexobj(x) else [x.ravel()]
+    return np.concatenate([p.astype(np.float64) for p in parts]) if parts else np.zeros(0)
+
+
+def _outputs(f: Callable, args: tuple, has_aux: bool) -> tuple[jk.OutLayout, tuple[int, ...], tuple[SkippedLeaf, ...], np.ndarray]:
+    """Evaluates f twice (eagerly), classifies its output leaves and checks determinism.
+
+    Returns:
+      (outs, keep, skipped, value): the differentiable output leaves, their positions among
+      all output leaves, the skipped ones, and their real-view value (float64).
+
+    Raises:
+      TypeError, ValueError: bad `has_aux` output, no floating-point output, or f not deterministic.
+    """
+
+    def call() -> list:
+        out = f(*args)
+        if has_aux:
+            if not isinstance(out, (tuple, list)) or len(out) != 2:
+                raise TypeError("`has_aux=True` but `f` does not return a pair `(value, aux)`.")
+            out = out[0]
+        return jtu.tree_flatten_with_path(out)[0]
+
+    first, second = call(), call()
+    outs, keep, skipped, values = [], [], [], []
+    offset = 0
+    for pos, (path, leaf) in enumerate(first):
+        path_str = "out" + jtu.keystr(path)
+        dtype = getattr(leaf, "dtype", None)
+        is_key = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+        arr = None if is_key else np.asarray(jax.device_get(leaf))
+        if arr is None or not np.issubdtype(arr.dtype, np.inexact):
+            desc = str(dtype) if dtype is not None else type(leaf).__name__
+            skipped.append(SkippedLeaf(path_str, tuple(np.shape(leaf)), desc, f"{desc} output has no derivative (not checked)"))
+            continue
+        again = np.asarray(jax.device_get(second[pos][1]))
+        if not np.array_equal(arr, again, equal_nan=True):
+            raise ValueError(
+                f"`f` is not deterministic: two calls at the same arguments returned different values at {path_str}. "
+                "Pass the PRNG key as an argument and hold it fixed (e.g. `f(params, x, key)` with a fixed "
+                "`jax.random.key(0)`), and avoid numpy/Python randomness or mutable state inside f."
+            )
+        shape = tuple(int(s) for s in arr.shape)
+        size = int(np.prod(shape, dtype=np.int64)) * (2 if np.iscomplexobj(arr) else 1)
+        outs.append(jk.OutLeaf(path_str, shape, np.dtype(jnp.asarray(leaf).dtype), offset, size))
+        keep.append(pos)
+        values.append(arr)
+        offset += size
+    if not outs:
+        raise ValueError(
+            f"`f` has no floating-point outputs to differentiate ({len(skipped)} integer, boolean or key output(s)). "
+            "Return float arrays, or use `has_aux=True` to pass non-differentiable values on the side."
+        )
+    return tuple(outs), tuple(keep), tuple(skipped), _real_view(values)
+
+
+def _tolerance_for(layout: Any, outs: jk.OutLayout, rtol: float | None, atol: float | None) -> tuple[_tolerance.Tolerance, np.dtype]:
+    """The dtype whose rounding the analytic side is allowed (the coarser of inputs and outputs) and its `Tolerance`."""
+    dtype_in = np.dtype(np.result_type(*[leaf.real_dtype for leaf in layout.diff]))
+    dtype_out = np.dtype(np.result_type(*[np.finfo(o.dtype).dtype for o in outs]))
+    dtype = dtype_in if np.finfo(dtype_in).eps >= np.finfo(dtype_out).eps else dtype_out
+    tol = _tolerance.default_tolerance(dtype)
+    if rtol is not None or atol is not None:
+        tol = _tolerance.Tolerance(rtol=tol.rtol if rtol is None else float(rtol), atol=None if atol is None else float(atol))
+    return tol, dtype
+
+
+def setup(
+    kind: str,
+    f: Callable,
+    args: tuple,
+    *,
+    argnums: int | Sequence[int] | None,
+    mode: str,
+    eps: float | None,
+    rtol: float | None,
+    atol: float | None,
+    batch_size: int | None,
+    seed: int,
+    n_probes: int,
+    reference: str,
+    has_aux: bool,
+) -> Problem:
+    """Validates the options and builds the `Problem` (layout, outputs, reference evaluator)."""
+    start = time.perf_counter()
+    validate_options(f=f, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, has_aux=has_aux)
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+    if isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer)) or n_probes < 1:
+        raise ValueError(f"`n_probes` must be a positive int; got {n_probes!r}.")
+    args = check_args(args)
+    nums = normalize_argnums(argnums, len(args))
+    layout, diff_values, dynamic = build_layout(args, nums)
+    outs, keep, out_skipped, value = _outputs(f, args, has_aux)
+    sel = jk.OutputSelect(f, has_aux, keep)
+    ev = Evaluator(sel, False, layout, diff_values, dynamic, reference, value, seed)
+    tol, tol_dtype = _tolerance_for(layout, outs, rtol, atol)
+    p = Problem(
+        kind=kind,
+        name=function_name(f),
+        sel=sel,
+        layout=layout,
+        diff_values=list(diff_values),
+        dynamic=dynamic,
+        outs=outs,
+        ev=ev,
+        tol=tol,
+        tol_dtype=tol_dtype,
+        eps=eps,
+        seed=int(seed),
+        batch_size=batch_size,
+        skipped=tuple(layout.skipped) + out_skipped,
+        start=start,
+    )
+    if kind == "jvp":
+        _require_forward_mode(p)
+    return p
+
+
+def _require_forward_mode(p: Problem) -> None:
+    try:
+        jax.eval_shape(lambda v: jk.jvp_products(p.sel, p.layout, p.outs, p.diff_values, p.dynamic, v), jax.ShapeDtypeStruct((1, p.n), jnp.float32))
+    except TypeError as error:
+        if "custom_vjp" in str(error):
+            raise TypeError(
+                f"`check_jvp` needs forward-mode autodiff, but `{p.name}` calls a custom_vjp function, which JAX "
+                "cannot differentiate forward. Use `jaxcheck.check_vjp` to check its bwd rule."
+            ) from error
+        raise
+
+
+def _hints(p: Problem, blocks: tuple[BlockReport, ...], problem: str | None) -> tuple[str, ...]:
+    out = []
+    what = "bwd rule / VJP" if p.kind == "vjp" else "JVP rule"
+    if problem:
+        out.append(f"make the {what} linear in its cotangent: every term it returns must be multiplied by the incoming cotangent.")
+    for b in blocks:
+        bad = [e for e in b.elements if e.kind == "mismatch"]
+        if b.status != "failed":
+            continue
+        if not bad:
+            if b.worst is None:
+                out.append(f"random probes of {b.path} disagree, but no single entry was narrowed down: the error is spread thinly; rerun with `mode='full'` on a smaller input.")
+            else:
+                out.append(f"{b.path} has NaN/Inf in its analytic derivative: check divisions and sqrt/log at the boundary.")
+            continue
+        ratios = [e.analytic / e.numeric for e in bad if e.numeric != 0 and np.isfinite(e.numeric)]
+        pattern = ""
+        if ratios and np.allclose(ratios, ratios[0], rtol=1e-2):
+            q = ratios[0]
+            if abs(q + 1) < 1e-2:
+                pattern = " (analytic = -numeric: a sign error"
+                if any(e.input_part == "imag" or e.output_part == "imag" for e in bad):
+                    pattern += " on an imaginary part: a missing or extra conjugate? JAX's VJP pairs cotangents without conjugation"
+                pattern += ")"
+            elif abs(q) < 1e-6:
+                pattern = " (analytic is zero: a dropped term or a stop_gradient?)"
+            else:
+                pattern = f" (analytic / numeric = {q:.4g} everywhere: a constant factor?)"
+        out.append(f"check the {what} for {b.path} at entry {bad[0].where}{pattern}.")
+    if any(b.status == "inconclusive" for b in blocks):
+        if p.ev.reference.dtype != np.float64:
+            out.append("enable float64 evaluation (`reference='float64'`, or run with jax_enable_x64) so finite differences resolve smaller derivatives.")
+        out.append("check at a point away from kinks/discontinuities, or pass a larger `eps` if f is noisy.")
+    return tuple(out)
+
+
+def finish(p: Problem, blocks: list[BlockReport], mode: str, relative_error: float, source: str, problem: str | None = None) -> JacobianCheckResult:
+    """Assembles the `JacobianCheckResult` from block reports."""
+    ordered = sort_blocks(blocks)
+    status, reason = _summary.overall(ordered, noun="blocks")
+    if problem and status != "failed":
+        status, reason = "failed", problem
+    elif problem:
+        reason = f"{reason}; {problem}"
+    if not np.all(np.isfinite(p.ev.f0)):
+        status, reason = "inconclusive", "f(*args) is not finite at this point"
+    ev = p.ev
+    reference = ev.reference.description + "; 4-point central differences (+-h, +-2h) with Richardson extrapolation"
+    if mode == "probe":
+        reference += ", along random directions per input leaf, contracted with random cotangents per output leaf"
+    return JacobianCheckResult(
+        name=p.name,
+        kind=p.kind,
+        status=status,
+        reason=reason,
+        relative_error=float(relative_error),
+        blocks=ordered,
+        skipped=p.skipped,
+        reference=reference,
+        reference_fallback=ev.reference.fallback,
+        analytic_source=source,
+        step_policy=_step_policy(p.eps, ev.reference.dtype),
+        eps=None if p.eps is None else float(p.eps),
+        tolerance=p.tol,
+        seed=p.seed,
+        mode=mode,
+        n_inputs=int(p.n),
+        n_outputs=int(p.m),
+        n_evaluations=int(ev.n_evaluations),
+        seconds=time.perf_counter() - p.start,
+        hints=_hints(p, ordered, problem),
+    )
+
+
+def _check(kind: str, f: Callable, args: tuple, mode: str, n_probes: int, **options: Any) -> JacobianCheckResult:
+    p = setup(kind, f, args, mode=mode, n_probes=n_probes, **options)
+    resolved = resolve_mode(mode, p.n, p.m)
+    if resolved == "probe":
+        from ._probe import run_probe
+
+        blocks, relerr, source = run_probe(p, n_probes)
+        return finish(p, blocks, "probe", relerr, source)
+    acc, source, problem = run_full(p)
+    blocks = [acc.report(i, o) for i in range(p.n_in) for o in range(p.n_out)]
+    if problem and problem.startswith("the VJP cannot be transposed"):
+        source, problem = f"{source}; {problem}", None
+    return finish(p, blocks, "full", acc.relative_error(), source, problem)
+
+
+_ARGS_DOC = """
+    Args:
+      f: Function to check, called as `f(*args)`; any pytree of arrays in and out.
+      args: Tuple of pytrees at which to check.
+      argnums: Which arguments to differentiate (int or tuple); `None` (default) means
+        every positional argument, as `jax.vjp` does.
+      mode: "full" compares every Jacobian entry; "probe" compares random projections
+        <u, J v> per (input leaf, output leaf) block and narrows a failing block down to
+        its worst entries; "auto" (default) is "full" while n * m <= 1e7 and n <= 2e4
+        (n, m = real input and output coordinates), "probe" beyond.
+      eps: Absolute finite-difference step; `None` picks one per coordinate from its dtype and scale.
+      rtol: Relative allowance for the analytic side's rounding; `None` uses the dtype default.
+      atol: Absolute allowance; `None` derives one per entry: rtol * (max |J[j, :]| over the
+        input leaf) + a rounding floor 16 eps |f_j| / scale_i.
+      batch_size: Input coordinates per tile; `None` bounds memory automatically.
+      seed: Seed for random directions, cotangents and verification vectors. Recorded.
+      n_probes: Random directions per input leaf (and cotangents per output leaf) in probe mode.
+      reference: "auto", "float64" or "native": where finite differences are evaluated.
+      has_aux: Whether f returns `(output, aux)`; only `output` is differentiated.
+
+    Complex numbers are compared in the real view: a complex input is its (real, imag)
+    coordinates, a complex output its (real, imag) outputs. JAX's JVP is complex-linear
+    for holomorphic f and in general maps a tangent a + ib to J (a, b). JAX's VJP pairs
+    cotangents bilinearly without conjugation: the cotangent ct = u_re - i u_im is the
+    real cotangent (u_re, u_im), and the returned w is the real vector (Re w, -Im w) = J^T u
+    (so `jax.grad` of a real f of complex z is df/dx - i df/dy).
+
+    Integer, boolean and PRNG-key input leaves are held fixed, and such output leaves are
+    not checked; both are listed in `result.skipped`.
+
+    Returns:
+      A `JacobianCheckResult`; `str(result)` is the report, worst block first.
+
+    Raises:
+      TypeError, ValueError: misuse (bad argnums or options, no float inputs or outputs,
+        a non-deterministic f).
+"""
+
+
+def check_vjp(
+    f: Callable,
+    args: tuple,
+    *,
+    argnums: int | Sequence[int] | None = None,
+    mode: str = "auto",
+    eps: float | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    n_probes: int = DEFAULT_PROBES,
+    reference: str = "auto",
+    has_aux: bool = False,
+) -> JacobianCheckResult:
+    """Checks `jax.vjp(f, *args)` (including custom_vjp bwd rules) against finite differences.
+
+    In full mode the VJP gives the rows e_j^T J of the Jacobian; the comparison runs
+    column tile by column tile (finite differences give columns), using the transpose of
+    the VJP for the columns once it is verified to agree with the rows. In probe mode
+    each block is checked through <J^T u, v> against the directional derivative of
+    <u, f> along v.
+    {args}
+    Example:
+      >>> jaxcheck.check_vjp(jnp.sin, (jnp.arange(3.0),)).status
+      'passed'
+    """
+    return _check("vjp", f, args, mode, n_probes, argnums=argnums, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, reference=reference, has_aux=has_aux)
+
+
+def check_jvp(
+    f: Callable,
+    args: tuple,
+    *,
+    argnums: int | Sequence[int] | None = None,
+    mode: str = "auto",
+    eps: float | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    n_probes: int = DEFAULT_PROBES,
+    reference: str = "auto",
+    has_aux: bool = False,
+) -> JacobianCheckResult:
+    """Checks `jax.jvp(f, ...)` (including custom_jvp rules) against finite differences.
+
+    In full mode vmapped JVPs at input basis vectors give the columns J e_i, compared
+    tile by tile with finite-difference columns. In probe mode each block is checked
+    through <u, J v> against the directional derivative of <u, f> along v.
+    {args}
+    Example:
+      >>> jaxcheck.check_jvp(jnp.sin, (jnp.arange(3.0),)).status
+      'passed'
+    """
+    return _check("jvp", f, args, mode, n_probes, argnums=argnums, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, reference=reference, has_aux=has_aux)
+
+
+check_vjp.__doc__ = check_vjp.__doc__.replace("{args}", _ARGS_DOC)  # type: ignore[union-attr]
+check_jvp.__doc__ = check_jvp.__doc__.replace("{args}", _ARGS_DOC)  # type: ignore[union-attr]
+
+
+def assert_vjp_correct(f: Callable, args: tuple, *, allow_inconclusive: bool = False, **kwargs: Any) -> JacobianCheckResult:
+    """Asserts that `check_vjp(f, args, **kwargs)` passes.
+
+    Raises:
+      GradCheckError: the VJP is wrong (or the check is inconclusive); the message is the report.
+    """
+    __tracebackhide__ = True
+    result = check_vjp(f, args, **kwargs)
+    if result.status == "failed" or (result.status == "inconclusive" and not allow_inconclusive):
+        raise GradCheckError(str(result), result)
+    return result
+
+
+def assert_jvp_correct(f: Callable, args: tuple, *, allow_inconclusive: bool = False, **kwargs: Any) -> JacobianCheckResult:
+    """Asserts that `check_jvp(f, args, **kwargs)` passes.
+
+    Raises:
+      GradCheckError: the JVP is wrong (or the check is inconclusive); the message is the report.
+    """
+    __tracebackhide__ = True
+    result = check_jvp(f, args, **kwargs)
+    if result.status == "failed" or (result.status == "inconclusive" and not allow_inconclusive):
+        raise GradCheckError(str(result), result)
+    return result

@@ -1,0 +1,361 @@
+"""Traced: everything here runs under jit and vmap (except the small host records at the top).
+
+Analytic Jacobian products in the real view, and the on-device comparison of one tile
+of Jacobian entries against finite differences.
+
+Real view. Inputs are the flat real vector theta of `_flatten` (a complex leaf is its
+real block, then its imaginary block); outputs are `ravel_output` of the output leaves
+(the same convention). JAX's derivatives of complex functions map onto the real
+Jacobian J (d real-view outputs / d real-view inputs) as follows, verified against
+finite differences in tests/test_jacobian.py:
+
+  JVP: a complex tangent t = a + ib is the real tangent (a, b); the output tangent
+    y_t = c + id is (c, d) = J (a, b). JAX's JVP is J, with no conjugation.
+  VJP: JAX pairs cotangents bilinearly, Re(sum(ct * y)), without conjugation. A
+    real-view cotangent u = (u_re, u_im) is the JAX cotangent ct = u_re - i u_im, and
+    JAX's input cotangent w = vjp(ct) is the real-view vector (Re w, -Im w) = J^T u.
+    (For f: C -> R this makes `jax.grad` return df/dx - i df/dy, as JAX documents.)
+
+Kernels are jitted with the `OutputSelect`, `ArgLayout` and `OutLayout` as static
+arguments, so a repeated check at new arguments of the same shapes reuses compiled code.
+"""
+
+import dataclasses
+import functools as ft
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+from . import _stencil as st
+from ._flatten import ArgLayout, ravel_output, rebuild_args, unravel
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSelect:
+    """Hashable wrapper: f's differentiable output leaves (floating or complex) as a tuple.
+
+    Equal for equal (f, has_aux, keep), so jitted kernels keyed on it are reused.
+    """
+
+    f: Callable
+    has_aux: bool
+    keep: tuple[int, ...]  # positions among f's output leaves
+
+    def __call__(self, *args: Any) -> tuple:
+        out = self.f(*args)
+        if self.has_aux:
+            out = out[0]
+        leaves = jtu.tree_leaves(out)
+        return tuple(jnp.asarray(leaves[i]) for i in self.keep)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutLeaf:
+    """A differentiable output leaf and its place in the real output vector."""
+
+    path: str  # "out", "out[0]", "out['y']"
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int
+    size: int  # real coordinates (2 * elements for complex)
+
+    @property
+    def is_complex(self) -> bool:
+        return bool(np.issubdtype(self.dtype, np.complexfloating))
+
+    def locate(self, local: int) -> tuple[tuple[int, ...], str]:
+        """(multi-index, part) of the leaf's `local`-th real coordinate."""
+        part = ""
+        if self.is_complex:
+            half = self.size // 2
+            part = "real" if local < half else "imag"
+            local %= half
+        return (tuple(int(i) for i in np.unravel_index(local, self.shape)) if self.shape else ()), part
+
+
+OutLayout = tuple[OutLeaf, ...]
+
+
+# ----------------------------------------------------------------------------------
+# Traced: real view <-> JAX's (co)tangents.
+
+
+def real_to_cotangents(outs: OutLayout, u: jax.Array) -> tuple:
+    """Traced: real-view output cotangent u (m,) -> JAX cotangents, one per output leaf."""
+    cts = []
+    for o in outs:
+        block = u[o.offset : o.offset + o.size]
+        if o.is_complex:
+            real = jnp.finfo(o.dtype).dtype
+            half = o.size // 2
+            ct = jax.lax.complex(block[:half].astype(real), -block[half:].astype(real))
+        else:
+            ct = block.astype(o.dtype)
+        cts.append(ct.reshape(o.shape))
+    return tuple(cts)
+
+
+def cotangents_to_real(layout: ArgLayout, grads: list) -> jax.Array:
+    """Traced: JAX input cotangents (one per differentiated leaf) -> real view (n,)."""
+    parts = []
+    for leaf, g in zip(layout.diff, grads):
+        if leaf.is_complex:
+            parts += [jnp.real(g).ravel(), -jnp.imag(g).ravel()]
+        else:
+            parts.append(g.ravel())
+    dtype = jnp.result_type(*parts)
+    return jnp.concatenate([p.astype(dtype) for p in parts])
+
+
+def _primal(sel: OutputSelect, layout: ArgLayout, dynamic: Any) -> Callable:
+    return lambda diff: sel(*rebuild_args(layout, diff, dynamic))
+
+
+def _basis(idx: jax.Array, size: int, dtype: Any) -> jax.Array:
+    return jax.nn.one_hot(idx, size, dtype=dtype)
+
+
+def _vjp_linear(sel, layout, outs, diff_values, dynamic) -> tuple[Callable, Any]:
+    """The real-view VJP u (m,) -> J^T u (n,), and the real dtype of u."""
+    y, vjp = jax.vjp(_primal(sel, layout, dynamic), list(diff_values))
+    u_dtype = jnp.result_type(*[jnp.finfo(o.dtype).dtype for o in outs])
+    return (lambda u: cotangents_to_real(layout, vjp(real_to_cotangents(outs, u))[0])), u_dtype
+
+
+def _in_dtype(layout: ArgLayout) -> Any:
+    return jnp.result_type(*[leaf.real_dtype for leaf in layout.diff])
+
+
+# ----------------------------------------------------------------------------------
+# Traced, jitted: analytic Jacobian products (static: sel, layout, outs).
+
+
+@ft.partial(jax.jit, static_argnums=(0, 1, 2))
+def vjp_products(sel: OutputSelect, layout: ArgLayout, outs: OutLayout, diff_values: list, dynamic: Any, U: jax.Array) -> jax.Array:
+    """J^T u for each row u of U (b, m): (b, n), through `jax.vjp` (so custom_vjp bwd rules run)."""
+    lin, u_dtype = _vjp_linear(sel, layout, outs, diff_values, dynamic)
+    return jax.vmap(lin)(U.astype(u_dtype))
+
+
+@ft.partial(jax.jit, static_argnums=(0, 1, 2))
+def vjp_rows(sel: OutputSelect, layout: ArgLayout, outs: OutLayout, diff_values: list, dynamic: Any, rows: jax.Array) -> jax.Array:
+    """Rows `rows` (r,) of J from VJPs at output basis vectors: (r, n)."""
+    m = sum(o.size for o in outs)
+    lin, u_dtype = _vjp_linear(sel, layout, outs, diff_values, dynamic)
+    return jax.vmap(lin)(_basis(rows, m, u_dtype))
+
+
+@ft.partial(jax.jit, static_argnums=(0, 1, 2))
+def vjp_rows_summary(sel: OutputSelect, layout: ArgLayout, outs: OutLayout, diff_values: list, dynamic: Any, rows: jax.Array, V: jax.Array):
+    """For rows `rows` (r,) of J (from VJPs): per-input-leaf max |J| (r, L_in), J V and |J| |V| (r, p)."""
+    J = vjp_rows(sel, layout, outs, diff_values, dynamic, rows)
+    absJ = jnp.where(jnp.isfinite(J), jnp.abs(J), 0)
+    leaf_max = jnp.stack([jnp.max(absJ[:, l.offset : l.offset + l.size], axis=1) for l in layout.diff], axis=1)
+    V = V.astype(J.dtype)
+    return leaf_max, J @ V, absJ @ jnp.abs(V)
+
+
+@ft.partial(jax.jit, static_argnums=(0, 1, 2))
+def vjp_columns(sel: OutputSelect, layout: ArgLayout, outs: OutLayout, diff_values: list, dynamic: Any, coords: jax.Array) -> jax.Array:
+    """Columns `coords` (k,) of J, as the transpose of the (linear) real-view VJP: (k, m).
+
+    `jax.linear_transpose` does not check linearity (an affine or cotangent-ignoring bwd
+    rule transposes silently to something else), so callers verify these columns
+    against VJP rows (`vjp_rows_summary`) before trusting them.
+    """
+    m = sum(o.size for o in outs)
+    lin, u_dtype = _vjp_linear(sel, layout, outs, diff_values, dynamic)
+    transpose = jax.linear_transpose(lin, jax.ShapeDtypeStruct((m,), u_dtype))
+    return jax.vmap(lambda v: transpose(v)[0])(_basis(coords, layout.n, _in_dtype(layout)))
+
+
+def _jvp_linear(sel, layout, outs, diff_values, dynamic) -> Callable:
+    dtypes = tuple(leaf.dtype for leaf in layout.diff)
+    _, f_jvp = jax.linearize(_primal(sel, layout, dynamic), list(diff_values))
+    return lambda v: ravel_output(f_jvp(unravel(layout, v, dtypes)))
+
+
+@ft.partial(jax.jit, static_argnums=(0, 1, 2))
+def jvp_products(sel: OutputSelect, layout: ArgLayout, outs: OutLayout, diff_values: list, dynamic: Any, V: jax.Array) -> jax.Array:
+    """J v for each row v of V (b, n): (b, m), through `jax.linearize` (custom_jvp rules run)."""
+    lin = _jvp_linear(sel, layout, outs, diff_values, dynamic)
+    return jax.vmap(lin)(V.astype(_in_dtype(layout)))
+
+
+@ft.partial(jax.jit, static_argnums=(0, 1, 2))
+def jvp_columns(sel: OutputSelect, layout: ArgLayout, outs: OutLayout, diff_values: list, dynamic: Any, coords: jax.Array) -> jax.Array:
+    """Columns `coords` (k,) of J from JVPs at input basis vectors: (k, m)."""
+    lin = _jvp_linear(sel, layout, outs, diff_values, dynamic)
+    return jax.vmap(lin)(_basis(coords, layout.n, _in_dtype(layout)))
+
+
+@ft.partial(jax.jit, static_argnums=(3,))
+def columns_leaf_max(acc: jax.Array, cols: jax.Array, leaf_ids: jax.Array, n_leaves: int) -> jax.Array:
+    """acc (L_in, m) updated with the max |cols| (k, m) of each input leaf (leaf_ids (k,), -1 = padding)."""
+    a = jnp.where(jnp.isfinite(cols), jnp.abs(cols), 0).astype(acc.dtype)
+    seg = jax.ops.segment_max(a, jnp.where(leaf_ids < 0, n_leaves, leaf_ids), num_segments=n_leaves + 1)[:n_leaves]
+    return jnp.maximum(acc, seg)
+
+
+@jax.jit
+def columns_times(acc: jax.Array, cols: jax.Array, V: jax.Array) -> jax.Array:
+    """acc (m, p) + cols^T V for cols (k, m), V (k, p): accumulates J V column chunk by chunk."""
+    cols = jnp.where(jnp.isfinite(cols), cols, 0)
+    return acc + cols.T.astype(acc.dtype) @ V.astype(acc.dtype)
+
+
+# ----------------------------------------------------------------------------------
+# Traced, jitted: one tile of Jacobian entries vs finite differences.
+
+SUM_NAMES = ("ssd", "ssa", "ssn", "n", "n_failed", "n_anf", "n_ref_nf", "n_kink_out", "n_nonsmooth", "n_unres", "mass", "mass_unres")
+STAT_NAMES = SUM_NAMES + ("maxd", "key", "j", "a", "num", "tol", "code")
+
+
+def element_key(code: jax.Array, diff: jax.Array, tolerance: jax.Array, xp: Any = jnp) -> jax.Array:
+    """Worst-first ordering key in [0, 3]: failing (2) > non-finite reference or kink outside (1) > rest,
+    then |a - n| / tolerance (mapped r -> r / (1 + r), NaN and Inf -> 1)."""
+    failing = (code == st.FAIL) | (code == st.ANALYTIC_NONFINITE)
+    rank = xp.where(failing, 2.0, xp.where((code == st.REF_NONFINITE) | (code == st.FAIL_NONSMOOTH), 1.0, 0.0))
+    ratio = xp.where(tolerance > 0, diff / xp.where(tolerance > 0, tolerance, 1), xp.where(diff > 0, xp.inf, 0.0))
+    squashed = xp.where(xp.isfinite(ratio), ratio / (1 + ratio), 1.0)
+    return rank + squashed
+
+
+def _tile_stats(
+    values: jax.Array,
+    f0: jax.Array,
+    points: jax.Array,
+    x0: jax.Array,
+    analytic: jax.Array,
+    floor_in: jax.Array,
+    out_scale: jax.Array,
+    leaf_max: jax.Array,
+    in_ids: jax.Array,
+    out_ids: jax.Array,
+    rtol: Any,
+    safety: Any,
+    user_atol: Any,
+    n_out: int,
+    xp: Any = jnp,
+) -> dict[str, jax.Array]:
+    """Compares a tile of Jacobian entries (k input coordinates x mt outputs) with finite differences.
+
+    The absolute tolerance of entry (i, j) is `user_atol` when >= 0, else the check_grad
+    rule per output element: floor_in[i] * out_scale[j] (a derivative too small to move
+    output j by more than rounding over coordinate i's scale) + rtol * (max |J[j, :]|
+    over i's input leaf).
+
+    Args:
+      values: (k, 4, mt) stencil values; f0 (mt,); points (k, 4); x0 (k,).
+      analytic: (k, mt) analytic entries J[j, i] (transposed: row = input coordinate).
+      floor_in: (k,) 16 eps / scale_i; out_scale (mt,) max(|f_j|, rms of j's output leaf).
+      leaf_max: (L_in, mt) max |J[j, :]| per input leaf; in_ids (k,) input leaf of each row.
+      out_ids: (mt,) output leaf of each column (n_out for padding).
+      rtol, safety, user_atol: Scalars.
+      n_out: Number of output leaves (static).
+      xp: `jnp` (jitted, on device) or `np` (small tiles on the host: no compilation).
+
+    Returns:
+      Dict of (k, n_out) arrays, named by STAT_NAMES: sums of squares, maximum |a - n|,
+      counts by verdict, gradient mass, and the worst entry of each (row, output leaf).
+    """
+    combine, assess = (st.combine, st.assess) if xp is jnp else (st.combine_host, st.assess_host)
+    dtype = values.dtype
+    est = combine(values, f0, points, x0)
+    a = analytic.astype(dtype)
+    atol = floor_in[:, None].astype(dtype) * out_scale[None, :].astype(dtype) + rtol * leaf_max[in_ids].astype(dtype)
+    atol = xp.where(user_atol >= 0, user_atol, atol)
+    asm = assess(est, a, rtol, atol, safety)
+    num, code = est.numeric, asm.code
+    finite = xp.isfinite(a) & xp.isfinite(num)
+    d = xp.where(finite, a - num, 0)
+    failing = (code == st.FAIL) | (code == st.ANALYTIC_NONFINITE)
+    mass = xp.where(xp.isfinite(num), xp.abs(num), 0)
+    unres = ~asm.resolved & ~failing
+    key = element_key(code, xp.abs(a - num), asm.tolerance, xp)
+    per_elem = xp.stack(
+        [
+            d * d,
+            xp.where(finite, a * a, 0),
+            xp.where(finite, num * num, 0),
+            xp.ones_like(a),
+            failing.astype(dtype),
+            (code == st.ANALYTIC_NONFINITE).astype(dtype),
+            (code == st.REF_NONFINITE).astype(dtype),
+            (code == st.FAIL_NONSMOOTH).astype(dtype),
+            ((code == st.NONSMOOTH) | (code == st.FAIL_NONSMOOTH)).astype(dtype),
+            unres.astype(dtype),
+            mass,
+            xp.where(unres, mass, 0),
+        ],
+        axis=-1,
+    )  # (k, mt, 12)
+    onehot = (out_ids[:, None] == xp.arange(n_out)[None, :]).astype(dtype)  # (mt, n_out); padding is all zero
+    sums = xp.einsum("kjs,jo->kos", per_elem, onehot)
+    out = {name: sums[:, :, i] for i, name in enumerate(SUM_NAMES)}
+    rows = xp.arange(a.shape[0])
+    maxd, keys, js = [], [], []
+    for o in range(n_out):
+        mask = (out_ids == o)[None, :]
+        maxd.append(xp.max(xp.where(mask, xp.abs(d), 0), axis=1))
+        ko = xp.where(mask, key, -1.0)
+        j = xp.argmax(ko, axis=1)
+        keys.append(ko[rows, j])
+        js.append(j)
+    j = xp.stack(js, axis=1)  # (k, n_out)
+    out["maxd"], out["key"], out["j"] = xp.stack(maxd, axis=1), xp.stack(keys, axis=1), j.astype(dtype)
+    r = rows[:, None]
+    out["a"], out["num"], out["tol"], out["code"] = a[r, j], num[r, j], asm.tolerance[r, j], code[r, j].astype(dtype)
+    return out
+
+
+tile_stats = jax.jit(ft.partial(_tile_stats, xp=jnp), static_argnums=(13,))
+tile_stats_host = ft.partial(_tile_stats, xp=np)
+
+
+# ----------------------------------------------------------------------------------
+# Traced, jitted: probes <u, J v> from directional finite differences.
+
+
+def _probe_assess(values: Any, f0: Any, ts: Any, U: Any, analytic: Any, atol: Any, rtol: Any, safety: Any, xp: Any = jnp) -> tuple:
+    """Compares analytic <u_q, J v_b> with finite differences of f along v_b, contracted with u_q.
+
+    Treats the direction as one coordinate t: the stencil values f(theta + t v) at
+    t in `ts` are contracted with each cotangent, then `_stencil.combine` gives the
+    Richardson-extrapolated derivative, its truncation error and one-sided slopes (all
+    linear in the values, hence exact after contraction). The rounding term is
+    contracted separately as sum_j |u_j| noise_j, since rounding does not cancel.
+
+    Args:
+      values: (b, 4, m) f(theta + ts[k] v_b); f0 (m,); ts (4,) exact step multipliers.
+      U: (q, m) cotangents; analytic, atol: (b, q).
+      xp: `jnp` (jitted) or `np` (host).
+
+    Returns:
+      (numeric, code, tolerance, resolved), each (b, q).
+    """
+    combine, assess = (st.combine, st.assess) if xp is jnp else (st.combine_host, st.assess_host)
+    dtype = values.dtype
+    b = values.shape[0]
+    points = xp.broadcast_to(ts.astype(dtype), (b, 4))
+    x0 = xp.zeros((b,), dtype)
+    full = combine(values, f0, points, x0)
+    Uf = U.astype(dtype)
+    used = (Uf != 0).astype(dtype)
+    # Non-finite values poison only the cotangents that see them (0 * NaN would poison all).
+    bad = ((~xp.all(xp.isfinite(values), axis=1) | ~xp.isfinite(f0)[None, :]).astype(dtype) @ used.T) > 0
+    clean = xp.where(xp.isfinite(values), values, 0)
+    vu = xp.einsum("bkm,qm->bkq", clean, Uf)
+    est = combine(vu, Uf @ xp.where(xp.isfinite(f0), f0, 0), points, x0)
+    noise = xp.where(xp.isfinite(full.noise), full.noise, 0) @ xp.abs(Uf).T
+    est = est._replace(numeric=xp.where(bad, xp.nan, est.numeric), fd_error=est.fd_error - est.noise + noise, noise=noise)
+    asm = assess(est, analytic.astype(dtype), rtol, atol.astype(dtype), safety)
+    return est.numeric, asm.code, asm.tolerance, asm.resolved
+
+
+probe_assess = jax.jit(ft.partial(_probe_assess, xp=jnp))
+probe_assess_host = ft.partial(_probe_assess, xp=np)

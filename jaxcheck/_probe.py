@@ -1,0 +1,585 @@
+"""Probe mode: random projections <u, J v> per block, then narrowing to the worst entries.
+
+For large inputs a full check (4 evaluations of f per input coordinate) is too slow, but
+a wrong derivative still shows in random projections. For every differentiated input
+leaf I, `n_probes` random directions v (nonzero only on I, drawn with
+`Evaluator.random_directions`, so each leaf's directions are seeded from its path), and
+for every output leaf O, `n_probes` random cotangents u (nonzero only on O, divided by
+the leaf's rms value), the check compares
+
+  analytic  <J^T u, v> (check_vjp), <u, J v> (check_jvp) or <g, v> (check_grad)
+  numeric   d/dt <u, f(theta + t v)> by the 4-point stencil of `_stencil.combine`
+            (the direction is one "coordinate" t), with its error estimate,
+
+so every (input leaf, output leaf) block gets its own n_probes**2 comparisons and a
+lost derivative on a small output leaf cannot hide behind a large one. A failing block
+is then narrowed: its input coordinates are split into PROBE_SPLIT contiguous parts,
+probed again with the same directions restricted to each part, and the worst part is
+kept, down to NARROW_COORDS coordinates (for check_vjp, the outputs are split the same
+way down to NARROW_OUTPUTS); those entries are checked one by one, as in full mode, so
+even a check of millions of parameters ends with an element index and both values.
+
+Tolerance of a probe: `safety * fd_error + rtol * |numeric| + atol`, where atol adds the
+full-mode per-entry allowances in quadrature over the probe's terms (rounding errors of
+independent entries add like a random walk): the floor sqrt(sum (v_i floor_i)^2) *
+sqrt(sum (u_j |f_j|)^2), plus rtol times the root-mean-square of the analytic
+products' terms (for check_grad, sqrt(sum (v_i atol_i)^2) with check_grad's per-element
+atol). The rounding floor (16 eps |f| / scale_i: a coordinate too weak to move f above
+rounding) is taken in the reference's precision: it stands for what the finite
+differences cannot resolve, and in the native float32 a sum of 10**6 terms would set it
+above every single element's derivative (16 eps32 |f| ~ 2e-6 |f|, while each element
+moves f by ~|f| / 10**6), hiding any one wrong element from every probe.
+"""
+
+import dataclasses
+import functools as ft
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _finite_diff as fd
+from . import _jacobian_kernels as jk
+from . import _jacobian_full as jf
+from . import _stencil as st
+from . import _summary, _tolerance
+from ._engine import Evaluator
+from ._jacobian_result import BlockReport
+from ._result import GradCheckResult, LeafReport
+
+# check_grad(mode="auto") checks every coordinate up to GRAD_FULL_MAX coordinates (4 evaluations
+# of f each: 2e5 evaluations, tens of seconds for a cheap f of that size on a CPU), probes beyond.
+GRAD_FULL_MAX = 50_000
+PROBE_SPLIT = 4
+NARROW_COORDS = 64
+NARROW_OUTPUTS = 2048
+MAX_NARROWED = 4  # failing blocks (leaves) narrowed per check, worst first
+MAX_ROWS = 16  # directions per vmapped evaluation (fixed, so the kernel compiles once)
+TS = np.asarray([-2.0, -1.0, 1.0, 2.0])  # stencil in units of the direction (which carries the step)
+
+
+@dataclasses.dataclass
+class Round:
+    """Results of one probe round, host arrays (b directions, q cotangents)."""
+
+    analytic: np.ndarray
+    numeric: np.ndarray
+    code: np.ndarray
+    tolerance: np.ndarray
+    resolved: np.ndarray
+
+    def key(self) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            return jk.element_key(self.code, np.abs(self.analytic - self.numeric), self.tolerance, np)
+
+
+def _cotangent_block(seed: int, path: str, count: int, size: int) -> np.ndarray:
+    """Standard-normal cotangents for one output leaf, seeded from (seed, its path)."""
+    rng = np.random.Generator(np.random.PCG64([int(seed) & 0xFFFFFFFF, zlib.crc32(f"cotangent:{path}".encode())]))
+    return rng.standard_normal((count, size))
+
+
+class Prober:
+    """Probes of one `Problem` (kind "vjp", "jvp" or "grad").
+
+    Args:
+      p: The problem.
+      n_probes: Directions per input leaf (and cotangents per output leaf when m > 1).
+      grad: For kind "grad": the analytic gradient (n,) and check_grad's per-element atol (n,).
+    """
+
+    def __init__(self, p: jf.Problem, n_probes: int, grad: tuple[np.ndarray, np.ndarray] | None = None):
+        self.p, self.P = p, int(n_probes)
+        # Directions carry the step: Z * h (P, n), restricted per probe to a leaf or a part of one.
+        self.Zh = p.ev.random_directions(self.P, "probe") * p.h
+        self._zh: dict = {}
+        self.Pu = self.P if p.m > 1 else 1
+        U = np.zeros((p.n_out * self.Pu, p.m), np.float32)
+        for o, leaf in enumerate(p.outs):
+            sl = slice(leaf.offset, leaf.offset + leaf.size)
+            f0 = p.ev.f0[sl]
+            rms = float(np.sqrt(np.mean(np.square(f0)))) if p.m > 1 else 1.0
+            scale = rms if rms > 0 and np.isfinite(rms) else 1.0
+            z = _cotangent_block(p.seed, leaf.path, self.Pu, leaf.size) if p.m > 1 else np.ones((1, 1))
+            U[o * self.Pu : (o + 1) * self.Pu, sl] = z / scale
+        self.U = U
+        self.grad = grad
+        self.Y = self.vjp(U) if p.kind == "vjp" else None  # (q, n): J^T u for every cotangent
+        self.rows = min(MAX_ROWS, max(1, p.ev.auto_batch_size(4)))
+        self.n_probes_run = 0
+
+    def q_rows(self, o: int) -> np.ndarray:
+        return np.arange(o * self.Pu, (o + 1) * self.Pu)
+
+    # -- analytic side ----------------------------------------------------------
+
+    def vjp(self, U: np.ndarray) -> np.ndarray:
+        """J^T u for each row of U (q, m), in chunks of MAX_ROWS: host (q, n) in the analytic dtype."""
+        out = []
+        for chunk, valid in jf._padded_chunks(np.arange(U.shape[0]), MAX_ROWS):
+            Y = jk.vjp_products(self.p.sel, self.p.layout, self.p.outs, self.p.diff_values, self.p.dynamic, jnp.asarray(U[chunk]))
+            out.append(np.asarray(Y)[:valid])
+        return np.concatenate(out)
+
+    def _device_directions(self, specs: Sequence[tuple[int, int, int]], dtype: Any) -> jax.Array:
+        """Dense directions (b, n) built on device: row r is Z[probe] * h on [lo, hi), zero elsewhere."""
+        spec = np.asarray(specs, np.int64).reshape(-1, 3)
+        if self._zh.get(dtype) is None:
+            self._zh[dtype] = jnp.asarray(self.Zh, dtype)
+        return _masked_rows(self._zh[dtype], jnp.asarray(spec[:, 2], jnp.int32), jnp.asarray(spec[:, 0]), jnp.asarray(spec[:, 1]))
+
+    # -- one round ----------------------------------------------------------------
+
+    def round(self, specs: Sequence[tuple[int, int, int]], U: np.ndarray, Y: np.ndarray | None, u_groups: np.ndarray) -> Round:
+        """Compares every direction in `specs` with every cotangent row of U (q, m).
+
+        Host-side sums run over each direction's own coordinates [lo, hi) only, so a round
+        costs O(its coordinates), and narrowing gets cheaper as it goes down.
+
+        Args:
+          specs: (lo, hi, probe) per direction: Z[probe] * h restricted to coordinates [lo, hi).
+          U: (q, m) cotangents; Y: (q, n) their VJPs (kind "vjp").
+          u_groups: (q,) group of each cotangent (same output block), for the rounding allowance.
+        """
+        p = self.p
+        b, q = len(specs), U.shape[0]
+        U64 = U.astype(np.float64)
+        floor_in = p.floor_in * (np.finfo(p.ev.reference.dtype).eps / np.finfo(p.tol_dtype).eps)
+        u_floor = np.sqrt(np.square(U64 * p.out_scale).sum(axis=1))  # (q,)
+        A, atol = np.zeros((b, q)), np.zeros((b, q))
+        terms = np.zeros((b, q))
+        norms = np.zeros(b)
+        for r, (lo, hi, k) in enumerate(specs):
+            v = self.Zh[k, lo:hi]
+            norms[r] = np.linalg.norm(v)
+            atol[r] = np.sqrt(np.sum(np.square(v * floor_in[lo:hi]))) * u_floor
+            if p.kind == "grad":
+                g, g_atol = self.grad
+                A[r, 0] = v @ g[lo:hi]
+                atol[r, 0] = np.sqrt(np.sum(np.square(v * g_atol[lo:hi])))
+            elif p.kind == "vjp":
+                y = Y[:, lo:hi].astype(np.float64)
+                A[r] = y @ v
+                terms[r] = np.square(y) @ np.square(v)
+        if p.kind == "vjp":
+            atol += p.tol.rtol * np.sqrt(_group_mean(terms, u_groups, axis=1))
+        elif p.kind == "jvp":
+            W = self._jvp(specs)  # (b, m)
+            A = W @ U64.T
+            d_groups = np.unique(np.asarray(specs)[:, :2], axis=0, return_inverse=True)[1].ravel()
+            atol += p.tol.rtol * np.sqrt(_group_mean(np.square(W) @ np.square(U64.T), d_groups, axis=0))
+        if p.tol.atol is not None:
+            atol = p.tol.atol * norms[:, None] * np.linalg.norm(U64, axis=1)[None, :]
+        parts = [self._assess([specs[i] for i in c], U, A[c], atol[c], valid) for c, valid in _row_chunks(b, self.rows)]
+        self.n_probes_run += b * q
+        numeric, code, tolerance, resolved = (np.concatenate(x) for x in zip(*parts))
+        # Report per unit step: the directions carry h_i = rel * scale_i (or the user's eps).
+        unit = np.asarray([p.h[lo] / (p.scales[lo] if p.eps is None else 1.0) for lo, _, _ in specs])[:, None]
+        return Round(A / unit, numeric / unit, code, tolerance / unit, resolved)
+
+    def _jvp(self, specs: Sequence[tuple[int, int, int]]) -> np.ndarray:
+        out = []
+        dtype = jnp.result_type(*[leaf.real_dtype for leaf in self.p.layout.diff])
+        for c, valid in _row_chunks(len(specs), self.rows):
+            D = self._device_directions([specs[i] for i in c], dtype)
+            W = jk.jvp_products(self.p.sel, self.p.layout, self.p.outs, self.p.diff_values, self.p.dynamic, D)
+            out.append(np.asarray(W, np.float64)[:valid])
+        return np.concatenate(out)
+
+    def _assess(self, specs: Sequence[tuple[int, int, int]], U: np.ndarray, A: np.ndarray, atol: np.ndarray, valid: int) -> tuple:
+        ev, p = self.p.ev, self.p
+        with ev.context():
+            D = self._device_directions(specs, ev.theta_dtype)
+            values = fd.values_along_directions(ev.spec, ev.theta_device, ev.dynamic, D, jnp.asarray(TS, ev.theta_dtype))
+        ev.n_evaluations += valid * TS.size
+        if len(specs) * TS.size * p.m <= jf.HOST_ENTRIES:
+            values = np.asarray(values)
+            dtype = values.dtype.type
+            with np.errstate(all="ignore"):
+                out = jk.probe_assess_host(
+                    values, p.ev.f0.astype(dtype), TS.astype(dtype), U, A, atol, dtype(p.tol.rtol), dtype(p.tol.safety)
+                )
+        else:
+            with ev.context():
+                dtype = values.dtype
+                out = jk.probe_assess(
+                    values, jnp.asarray(p.ev.f0, dtype), jnp.asarray(TS, dtype), jnp.asarray(U), jnp.asarray(A, dtype),
+                    jnp.asarray(atol, dtype), jnp.asarray(p.tol.rtol, dtype), jnp.asarray(p.tol.safety, dtype),
+                )  # fmt: skip
+        return tuple(np.asarray(x)[:valid] for x in jax.device_get(out))
+
+    # -- the plan ---------------------------------------------------------------------
+
+    def top_level(self) -> tuple[Round, list[tuple[int, int, int]]]:
+        """P directions per input leaf against all cotangents."""
+        specs = [(leaf.offset, leaf.offset + leaf.size, k) for leaf in self.p.layout.diff for k in range(self.P)]
+        groups = np.repeat(np.arange(self.p.n_out), self.Pu)
+        return self.round(specs, self.U, self.Y, groups), specs
+
+    def narrow_inputs(self, i: int, o: int) -> tuple[int, int]:
+        """Coordinate range [lo, hi) of at most `final_coords` coordinates holding the worst error of block (i, o)."""
+        leaf = self.p.layout.diff[i]
+        lo, hi = leaf.offset, leaf.offset + leaf.size
+        qs = self.q_rows(o)
+        U, Y = self.U[qs], None if self.Y is None else self.Y[qs]
+        limit = self.final_coords()
+        while hi - lo > limit:
+            edges = np.unique(np.linspace(lo, hi, PROBE_SPLIT + 1).round().astype(np.int64))
+            parts = list(zip(edges[:-1], edges[1:]))
+            specs = [(a, b, k) for a, b in parts for k in range(self.P)]
+            res = self.round(specs, U, Y, np.zeros(len(qs), np.int64))
+            worst = np.nanmax(res.key().reshape(len(parts), -1), axis=1)
+            lo, hi = (int(x) for x in parts[int(np.argmax(worst))])
+        return lo, hi
+
+    def narrow_outputs(self, lo: int, hi: int, o: int) -> tuple[int, int]:
+        """(check_vjp) Output range of at most NARROW_OUTPUTS outputs of leaf o holding the worst error."""
+        out = self.p.outs[o]
+        olo, ohi = out.offset, out.offset + out.size
+        specs = [(lo, hi, k) for k in range(self.P)]
+        base = self.U[self.q_rows(o)]
+        while ohi - olo > NARROW_OUTPUTS:
+            edges = np.unique(np.linspace(olo, ohi, PROBE_SPLIT + 1).round().astype(np.int64))
+            parts = list(zip(edges[:-1], edges[1:]))
+            U = np.zeros((len(parts) * base.shape[0], self.p.m), np.float32)
+            for t, (a, b) in enumerate(parts):
+                U[t * base.shape[0] : (t + 1) * base.shape[0], a:b] = base[:, a:b]
+            groups = np.repeat(np.arange(len(parts)), base.shape[0])
+            res = self.round(specs, U, self.vjp(U), groups)
+            worst = np.nanmax(res.key().reshape(-1, len(parts), base.shape[0]), axis=(0, 2))
+            olo, ohi = (int(x) for x in parts[int(np.argmax(worst))])
+        return olo, ohi
+
+    def final_coords(self) -> int:
+        m_final = 1 if self.p.kind == "grad" else min(self.p.m, NARROW_OUTPUTS) if self.p.kind == "vjp" else self.p.m
+        return int(max(1, min(NARROW_COORDS, jf.TILE_ENTRIES // max(1, m_final))))
+
+
+@jax.jit
+def _masked_rows(Zh: jax.Array, probe: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
+    """Traced: rows Zh[probe[r]] zeroed outside [lo[r], hi[r])."""
+    idx = jnp.arange(Zh.shape[1])
+    mask = (idx[None, :] >= lo[:, None]) & (idx[None, :] < hi[:, None])
+    return jnp.where(mask, Zh[probe], 0)
+
+
+def _group_mean(x: np.ndarray, groups: np.ndarray, axis: int) -> np.ndarray:
+    """Mean of x over the entries of the same group along `axis`, broadcast back."""
+    x = np.moveaxis(x, axis, 0)
+    out = np.empty_like(x)
+    for g in np.unique(groups):
+        sel = groups == g
+        out[sel] = x[sel].mean(axis=0, keepdims=True)
+    return np.moveaxis(out, 0, axis)
+
+
+def _row_chunks(b: int, size: int):
+    """(index array padded to `size` (repeating the first row), valid count) over b rows."""
+    return jf._padded_chunks(np.arange(b), size)
+
+
+def _probe_counts(res: Round, rows: np.ndarray, cols: np.ndarray) -> dict[str, Any]:
+    """Verdict counts of a sub-array of probes (rows x cols)."""
+    code = res.code[np.ix_(rows, cols)].ravel()
+    a, n = res.analytic[np.ix_(rows, cols)].ravel(), res.numeric[np.ix_(rows, cols)].ravel()
+    resolved = res.resolved[np.ix_(rows, cols)].ravel()
+    failing = np.isin(code, _summary.FAILING)
+    mass = np.abs(np.where(np.isfinite(n), n, 0.0))
+    unresolved = ~resolved & ~failing
+    total = float(mass.sum())
+    share = float(mass[unresolved].sum()) / total if total > 0 else float(unresolved.sum()) / max(1, code.size)
+    status, reason = _summary.status_from_counts(
+        n=int(code.size),
+        n_failed=int(failing.sum()),
+        n_analytic_nonfinite=int(np.sum(code == st.ANALYTIC_NONFINITE)),
+        n_nonfinite=int(np.sum(code == st.REF_NONFINITE)),
+        n_kink_outside=int(np.sum(code == st.FAIL_NONSMOOTH)),
+        n_nonsmooth=int(np.sum((code == st.NONSMOOTH) | (code == st.FAIL_NONSMOOTH))),
+        n_unresolved=int(unresolved.sum()),
+        unresolved_share=share,
+        what="probes",
+    )
+    finite = np.isfinite(a) & np.isfinite(n)
+    return {
+        "status": status,
+        "reason": reason,
+        "n": int(code.size),
+        "n_failed": int(failing.sum()),
+        "n_nonsmooth": int(np.sum((code == st.NONSMOOTH) | (code == st.FAIL_NONSMOOTH))),
+        "n_nonfinite": int(np.sum(code == st.REF_NONFINITE)),
+        "n_unresolved": int(unresolved.sum()),
+        "relative_error": _summary.normalized_distance(a, n),
+        "max_abs_error": float(np.max(np.abs(a - n)[finite])) if np.any(finite) else float("nan"),
+        "key": float(np.max(res.key()[np.ix_(rows, cols)])) if code.size else 0.0,
+    }
+
+
+def _leaf_rows(specs: list[tuple[int, int, int]], leaf: Any) -> np.ndarray:
+    return np.asarray([r for r, s in enumerate(specs) if s[0] == leaf.offset])
+
+
+# ----------------------------------------------------------------------------------
+# Jacobian (check_vjp / check_jvp) in probe mode.
+
+
+def run_probe(p: jf.Problem, n_probes: int) -> tuple[list[BlockReport], float, str]:
+    """Probe mode for `check_vjp`/`check_jvp`: (block reports, relative error over probes, analytic source)."""
+    pr = Prober(p, n_probes)
+    res, specs = pr.top_level()
+    counts = {}
+    for i, leaf in enumerate(p.layout.diff):
+        for o in range(p.n_out):
+            counts[i, o] = _probe_counts(res, _leaf_rows(specs, leaf), pr.q_rows(o))
+    failing = sorted((c["key"], io) for io, c in counts.items() if c["status"] == "failed")[::-1]
+    narrowed = {io: _narrow_block(pr, *io) for _, io in failing[:MAX_NARROWED]}
+    blocks = []
+    for (i, o), c in counts.items():
+        blocks.append(_probe_block(p, i, o, c, narrowed.get((i, o))))
+    source = (
+        f"VJP <J^T u, v> (jax.vjp at {pr.Pu} random cotangents per output leaf)" if p.kind == "vjp"
+        else f"JVP <u, J v> (jax.linearize along {pr.P} random directions per input leaf)"
+    )  # fmt: skip
+    source += f"; {pr.n_probes_run} probe comparisons; failing blocks narrowed to entries checked one by one"
+    return blocks, _summary.normalized_distance(res.analytic.ravel(), res.numeric.ravel()), source
+
+
+def _narrow_block(pr: Prober, i: int, o: int) -> tuple[BlockReport, tuple[int, int], tuple[int, int]]:
+    p = pr.p
+    lo, hi = pr.narrow_inputs(i, o)
+    coords = np.arange(lo, hi)
+    acc = jf.BlockAccumulator(p)
+    if p.kind == "jvp":
+        leaf_max = jf.columns_leaf_max(p, coords, jk.jvp_columns)
+        jf.check_columns(p, coords, acc, jk.jvp_columns, leaf_max)
+        orange = (p.outs[o].offset, p.outs[o].offset + p.outs[o].size)
+    else:
+        orange = pr.narrow_outputs(lo, hi, o)
+        jf.check_rows(p, coords, np.arange(*orange), acc)
+    return acc.report(i, o), (lo, hi), orange
+
+
+def _range_str(p: jf.Problem, lo: int, hi: int, locate: Callable) -> str:
+    first, last = locate(lo), locate(hi - 1)
+    return f"[{','.join(map(str, first))}] .. [{','.join(map(str, last))}]"
+
+
+def _probe_block(p: jf.Problem, i: int, o: int, c: dict, narrowed: Any) -> BlockReport:
+    fields = dict(
+        status=c["status"],
+        relative_error=c["relative_error"],
+        max_abs_error=c["max_abs_error"],
+        n_nonsmooth=c["n_nonsmooth"],
+        n_nonfinite=c["n_nonfinite"],
+        n_unresolved=c["n_unresolved"],
+        n_probes=c["n"],
+        n_probes_failed=c["n_failed"],
+    )
+    if narrowed is None:
+        reason = c["reason"] if c["status"] != "failed" else f"{c['reason']} (not narrowed: only the {MAX_NARROWED} worst blocks are)"
+        return jf.make_block(p, i, o, reason=reason, worst=None, n_checked=0, n_failed=0, **fields)
+    sub, (lo, hi), (olo, ohi) = narrowed
+    leaf = p.layout.diff[i]
+    where_in = _range_str(p, lo, hi, lambda k: p.layout.locate(k)[1])
+    where_out = _range_str(p, olo, ohi, lambda j: p.out_leaf(j)[1])
+    reason = (
+        f"{c['reason']}; narrowed to {leaf.path}{where_in} -> {p.outs[o].path}{where_out}: "
+        f"{sub.n_failed} of {sub.n_checked} entries there out of tolerance"
+    )
+    return jf.make_block(
+        p, i, o, reason=reason, worst=sub.worst, n_checked=sub.n_checked, n_failed=sub.n_failed, elements=sub.elements, **fields
+    )
+
+
+# ----------------------------------------------------------------------------------
+# check_grad(mode="probe").
+
+
+def grad_mode(mode: str, args: tuple, argnums: int | Sequence[int]) -> str:
+    """"full" or "probe" for `check_grad(mode=...)`: "auto" probes above GRAD_FULL_MAX coordinates."""
+    from ._flatten import build_layout, normalize_argnums
+
+    if mode != "auto":
+        return mode
+    try:
+        layout, _, _ = build_layout(args, normalize_argnums(argnums, len(args)))
+    except (TypeError, ValueError):
+        return "full"  # check_grad raises the error itself
+    return "probe" if layout.n > GRAD_FULL_MAX else "full"
+
+
+def check_grad_probe(
+    f: Callable,
+    args: tuple,
+    *,
+    argnums: int | Sequence[int] = 0,
+    grad_fn: Callable | None = None,
+    has_aux: bool = False,
+    eps: float | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    reference: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    n_probes: int = 4,
+    start: float | None = None,
+) -> GradCheckResult:
+    """`check_grad` in probe mode: directional derivatives per leaf vs <g, v>, then narrowing.
+
+    Same arguments and result as `check_grad`; `result.mode == "probe"` and `result.numeric`
+    is None (no full finite-difference gradient is computed). Each failing leaf (up to
+    MAX_NARROWED) is narrowed down to NARROW_COORDS coordinates, checked one by one.
+    """
+    from ._finite_diff import analytic_grad
+    from ._flatten import build_layout, check_args, normalize_argnums
+    from ._grad import _as_pytree, _element_atol, _step_policy, _theta_vector, _user_gradient, deterministic_value, function_name, validate_options
+    from ._taylor import evidence
+
+    start = time.perf_counter() if start is None else start
+    validate_options(f=f, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, has_aux=has_aux)
+    args = check_args(args)
+    nums = normalize_argnums(argnums, len(args))
+    layout, diff_values, dynamic = build_layout(args, nums)
+    value = deterministic_value(f, args, has_aux)
+    if grad_fn is not None:
+        grads = _user_gradient(grad_fn, args, argnums, layout, diff_values, dynamic)
+    else:
+        _, grads = analytic_grad(f, has_aux, layout, list(diff_values), dynamic)
+    analytic = _theta_vector(layout, grads)
+    ev = Evaluator(f, has_aux, layout, diff_values, dynamic, reference, value, seed)
+    native_dtype = np.dtype(np.result_type(*[leaf.real_dtype for leaf in layout.diff]))
+    tol = _tolerance.default_tolerance(native_dtype)
+    if rtol is not None or atol is not None:
+        tol = _tolerance.Tolerance(rtol=tol.rtol if rtol is None else float(rtol), atol=None if atol is None else float(atol))
+    # check_grad's per-element atol, with the analytic leaf maximum standing in for the numeric
+    # one and the rounding floor taken in the reference's precision (see the module docstring).
+    atol_vec = _element_atol(layout, ev.theta, analytic, float(np.abs(ev.f0[0])), tol, np.dtype(ev.reference.dtype))
+    out_dtype = np.dtype(np.asarray(value).dtype) if np.issubdtype(np.asarray(value).dtype, np.floating) else native_dtype
+    p = jf.Problem(
+        kind="grad",
+        name=function_name(f),
+        sel=jk.OutputSelect(f, has_aux, (0,)),
+        layout=layout,
+        diff_values=list(diff_values),
+        dynamic=dynamic,
+        outs=(jk.OutLeaf("out", (), out_dtype, 0, 1),),
+        ev=ev,
+        tol=tol,
+        tol_dtype=native_dtype,
+        eps=eps,
+        seed=int(seed),
+        batch_size=batch_size,
+        skipped=layout.skipped,
+        start=start,
+    )
+    pr = Prober(p, n_probes, grad=(analytic, atol_vec))
+    res, specs = pr.top_level()
+    counts = [_probe_counts(res, _leaf_rows(specs, leaf), np.arange(1)) for leaf in layout.diff]
+    failing = sorted(((c["key"], i) for i, c in enumerate(counts) if c["status"] == "failed"), reverse=True)
+    leaves, worst, worst_numeric = [], None, float("nan")
+    narrowed = {i: _narrow_grad_leaf(pr, i, analytic, atol_vec) for _, i in failing[:MAX_NARROWED]}
+    for i, (leaf, c) in enumerate(zip(layout.diff, counts)):
+        sub = narrowed.get(i)
+        leaves.append(_grad_leaf_report(p, leaf, c, sub, res, _leaf_rows(specs, leaf)))
+        if sub is not None and worst is None:
+            worst, worst_numeric = sub[1], sub[2]
+    leaves = _summary.sort_worst_first(leaves)
+    status, reason = _summary.overall(leaves)
+    if not np.all(np.isfinite(value)):
+        status, reason = "inconclusive", f"f(*args) = {value[0]}: the function itself is not finite at this point"
+    if worst is None:
+        worst = int(np.argmax(np.abs(np.where(np.isfinite(analytic), analytic, 0))))
+        worst_numeric = float(analytic[worst])
+    taylor, sweep = evidence(ev, analytic, tol.rtol, worst, worst_numeric, float(p.h[worst]))
+    return GradCheckResult(
+        name=p.name,
+        status=status,
+        reason=reason,
+        relative_error=_summary.normalized_distance(res.analytic.ravel(), res.numeric.ravel()),
+        leaves=leaves,
+        skipped=layout.skipped,
+        taylor=taylor,
+        reference=ev.reference.description
+        + f"; 4-point central differences with Richardson extrapolation along {pr.P} random directions per leaf"
+        + f" ({pr.n_probes_run} probes), failing leaves narrowed to elements checked one by one",
+        reference_fallback=ev.reference.fallback,
+        step_policy=_step_policy(eps, ev.reference.dtype),
+        eps=None if eps is None else float(eps),
+        tolerance=tol,
+        seed=int(seed),
+        mode="probe",
+        n_evaluations=int(ev.n_evaluations),
+        seconds=time.perf_counter() - start,
+        hints=_summary.hints(leaves, ev.reference.dtype == np.float64),
+        step_sweep=sweep,
+        analytic=_as_pytree(layout, analytic, argnums, args),
+        numeric=None,
+    )
+
+
+def _narrow_grad_leaf(pr: Prober, i: int, analytic: np.ndarray, atol_vec: np.ndarray) -> tuple[LeafReport, int, float]:
+    """Narrows leaf i to a few coordinates and checks them one by one: (sub-report, worst coordinate, its numeric)."""
+    p = pr.p
+    lo, hi = pr.narrow_inputs(i, 0)
+    coords = np.arange(lo, hi)
+    values, points = p.ev.stencil(coords, p.h[coords], batch_size=p.batch_size)
+    values = np.asarray(jax.device_get(values))
+    with np.errstate(all="ignore"):
+        est = st.combine_host(values, p.ev.f0.astype(values.dtype), points, p.ev.theta[coords])
+        asm = st.assess_host(est, analytic[coords][:, None], p.tol.rtol, atol_vec[coords][:, None], p.tol.safety)
+    numeric = np.asarray(est.numeric, np.float64)[:, 0]
+    code, tolerance, resolved = (np.asarray(x)[:, 0] for x in asm)
+    leaf = p.layout.diff[i]
+    sub = _summary.summarize_leaf(
+        path=leaf.path,
+        shape=leaf.shape,
+        dtype=str(leaf.dtype),
+        analytic=analytic[coords],
+        numeric=numeric,
+        tolerance=np.asarray(tolerance, np.float64),
+        code=code,
+        resolved=resolved,
+        index_of=lambda k: p.layout.locate(int(coords[k]))[1:],
+    )
+    with np.errstate(all="ignore"):
+        ratio = np.nan_to_num(np.abs(analytic[coords] - numeric) / np.asarray(tolerance, np.float64), nan=np.inf)
+    k = int(np.argmax(ratio))
+    return sub, int(coords[k]), float(numeric[k])
+
+
+def _grad_leaf_report(p: jf.Problem, leaf: Any, c: dict, narrowed: Any, res: Round, rows: np.ndarray) -> LeafReport:
+    if narrowed is None:
+        r = rows[int(np.argmax(res.key()[rows, 0]))]
+        reason = c["reason"]
+        if c["status"] == "failed":
+            reason += f" (not narrowed: only the {MAX_NARROWED} worst leaves are)"
+        return LeafReport(
+            path=leaf.path,
+            status=c["status"],
+            shape=leaf.shape,
+            dtype=str(leaf.dtype),
+            relative_error=c["relative_error"],
+            max_abs_error=c["max_abs_error"],
+            worst_index=(),
+            worst_analytic=float(res.analytic[r, 0]),
+            worst_numeric=float(res.numeric[r, 0]),
+            worst_tolerance=float(res.tolerance[r, 0]),
+            n_elements=int(leaf.size),
+            n_failed=0,
+            n_nonsmooth=c["n_nonsmooth"],
+            n_nonfinite=c["n_nonfinite"],
+            n_unresolved=c["n_unresolved"],
+            reason=f"{reason} (directional derivatives <g, v>)",
+        )
+    sub, _, _ = narrowed
+    return dataclasses.replace(
+        sub,
+        status="failed",
+        relative_error=c["relative_error"],
+        n_elements=int(leaf.size),
+        reason=f"{c['reason']} (directional derivatives <g, v>); narrowed to {sub.n_elements} elements: {sub.reason}",
+    )
