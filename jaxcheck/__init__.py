@@ -5,6 +5,13 @@ from ._format import format_report as format_report
 from ._grad import assert_grad_correct as assert_grad_correct
 from ._grad import check_grad as check_grad
 from ._grad import numerical_grad as numerical_grad
+from ._jacobian import assert_jvp_correct as assert_jvp_correct
+from ._jacobian import assert_vjp_correct as assert_vjp_correct
+from ._jacobian import check_jvp as check_jvp
+from ._jacobian import check_vjp as check_vjp
+from ._jacobian_result import BlockReport as BlockReport
+from ._jacobian_result import JacobianCheckResult as JacobianCheckResult
+from ._jacobian_result import JacobianElement as JacobianElement
 from ._progress import ProgressBar as ProgressBar
 from ._result import ElementReport as ElementReport
 from ._result import GradCheckResult as GradCheckResult
