@@ -20,7 +20,7 @@ from ._result import GradCheckResult
 from ._taylor import evidence
 
 PyTree = Any
-MODES = ("full",)
+MODES = ("full", "probe", "auto")
 
 
 def function_name(f: Callable) -> str:
@@ -245,7 +245,7 @@ def check_grad(
     atol: float | None = None,
     batch_size: int | None = None,
     seed: int = 0,
-    mode: str = "full",
+    mode: str = "auto",
     reference: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> GradCheckResult:
@@ -269,7 +269,9 @@ def check_grad(
       atol: Absolute allowance; `None` derives one per leaf.
       batch_size: Coordinates per vmapped chunk; `None` bounds memory automatically.
       seed: Seed for the random directions (Taylor test, precision probe). Recorded.
-      mode: "full" checks every coordinate.
+      mode: "full" checks every coordinate; "probe" compares directional derivatives <g, v> along
+        random directions per leaf and narrows a failing leaf to its worst elements (for large n);
+        "auto" (default) is "full" up to `jaxcheck._probe.GRAD_FULL_MAX` coordinates, "probe" beyond.
       reference: "auto", "float64" or "native": where finite differences are evaluated.
       progress: Optional callback `progress(done, total)` after each chunk.
 
@@ -289,6 +291,12 @@ def check_grad(
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
     args = check_args(args)
+    if mode != "full":
+        from ._probe import check_grad_probe, grad_mode
+
+        if grad_mode(mode, args, argnums) == "probe":
+            kw = dict(argnums=argnums, grad_fn=grad_fn, has_aux=has_aux, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size)
+            return check_grad_probe(f, args, **kw, seed=seed, reference=reference, progress=progress, start=start)
     nums = normalize_argnums(argnums, len(args))
     layout, diff_values, dynamic = build_layout(args, nums)
     value = deterministic_value(f, args, has_aux)
@@ -347,7 +355,7 @@ def check_grad(
         eps=None if eps is None else float(eps),
         tolerance=tol,
         seed=int(seed),
-        mode=mode,
+        mode="full",
         n_evaluations=int(ev.n_evaluations),
         seconds=time.perf_counter() - start,
         hints=_summary.hints(leaves, ev.reference.dtype == np.float64),
