@@ -107,7 +107,10 @@ class Evaluator:
         self.seed = seed
         self.n_evaluations = 0
         self.native_dtypes = tuple(leaf.dtype for leaf in layout.diff)
+        self._dynamic64: list[Any] | None = None
         self.reference = self._choose_reference(reference, native_value)
+        if self.reference.x64:
+            self.dynamic = self._dynamic64
         self.dtypes = tuple(_leaf_eval_dtype(d, self.reference.x64) for d in self.native_dtypes)
         self.spec = fd.EvalSpec(f, has_aux, layout, self.dtypes)
         self.real_dtypes = tuple(sorted({_real_dtype(d) for d in self.dtypes}, key=str))
@@ -148,10 +151,12 @@ class Evaluator:
         try:
             with jax.enable_x64(True):
                 theta = jnp.asarray(self.theta, jnp.float64)
-                out = jax.eval_shape(fd.value_at, spec, theta, self.dynamic)
+                # Fixed float inputs (data) are widened too: strict ops reject mixed dtypes.
+                self._dynamic64 = [_widen(v) for v in self.dynamic]
+                out = jax.eval_shape(fd.value_at, spec, theta, self._dynamic64)
                 if out.dtype != jnp.float64:
                     return f"with float64 inputs f returns {out.dtype} (it casts internally)"
-                value, probe = self._probe_float64(spec, theta)
+                value, probe = self._probe_float64(spec, theta, self._dynamic64)
         except Exception as error:  # noqa: BLE001 - any failure means: do not use float64
             return f"evaluating f in float64 failed ({_first_line(error)})"
         native_value = np.asarray(native_value, np.float64).ravel()
@@ -166,11 +171,12 @@ class Evaluator:
             )
         return probe
 
-    def _probe_float64(self, spec: fd.EvalSpec, theta: jax.Array) -> tuple[np.ndarray, str | None]:
+    def _probe_float64(self, spec: fd.EvalSpec, theta: jax.Array, dynamic: list[Any]) -> tuple[np.ndarray, str | None]:
         """Checks that f resolves float64-sized steps (no internal cast to a narrower dtype).
 
-        Compares central differences at 1e-8 and 1e-3 (relative) along a random direction,
-        using the same kernel shape as the later Taylor test so it compiles once.
+        Compares central differences at 1e-8 and 1e-5 (relative) along a random direction:
+        a float64 f agrees to ~1e-7, while an f that rounds to float32 inside cannot even
+        see a 1e-8 step. Uses the same kernel shape as the later Taylor test (one compile).
 
         Returns:
           (f0, problem): f in float64 at theta, and a reason or None.
@@ -180,12 +186,12 @@ class Evaluator:
         directions = np.zeros((rows, self.n))
         directions[0], directions[1] = direction, -direction
         values = np.asarray(
-            jax.device_get(fd.values_along_directions(spec, theta, self.dynamic, jnp.asarray(directions), jnp.asarray(EVIDENCE_STEPS))),
+            jax.device_get(fd.values_along_directions(spec, theta, dynamic, jnp.asarray(directions), jnp.asarray(EVIDENCE_STEPS))),
             np.float64,
         )
-        f0 = np.asarray(jax.device_get(fd.value_at(spec, theta, self.dynamic)), np.float64)
+        f0 = np.asarray(jax.device_get(fd.value_at(spec, theta, dynamic)), np.float64)
         self.n_evaluations += 2 * EVIDENCE_STEPS.size + 1
-        big, tiny = int(np.argmin(np.abs(EVIDENCE_STEPS - 1e-3))), int(np.argmin(np.abs(EVIDENCE_STEPS - 1e-8)))
+        big, tiny = int(np.argmin(np.abs(EVIDENCE_STEPS - 1e-5))), int(np.argmin(np.abs(EVIDENCE_STEPS - 1e-8)))
         slope_big = (values[0, big] - values[1, big]) / (2 * EVIDENCE_STEPS[big])
         slope_tiny = (values[0, tiny] - values[1, tiny]) / (2 * EVIDENCE_STEPS[tiny])
         ok = np.abs(slope_tiny - slope_big) <= 1e-3 * np.abs(slope_big) + 1e-6 * np.abs(f0) + 1e-300
@@ -275,6 +281,14 @@ class Evaluator:
             out = np.asarray(jax.device_get(out), np.float64)
         self.n_evaluations += out.shape[0] * out.shape[1]
         return out
+
+
+def _widen(value: Any) -> Any:
+    """A fixed float array leaf in float64 (complex128); other leaves unchanged. Call under x64."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or not jnp.issubdtype(dtype, jnp.inexact):
+        return value
+    return jnp.asarray(value, jnp.complex128 if jnp.issubdtype(dtype, jnp.complexfloating) else jnp.float64)
 
 
 def evidence_rows(layout: ArgLayout) -> int:

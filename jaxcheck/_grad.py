@@ -184,7 +184,8 @@ def _finite_differences(ev: Evaluator, h: np.ndarray, batch_size: int | None, pr
     values = np.asarray(jax.device_get(values), np.float64)
     eps = np.array([float(jnp.finfo(d).eps) for d in ev.real_dtypes])[ev.coord_dtype_codes][:, None]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return st.combine_host(values, ev.f0, points, ev.theta, eps)
+        noise = st.measured_noise_host(values, ev.f0)
+        return st.combine_host(values, ev.f0, points, ev.theta, eps, noise)
 
 
 def numerical_grad(
