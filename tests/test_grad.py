@@ -330,3 +330,20 @@ def test_scan_loss_both_ways(key):
     result = jaxcheck.check_grad(rnn, (w, xs), grad_fn=lambda w, xs: {"a": true["a"], "b": -true["b"]})
     assert [l.path for l in result.failed_leaves] == ["args[0]['b']"]
     assert any("sign error" in h for h in result.hints)
+
+
+def test_fixed_float_inputs_are_widened_for_the_float64_reference(key):
+    y = jax.random.uniform(key, (8,), jnp.float32, 0.5, 2.0)
+    x = jnp.linspace(-1.0, 1.0, 8, dtype=jnp.float32)
+    result = jaxcheck.check_grad(lambda x, y: jnp.sum(jax.lax.atan2(x, y)), (x, y))
+    assert result.passed and result.reference_fallback is None
+    assert result.reference.startswith("float64")
+
+
+def test_cancellation_noise_is_not_mistaken_for_kinks(key):
+    x = jax.random.normal(key, (64,), jnp.float32)
+    w = jax.random.normal(jax.random.fold_in(key, 1), (64,), jnp.float32) * 1e3
+    f = lambda x: jnp.sum(w * x) - jnp.sum(w * 0.999 * x)  # linear, heavy cancellation
+    result = jaxcheck.check_grad(f, (x,), reference="native")
+    assert result.status in ("passed", "inconclusive")
+    assert result.leaves[0].n_nonsmooth == 0
