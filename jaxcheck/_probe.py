@@ -292,6 +292,8 @@ def _probe_counts(res: Round, rows: np.ndarray, cols: np.ndarray) -> dict[str, A
     unresolved = ~resolved & ~failing
     total = float(mass.sum())
     share = float(mass[unresolved].sum()) / total if total > 0 else float(unresolved.sum()) / max(1, code.size)
+    if not np.any(a):
+        share = 0.0  # an exactly-zero analytic block (f does not depend on the leaf) within noise of zero
     status, reason = _summary.status_from_counts(
         n=int(code.size),
         n_failed=int(failing.sum()),
