@@ -1,5 +1,9 @@
 """Check JAX derivatives against finite differences, and say exactly where they are wrong."""
 
+from ._custom_jvp import assert_custom_jvp_correct as assert_custom_jvp_correct
+from ._custom_jvp import check_custom_jvp as check_custom_jvp
+from ._custom_vjp import assert_custom_vjp_correct as assert_custom_vjp_correct
+from ._custom_vjp import check_custom_vjp as check_custom_vjp
 from ._errors import GradCheckError as GradCheckError
 from ._format import format_report as format_report
 from ._grad import assert_grad_correct as assert_grad_correct
@@ -17,6 +21,8 @@ from ._result import ElementReport as ElementReport
 from ._result import GradCheckResult as GradCheckResult
 from ._result import LeafReport as LeafReport
 from ._result import TaylorReport as TaylorReport
+from ._rule_result import CheckReport as CheckReport
+from ._rule_result import RuleCheckResult as RuleCheckResult
 from ._tolerance import Tolerance as Tolerance
 
 __version__ = "0.1.0"
