@@ -109,13 +109,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _common_output(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", metavar="FILE", help="write the result as JSON (schema: docs/json_schema.md; with --points, one document listing every point)")
-    parser.add_argument(
-        "--plot",
-        metavar="FILE",
-        help="save the figure (per-leaf errors and the step sweep; with --points, FILE-seedK.png per point); needs `pip install 'jaxcheck[plot]'`",
-    )
+def _common_output(parser: argparse.ArgumentParser, points: bool) -> None:
+    json_help = "write the result as JSON (schema: docs/json_schema.md"
+    plot_help = "save the figure (per-leaf errors and the step sweep"
+    if points:
+        json_help += "; with --points, one document listing every point"
+        plot_help += "; with --points, FILE-seedK.png per point"
+    parser.add_argument("--json", metavar="FILE", help=json_help + ")")
+    parser.add_argument("--plot", metavar="FILE", help=plot_help + "); needs `pip install 'jaxcheck[plot]'`")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="colour the report (default: only on a terminal; NO_COLOR disables)")
     parser.add_argument("--traceback", action="store_true", help="print the full traceback of unexpected errors")
 
@@ -137,11 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run a built-in demonstration (default: mlp)",
-        description=(
+        description=textwrap.fill(
             "Run a built-in demonstration and print its report. Each demo plants a bug in a "
             "derivative and shows jaxcheck finding it; --fixed runs the corrected version. "
             "Exit code 0 means the demo behaved as designed (bug found, or fixed version "
-            "passed), so `make demo` succeeds; 1 means it did not."
+            "passed), so `make demo` succeeds; 1 means it did not.",
+            WIDTH,
         ),
         epilog=EXIT_CODES_HELP,
         formatter_class=raw,
@@ -149,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("name", nargs="?", default="mlp", help="which demo (default: mlp; see --list)")
     demo.add_argument("--fixed", action="store_true", help="run the corrected derivative (should pass)")
     demo.add_argument("--list", action="store_true", help="list the demos and exit")
-    _common_output(demo)
+    _common_output(demo, points=False)
 
     check = commands.add_parser(
         "check",
@@ -171,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--atol", type=float, help="absolute tolerance (default: derived per leaf)")
     check.add_argument("--has-aux", action="store_true", help="FUNCTION returns (value, aux)")
     check.add_argument("--allow-inconclusive", action="store_true", help="exit 0 instead of 1 when the check is inconclusive")
-    _common_output(check)
+    _common_output(check, points=True)
     return parser
 
 
