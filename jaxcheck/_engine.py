@@ -7,6 +7,7 @@ computed in, chooses steps, and runs the chunked, vmapped stencil kernels of
 
 import contextlib
 import dataclasses
+import functools as ft
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,7 +22,13 @@ from ._flatten import ArgLayout, ravel_leaves
 
 # Memory budget for one chunk of stencil evaluations (all points of all directions).
 CHUNK_BUDGET_BYTES = 64 * 2**20
+# On CPU a chunk should stay in the last-level cache: past it every evaluation streams its
+# own copy of theta from DRAM, measured 2-10x slower per evaluation (benchmarks/README.md).
+# Small chunks cost nothing there, since all chunks run inside one compiled loop.
+CPU_CHUNK_BUDGET_BYTES = 16 * 2**20
 MAX_BATCH = 1024
+# With a progress callback the chunks run in about this many calls (one report each).
+PROGRESS_CALLS = 64
 REFERENCES = ("auto", "float64", "native")
 # Steps (relative to each coordinate's scale) of the evidence kernel: the float64 probe,
 # the Taylor test and the step sweep all use this grid, so they share one compilation.
@@ -134,7 +141,8 @@ class Evaluator:
         native = Reference(False, native_real, f"native {native_real} (f evaluated in the arguments' own dtypes)")
         if requested == "native" or native_real == np.float64:
             return native
-        reason = self._float64_problem(native_value)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            reason = self._float64_problem(native_value)
         if reason is None:
             return Reference(True, np.dtype(np.float64), "float64 (f re-evaluated with x64 enabled)")
         if requested == "float64":
@@ -163,7 +171,8 @@ class Evaluator:
         native_eps = float(jnp.finfo(np.result_type(*[_real_dtype(d) for d in self.native_dtypes])).eps)
         rel = max(1e-4, 1000 * native_eps)
         scale = np.abs(native_value) + 1e-3 * float(np.max(np.abs(native_value), initial=0.0)) + 1e-30
-        if value.shape != native_value.shape or not np.all(np.abs(value - native_value) <= rel * scale):
+        same = (value == native_value) | (np.isnan(value) & np.isnan(native_value)) if value.shape == native_value.shape else False
+        if value.shape != native_value.shape or not np.all(same | (np.abs(value - native_value) <= rel * scale)):
             worst = float(np.max(np.abs(value - native_value) / scale)) if value.shape == native_value.shape else np.inf
             return (
                 f"f's float64 value differs from its native value by a relative {worst:.1e} "
@@ -195,6 +204,7 @@ class Evaluator:
         slope_big = (values[0, big] - values[1, big]) / (2 * EVIDENCE_STEPS[big])
         slope_tiny = (values[0, tiny] - values[1, tiny]) / (2 * EVIDENCE_STEPS[tiny])
         ok = np.abs(slope_tiny - slope_big) <= 1e-3 * np.abs(slope_big) + 1e-6 * np.abs(f0) + 1e-300
+        ok |= ~np.isfinite(slope_big)  # f is not finite along the probe: nothing to learn here
         if not np.all(ok):
             return f0, "f does not resolve float64-sized steps (an internal cast to a narrower dtype)"
         return f0, None
@@ -208,11 +218,16 @@ class Evaluator:
     # -- kernels -----------------------------------------------------------------
 
     def auto_batch_size(self, points_per_direction: int) -> int:
-        """Directions per vmapped chunk so that one chunk stays within CHUNK_BUDGET_BYTES."""
+        """Directions per vmapped chunk so that one chunk stays within the memory budget.
+
+        The budget is CHUNK_BUDGET_BYTES, or CPU_CHUNK_BUDGET_BYTES (cache-sized) on CPU.
+        """
         with self.context():
             jaxpr = jax.make_jaxpr(lambda th: fd.value_at(self.spec, th, self.dynamic))(self.theta_device)
         per_eval = self.n * np.dtype(self.theta_dtype).itemsize + _jaxpr_bytes(jaxpr.jaxpr)
-        batch = CHUNK_BUDGET_BYTES // max(1, points_per_direction * per_eval)
+        cpu = all(d.platform == "cpu" for d in self.theta_device.devices())
+        budget = min(CPU_CHUNK_BUDGET_BYTES, CHUNK_BUDGET_BYTES) if cpu else CHUNK_BUDGET_BYTES
+        batch = budget // max(1, points_per_direction * per_eval)
         batch = int(2 ** int(np.floor(np.log2(max(1, batch)))))
         return int(max(1, min(batch, MAX_BATCH)))
 
@@ -248,23 +263,32 @@ class Evaluator:
         count = coords.size
         batch = batch_size or self.auto_batch_size(len(fd.STENCIL))
         batch = max(1, min(batch, count))
-        chunks = []
+        # Chunks of `batch` coordinates, the last padded with copies of the first so that
+        # every chunk has one shape; host numpy in the kernel's dtypes (no conversion ops).
+        n_chunks = -(-count // batch)
+        per_call = n_chunks if progress is None else -(-n_chunks // PROGRESS_CALLS)
+        n_chunks = -(-n_chunks // per_call) * per_call
+        pad = n_chunks * batch - count
+        c = np.concatenate([coords, np.repeat(coords[:1], pad)]).astype(np.int32).reshape(n_chunks, batch)
+        p = np.concatenate([points, np.repeat(points[:1], pad, axis=0)]).astype(self.theta_dtype).reshape(n_chunks, batch, -1)
         with self.context():
-            for start in range(0, count, batch):
-                stop = min(start + batch, count)
-                c, p = coords[start:stop], points[start:stop]
-                if stop - start < batch:  # pad the last chunk so the kernel compiles once
-                    pad = batch - (stop - start)
-                    c = np.concatenate([c, np.repeat(c[:1], pad)])
-                    p = np.concatenate([p, np.repeat(p[:1], pad, axis=0)])
-                out = fd.values_at_coordinates(
-                    self.spec, self.theta_device, self.dynamic, jnp.asarray(c, jnp.int32), jnp.asarray(p, self.theta_dtype)
-                )
-                chunks.append(out[: stop - start])
+            if n_chunks == 1:
+                values = fd.values_at_coordinates(self.spec, self.theta_device, self.dynamic, c[0], p[0])
                 if progress is not None:
-                    jax.block_until_ready(out)
-                    progress(stop, count)
-            values = jnp.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+                    jax.block_until_ready(values)
+                    progress(count, count)
+            elif progress is None:  # one call: the chunks loop inside the compiled kernel
+                values = _chunked_values_at_coordinates(self.spec, self.theta_device, self.dynamic, c, p, count)
+            else:  # about PROGRESS_CALLS calls of the same shape, reporting after each
+                outs = []
+                for start in range(0, n_chunks, per_call):
+                    stop = start + per_call
+                    outs.append(
+                        _chunked_values_at_coordinates(self.spec, self.theta_device, self.dynamic, c[start:stop], p[start:stop], per_call * batch)
+                    )
+                    jax.block_until_ready(outs[-1])
+                    progress(min(stop * batch, count), count)
+                values = jnp.asarray(np.concatenate(jax.device_get(outs))[:count])
         self.n_evaluations += count * len(fd.STENCIL)
         return values, points
 
@@ -281,6 +305,24 @@ class Evaluator:
             out = np.asarray(jax.device_get(out), np.float64)
         self.n_evaluations += out.shape[0] * out.shape[1]
         return out
+
+
+@ft.partial(jax.jit, static_argnums=(0, 5))
+def _chunked_values_at_coordinates(
+    spec: fd.EvalSpec, theta: jax.Array, dynamic: Any, coords: jax.Array, points: jax.Array, count: int
+) -> jax.Array:
+    """`fd.values_at_coordinates` over chunks in a compiled loop: one dispatch, one chunk live.
+
+    Args:
+      coords: (chunks, batch) int32 coordinate indices.
+      points: (chunks, batch, K) values to put at those coordinates.
+      count: Static: how many leading rows of the flattened result to keep (the rest is padding).
+
+    Returns:
+      (count, K, m) function values.
+    """
+    out = jax.lax.map(lambda chunk: fd.values_at_coordinates(spec, theta, dynamic, *chunk), (coords, points))
+    return out.reshape((-1,) + out.shape[2:])[:count]
 
 
 def _widen(value: Any) -> Any:
