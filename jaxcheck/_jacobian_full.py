@@ -68,6 +68,10 @@ class Problem:
     def __post_init__(self) -> None:
         from ._tolerance import coordinate_scales, floor_atol
 
+        # Device copies once, so the analytic kernels do not transfer the arguments on every call.
+        self.diff_values = [jnp.asarray(v) for v in self.diff_values]
+        self.dynamic = [v if isinstance(v, jax.Array) else jnp.asarray(v) for v in self.dynamic]
+
         self.n, self.m = self.layout.n, sum(o.size for o in self.outs)
         self.in_ids = np.zeros(self.n, np.int32)
         for k, leaf in enumerate(self.layout.diff):
@@ -104,7 +108,9 @@ class Problem:
         size, the tile budget, the basis vectors and the `count` coordinates to check."""
         if self.batch_size:
             return int(min(self.batch_size, count))
-        k = min(self.ev.auto_batch_size(4), TILE_ENTRIES // max(1, m_tile), TILE_ENTRIES * 4 // max(1, self.n), MAX_TILE)
+        # Up to 4x the evaluator's own (conservative) stencil batch: fewer, larger tiles amortise
+        # the per-tile dispatch; memory stays bounded by TILE_ENTRIES and 4x CHUNK_BUDGET_BYTES.
+        k = min(4 * self.ev.auto_batch_size(4), TILE_ENTRIES // max(1, m_tile), TILE_ENTRIES * 4 // max(1, self.n), MAX_TILE)
         k = int(2 ** int(np.floor(np.log2(max(1, k)))))
         return min(k, int(2 ** int(np.ceil(np.log2(max(1, count))))))
 
@@ -271,47 +277,63 @@ def _on_host(entries: int) -> bool:
     return entries <= HOST_ENTRIES
 
 
-def _compare(p: Problem, host: bool, values: jax.Array, points: np.ndarray, c: np.ndarray, analytic: jax.Array, leaf_max: Any, rows: np.ndarray | None = None, valid_rows: int | None = None) -> dict:
-    """`tile_stats` of one tile: on the host (numpy) when `host`, else jitted on device.
+class _Tiles:
+    """Compares tiles for one plan: on the host (numpy) when `host`, else jitted on device.
 
-    `rows` (rows plan) selects the tile's output columns; padding columns past `valid_rows` are ignored.
+    Device constants (f0, output scales, the per-row maxima) are transferred once per plan,
+    and each tile's per-row inputs in one packed array.
+
+    Args:
+      p: The problem; host: where to compare; leaf_max: (L_in, mt) per-leaf row maxima.
+      rows: (rows plan) the output indices of the tile's columns; valid_rows: how many are real.
     """
-    out_ids = p.out_ids
-    if rows is not None:
-        out_ids = np.where(np.arange(rows.size) < valid_rows, p.out_ids[rows], p.n_out)
-    if host:
-        values = np.asarray(values)
-        dtype = values.dtype.type
-        f0, out_scale = p.ev.f0.astype(dtype), p.out_scale
+
+    def __init__(self, p: Problem, host: bool, leaf_max: Any, rows: np.ndarray | None = None, valid_rows: int | None = None):
+        self.p, self.host, self.rows = p, host, rows
+        self.out_ids = p.out_ids if rows is None else np.where(np.arange(rows.size) < valid_rows, p.out_ids[rows], p.n_out)
+        self.f0, self.out_scale = p.ev.f0, p.out_scale
         if rows is not None:
-            values, f0, out_scale = values[:, :, rows], f0[rows], out_scale[rows]
-        with np.errstate(all="ignore"):
-            return jk.tile_stats_host(
-                values, f0, points.astype(dtype), p.ev.theta[c].astype(dtype), np.asarray(analytic), p.floor_in[c], out_scale,
-                np.asarray(leaf_max), p.in_ids[c], out_ids, dtype(p.tol.rtol), dtype(p.tol.safety), dtype(p.user_atol), p.n_out,
+            self.f0, self.out_scale = self.f0[rows], self.out_scale[rows]
+        self.leaf_max = leaf_max
+        self.out_slices = None if rows is not None else tuple((o.offset, o.offset + o.size) for o in p.outs)
+        self.dev: dict | None = None
+
+    def _device(self, dtype: Any) -> dict:
+        if self.dev is None:
+            p = self.p
+            self.dev = {
+                "f0": jnp.asarray(self.f0, dtype),
+                "out_scale": jnp.asarray(self.out_scale, dtype),
+                "leaf_max": jnp.asarray(self.leaf_max, dtype),
+                "out_ids": jnp.asarray(self.out_ids, jnp.int32),
+                "scalars": jnp.asarray([p.tol.rtol, p.tol.safety, p.user_atol], dtype),
+                "rows": None if self.rows is None else jnp.asarray(self.rows, jnp.int32),
+            }
+        return self.dev
+
+    def stats(self, values: jax.Array, points: np.ndarray, c: np.ndarray, analytic: jax.Array) -> dict:
+        p = self.p
+        if self.host:
+            values = np.asarray(values)
+            dtype = values.dtype.type
+            if self.rows is not None:
+                values = values[:, :, self.rows]
+            with np.errstate(all="ignore"):
+                return jk.tile_stats_host(
+                    values, self.f0.astype(dtype), points.astype(dtype), p.ev.theta[c].astype(dtype), np.asarray(analytic),
+                    p.floor_in[c], self.out_scale, np.asarray(self.leaf_max), p.in_ids[c], self.out_ids, dtype(p.tol.rtol),
+                    dtype(p.tol.safety), dtype(p.user_atol), p.n_out, self.out_slices,
+                )  # fmt: skip
+        with p.ev.context():
+            dtype = values.dtype
+            d = self._device(dtype)
+            if d["rows"] is not None:
+                values = jnp.take(values, d["rows"], axis=2)
+            rowdata = np.concatenate([points, p.ev.theta[c][:, None], p.floor_in[c][:, None], p.in_ids[c][:, None]], axis=1)
+            return jk.tile_stats(
+                values, d["f0"], jnp.asarray(rowdata, dtype), analytic, d["out_scale"], d["leaf_max"], d["out_ids"], d["scalars"],
+                p.n_out, self.out_slices,
             )  # fmt: skip
-    with p.ev.context():
-        dtype = values.dtype
-        f0, out_scale = jnp.asarray(p.ev.f0, dtype), jnp.asarray(p.out_scale, dtype)
-        if rows is not None:
-            idx = jnp.asarray(rows, jnp.int32)
-            values, f0, out_scale = jnp.take(values, idx, axis=2), jnp.take(f0, idx), jnp.take(out_scale, idx)
-        return jk.tile_stats(
-            values,
-            f0,
-            jnp.asarray(points, dtype),
-            jnp.asarray(p.ev.theta[c], dtype),
-            analytic,
-            jnp.asarray(p.floor_in[c], dtype),
-            out_scale,
-            jnp.asarray(leaf_max, dtype),
-            jnp.asarray(p.in_ids[c], jnp.int32),
-            jnp.asarray(out_ids, jnp.int32),
-            jnp.asarray(p.tol.rtol, dtype),
-            jnp.asarray(p.tol.safety, dtype),
-            jnp.asarray(p.user_atol, dtype),
-            p.n_out,
-        )
 
 
 def check_columns(
@@ -331,12 +353,13 @@ def check_columns(
     host = _on_host(len(coords) * p.m)
     jv = None if freivalds is None else _Accumulate(host, (p.m, freivalds.shape[1]))
     col_map = np.arange(p.m)
+    tiles = _Tiles(p, host, leaf_max)
     for c, valid in _padded_chunks(np.asarray(coords, np.int64), k):
         values, points = p.ev.stencil(c, p.h[c], batch_size=k)
         analytic = p.call_analytic(kernel, c)
         if jv is not None:
             jv.add_columns_times(analytic, np.where(np.arange(k)[:, None] < valid, freivalds[c], 0.0))
-        acc.push(_compare(p, host, values, points, c, analytic, leaf_max), c, valid, col_map)
+        acc.push(tiles.stats(values, points, c, analytic), c, valid, col_map)
     acc.flush()
     return None if jv is None else jv.result()
 
@@ -433,11 +456,11 @@ def check_rows(p: Problem, coords: np.ndarray, rows_all: np.ndarray, acc: BlockA
     host = _on_host(len(coords) * rows_all.size)
     for rows, valid_rows in _padded_chunks(np.asarray(rows_all, np.int64), r):
         J = p.call_analytic(jk.vjp_rows, rows)  # (r, n)
-        leaf_max = _leaf_max_of_rows(p, host, J)  # (L_in, r)
+        tiles = _Tiles(p, host, _leaf_max_of_rows(p, host, J), rows, valid_rows)  # per-leaf maxima (L_in, r)
         for c, valid in _padded_chunks(np.asarray(coords, np.int64), k):
             values, points = p.ev.stencil(c, p.h[c], batch_size=k)
             analytic = _take_columns(J, jnp.asarray(c, jnp.int32))
-            acc.push(_compare(p, host, values, points, c, analytic, leaf_max, rows, valid_rows), c, valid, rows)
+            acc.push(tiles.stats(values, points, c, analytic), c, valid, rows)
     acc.flush()
 
 

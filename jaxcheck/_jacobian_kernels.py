@@ -240,6 +240,7 @@ def _tile_stats(
     safety: Any,
     user_atol: Any,
     n_out: int,
+    out_slices: tuple[tuple[int, int], ...] | None = None,
     xp: Any = jnp,
 ) -> dict[str, jax.Array]:
     """Compares a tile of Jacobian entries (k input coordinates x mt outputs) with finite differences.
@@ -257,6 +258,8 @@ def _tile_stats(
       out_ids: (mt,) output leaf of each column (n_out for padding).
       rtol, safety, user_atol: Scalars.
       n_out: Number of output leaves (static).
+      out_slices: (static) the column range of each output leaf when they are contiguous
+        (columns plan: reductions over slices); None masks columns by `out_ids` (rows plan).
       xp: `jnp` (jitted, on device) or `np` (small tiles on the host: no compilation).
 
     Returns:
@@ -277,44 +280,66 @@ def _tile_stats(
     mass = xp.where(xp.isfinite(num), xp.abs(num), 0)
     unres = ~asm.resolved & ~failing
     key = element_key(code, xp.abs(a - num), asm.tolerance, xp)
-    per_elem = xp.stack(
-        [
-            d * d,
-            xp.where(finite, a * a, 0),
-            xp.where(finite, num * num, 0),
-            xp.ones_like(a),
-            failing.astype(dtype),
-            (code == st.ANALYTIC_NONFINITE).astype(dtype),
-            (code == st.REF_NONFINITE).astype(dtype),
-            (code == st.FAIL_NONSMOOTH).astype(dtype),
-            ((code == st.NONSMOOTH) | (code == st.FAIL_NONSMOOTH)).astype(dtype),
-            unres.astype(dtype),
-            mass,
-            xp.where(unres, mass, 0),
-        ],
-        axis=-1,
-    )  # (k, mt, 12)
-    onehot = (out_ids[:, None] == xp.arange(n_out)[None, :]).astype(dtype)  # (mt, n_out); padding is all zero
-    sums = xp.einsum("kjs,jo->kos", per_elem, onehot)
-    out = {name: sums[:, :, i] for i, name in enumerate(SUM_NAMES)}
+    per_elem = {
+        "ssd": d * d,
+        "ssa": xp.where(finite, a * a, 0),
+        "ssn": xp.where(finite, num * num, 0),
+        "n": xp.ones_like(a),
+        "n_failed": failing.astype(dtype),
+        "n_anf": (code == st.ANALYTIC_NONFINITE).astype(dtype),
+        "n_ref_nf": (code == st.REF_NONFINITE).astype(dtype),
+        "n_kink_out": (code == st.FAIL_NONSMOOTH).astype(dtype),
+        "n_nonsmooth": ((code == st.NONSMOOTH) | (code == st.FAIL_NONSMOOTH)).astype(dtype),
+        "n_unres": unres.astype(dtype),
+        "mass": mass,
+        "mass_unres": xp.where(unres, mass, 0),
+        "maxd": xp.abs(d),
+    }
+    if xp is jnp:
+        # Materialise the per-entry values once: otherwise XLA fuses the whole comparison into
+        # each of the reductions below and recomputes it for every one of them.
+        per_elem, key, a, num, tolerance, code = jax.lax.optimization_barrier((per_elem, key, a, num, asm.tolerance, code))
+    else:
+        tolerance = asm.tolerance
+    out: dict[str, list] = {name: [] for name in STAT_NAMES}
     rows = xp.arange(a.shape[0])
-    maxd, keys, js = [], [], []
     for o in range(n_out):
-        mask = (out_ids == o)[None, :]
-        maxd.append(xp.max(xp.where(mask, xp.abs(d), 0), axis=1))
-        ko = xp.where(mask, key, -1.0)
+        if out_slices is not None:  # the columns plan: output leaf o is a static slice of the tile's columns
+            lo, hi = out_slices[o]
+            part = lambda x: x[:, lo:hi]  # noqa: E731
+            fill = 0.0
+        else:  # the rows plan: mask the tile's columns by output leaf
+            mask = (out_ids == o)[None, :]
+            part = lambda x, fill=0.0: xp.where(mask, x, fill)  # noqa: E731
+            lo = 0
+        for name, x in per_elem.items():
+            out[name].append(xp.max(part(x), axis=1) if name == "maxd" else xp.sum(part(x), axis=1))
+        ko = part(key) if out_slices is not None else xp.where(mask, key, -1.0)
         j = xp.argmax(ko, axis=1)
-        keys.append(ko[rows, j])
-        js.append(j)
-    j = xp.stack(js, axis=1)  # (k, n_out)
-    out["maxd"], out["key"], out["j"] = xp.stack(maxd, axis=1), xp.stack(keys, axis=1), j.astype(dtype)
+        out["key"].append(ko[rows, j])
+        out["j"].append(j + lo)
+    j = xp.stack(out.pop("j"), axis=1).astype(xp.int32)  # (k, n_out)
+    out = {name: xp.stack(v, axis=1) for name, v in out.items() if v}
     r = rows[:, None]
-    out["a"], out["num"], out["tol"], out["code"] = a[r, j], num[r, j], asm.tolerance[r, j], code[r, j].astype(dtype)
+    out["j"] = j.astype(dtype)
+    out["a"], out["num"], out["tol"], out["code"] = a[r, j], num[r, j], tolerance[r, j], code[r, j].astype(dtype)
     return out
 
 
-tile_stats = jax.jit(ft.partial(_tile_stats, xp=jnp), static_argnums=(13,))
 tile_stats_host = ft.partial(_tile_stats, xp=np)
+
+
+@ft.partial(jax.jit, static_argnums=(8, 9))
+def tile_stats(values, f0, rowdata, analytic, out_scale, leaf_max, out_ids, scalars, n_out: int, out_slices: Any = None) -> dict[str, jax.Array]:
+    """`_tile_stats` on device, with the per-row inputs packed into one transfer.
+
+    Args:
+      rowdata: (k, 7) columns: the 4 stencil points, x0, floor_in, input leaf id.
+      scalars: (3,) rtol, safety, user_atol.
+    """
+    points, x0, floor_in, in_ids = rowdata[:, :4], rowdata[:, 4], rowdata[:, 5], rowdata[:, 6].astype(jnp.int32)
+    rtol, safety, user_atol = scalars[0], scalars[1], scalars[2]
+    return _tile_stats(values, f0, points, x0, analytic, floor_in, out_scale, leaf_max, in_ids, out_ids, rtol, safety, user_atol, n_out, out_slices, jnp)
 
 
 # ----------------------------------------------------------------------------------

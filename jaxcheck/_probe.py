@@ -13,10 +13,11 @@ the leaf's rms value), the check compares
 
 so every (input leaf, output leaf) block gets its own n_probes**2 comparisons and a
 lost derivative on a small output leaf cannot hide behind a large one. A failing block
-is then narrowed: its input coordinates are split into PROBE_SPLIT contiguous parts,
-probed again with the same directions restricted to each part, and the worst part is
-kept, down to NARROW_COORDS coordinates (for check_vjp, the outputs are split the same
-way down to NARROW_OUTPUTS); those entries are checked one by one, as in full mode, so
+is then narrowed: its input coordinates are bisected, the NARROW_PROBES directions that
+saw the error best are restricted to the left half (the right half follows by linearity,
+parent minus left), and the worse half is kept, down to NARROW_COORDS coordinates (for
+check_vjp, the outputs are then split into PROBE_SPLIT parts per round the same way,
+down to NARROW_OUTPUTS); those entries are checked one by one, as in full mode, so
 even a check of millions of parameters ends with an element index and both values.
 
 Tolerance of a probe: `safety * fd_error + rtol * |numeric| + atol`, where atol adds the
@@ -54,10 +55,16 @@ from ._result import GradCheckResult, LeafReport
 # check_grad(mode="auto") checks every coordinate up to GRAD_FULL_MAX coordinates (4 evaluations
 # of f each: 2e5 evaluations, tens of seconds for a cheap f of that size on a CPU), probes beyond.
 GRAD_FULL_MAX = 50_000
-PROBE_SPLIT = 4
-NARROW_COORDS = 64
+PROBE_SPLIT = 4  # output narrowing (check_vjp) splits into this many parts per round
+NARROW_PROBES = 2  # directions followed down the input bisection
+NARROW_COORDS = 16
 NARROW_OUTPUTS = 2048
 MAX_NARROWED = 4  # failing blocks (leaves) narrowed per check, worst first
+# An inconclusive block (typically probes crossing kinks, whose one-sided directional
+# slopes need not bracket the analytic value) is checked entry by entry when its input
+# leaf has at most WHOLE_LEAF_MAX coordinates (and the block at most WHOLE_BLOCK_MAX entries).
+WHOLE_LEAF_MAX = 1024
+WHOLE_BLOCK_MAX = 2**22
 MAX_ROWS = 16  # directions per vmapped evaluation (fixed, so the kernel compiles once)
 TS = np.asarray([-2.0, -1.0, 1.0, 2.0])  # stencil in units of the direction (which carries the step)
 
@@ -110,6 +117,8 @@ class Prober:
         self.grad = grad
         self.Y = self.vjp(U) if p.kind == "vjp" else None  # (q, n): J^T u for every cotangent
         self.rows = min(MAX_ROWS, max(1, p.ev.auto_batch_size(4)))
+        self._values: dict = {}  # FD values by direction specs, while `keep_values` (output narrowing)
+        self.keep_values = False
         self.n_probes_run = 0
 
     def q_rows(self, o: int) -> np.ndarray:
@@ -192,10 +201,15 @@ class Prober:
 
     def _assess(self, specs: Sequence[tuple[int, int, int]], U: np.ndarray, A: np.ndarray, atol: np.ndarray, valid: int) -> tuple:
         ev, p = self.p.ev, self.p
-        with ev.context():
-            D = self._device_directions(specs, ev.theta_dtype)
-            values = fd.values_along_directions(ev.spec, ev.theta_device, ev.dynamic, D, jnp.asarray(TS, ev.theta_dtype))
-        ev.n_evaluations += valid * TS.size
+        cache_key = tuple(tuple(int(x) for x in s) for s in specs)
+        values = self._values.get(cache_key)
+        if values is None:
+            with ev.context():
+                D = self._device_directions(specs, ev.theta_dtype)
+                values = fd.values_along_directions(ev.spec, ev.theta_device, ev.dynamic, D, jnp.asarray(TS, ev.theta_dtype))
+            ev.n_evaluations += valid * TS.size
+            if self.keep_values:
+                self._values[cache_key] = values
         if len(specs) * TS.size * p.m <= jf.HOST_ENTRIES:
             values = np.asarray(values)
             dtype = values.dtype.type
@@ -220,20 +234,33 @@ class Prober:
         groups = np.repeat(np.arange(self.p.n_out), self.Pu)
         return self.round(specs, self.U, self.Y, groups), specs
 
-    def narrow_inputs(self, i: int, o: int) -> tuple[int, int]:
-        """Coordinate range [lo, hi) of at most `final_coords` coordinates holding the worst error of block (i, o)."""
+    def narrow_inputs(self, i: int, o: int, top: Round, top_rows: np.ndarray) -> tuple[int, int]:
+        """Coordinate range [lo, hi) of at most `final_coords` coordinates holding the worst error of block (i, o).
+
+        Bisection with the NARROW_PROBES directions that saw the error best at the top level,
+        restricted to each half. Only the left half is evaluated: by linearity of the
+        directional derivative, the right half's values are the parent's minus the left's
+        (its tolerance is bounded by the sum of both), which halves the evaluations.
+
+        Args:
+          i, o: The block. top: The top-level round; top_rows: its rows for leaf i (probe order).
+        """
         leaf = self.p.layout.diff[i]
         lo, hi = leaf.offset, leaf.offset + leaf.size
         qs = self.q_rows(o)
         U, Y = self.U[qs], None if self.Y is None else self.Y[qs]
+        best = np.argsort(-top.key()[np.ix_(top_rows, qs)].max(axis=1), kind="stable")[:NARROW_PROBES]
+        parent = tuple(x[np.ix_(top_rows[best], qs)] for x in (top.analytic, top.numeric, top.tolerance))
         limit = self.final_coords()
         while hi - lo > limit:
-            edges = np.unique(np.linspace(lo, hi, PROBE_SPLIT + 1).round().astype(np.int64))
-            parts = list(zip(edges[:-1], edges[1:]))
-            specs = [(a, b, k) for a, b in parts for k in range(self.P)]
-            res = self.round(specs, U, Y, np.zeros(len(qs), np.int64))
-            worst = np.nanmax(res.key().reshape(len(parts), -1), axis=1)
-            lo, hi = (int(x) for x in parts[int(np.argmax(worst))])
+            mid = (lo + hi) // 2
+            res = self.round([(lo, mid, int(k)) for k in best], U, Y, np.zeros(len(qs), np.int64))
+            left = (res.analytic, res.numeric, res.tolerance)
+            right = (parent[0] - left[0], parent[1] - left[1], parent[2] + left[2])
+            if _score(*right) > _score(*left):
+                lo, parent = mid, right
+            else:
+                hi, parent = mid, left
         return lo, hi
 
     def narrow_outputs(self, lo: int, hi: int, o: int) -> tuple[int, int]:
@@ -242,6 +269,7 @@ class Prober:
         olo, ohi = out.offset, out.offset + out.size
         specs = [(lo, hi, k) for k in range(self.P)]
         base = self.U[self.q_rows(o)]
+        self.keep_values = True  # same directions every round: evaluate f along them once
         while ohi - olo > NARROW_OUTPUTS:
             edges = np.unique(np.linspace(olo, ohi, PROBE_SPLIT + 1).round().astype(np.int64))
             parts = list(zip(edges[:-1], edges[1:]))
@@ -252,6 +280,7 @@ class Prober:
             res = self.round(specs, U, self.vjp(U), groups)
             worst = np.nanmax(res.key().reshape(-1, len(parts), base.shape[0]), axis=(0, 2))
             olo, ohi = (int(x) for x in parts[int(np.argmax(worst))])
+        self.keep_values, self._values = False, {}
         return olo, ohi
 
     def final_coords(self) -> int:
@@ -265,6 +294,13 @@ def _masked_rows(Zh: jax.Array, probe: jax.Array, lo: jax.Array, hi: jax.Array) 
     idx = jnp.arange(Zh.shape[1])
     mask = (idx[None, :] >= lo[:, None]) & (idx[None, :] < hi[:, None])
     return jnp.where(mask, Zh[probe], 0)
+
+
+def _score(analytic: np.ndarray, numeric: np.ndarray, tolerance: np.ndarray) -> float:
+    """The largest |analytic - numeric| / tolerance (NaN counts as infinite)."""
+    with np.errstate(all="ignore"):
+        ratio = np.abs(analytic - numeric) / tolerance
+    return float(np.max(np.nan_to_num(ratio, nan=np.inf)))
 
 
 def _group_mean(x: np.ndarray, groups: np.ndarray, axis: int) -> np.ndarray:
@@ -337,7 +373,12 @@ def run_probe(p: jf.Problem, n_probes: int) -> tuple[list[BlockReport], float, s
         for o in range(p.n_out):
             counts[i, o] = _probe_counts(res, _leaf_rows(specs, leaf), pr.q_rows(o))
     failing = sorted((c["key"], io) for io, c in counts.items() if c["status"] == "failed")[::-1]
-    narrowed = {io: _narrow_block(pr, *io) for _, io in failing[:MAX_NARROWED]}
+    top = (res, {i: _leaf_rows(specs, leaf) for i, leaf in enumerate(p.layout.diff)})
+    narrowed = {io: _narrow_block(pr, *io, top) for _, io in failing[:MAX_NARROWED]}
+    for (i, o), c in counts.items():
+        size = p.layout.diff[i].size
+        if c["status"] == "inconclusive" and size <= WHOLE_LEAF_MAX and size * p.outs[o].size <= WHOLE_BLOCK_MAX:
+            narrowed[i, o] = _narrow_block(pr, i, o, top, whole=True)
     blocks = []
     for (i, o), c in counts.items():
         blocks.append(_probe_block(p, i, o, c, narrowed.get((i, o))))
@@ -349,19 +390,25 @@ def run_probe(p: jf.Problem, n_probes: int) -> tuple[list[BlockReport], float, s
     return blocks, _summary.normalized_distance(res.analytic.ravel(), res.numeric.ravel()), source
 
 
-def _narrow_block(pr: Prober, i: int, o: int) -> tuple[BlockReport, tuple[int, int], tuple[int, int]]:
+def _narrow_block(pr: Prober, i: int, o: int, top: tuple, whole: bool = False) -> tuple:
+    """Checks entry by entry the narrowed part (or, `whole`, all) of block (i, o).
+
+    Returns:
+      (sub-report, input range, output range, whole).
+    """
     p = pr.p
-    lo, hi = pr.narrow_inputs(i, o)
+    leaf, out = p.layout.diff[i], p.outs[o]
+    lo, hi = (leaf.offset, leaf.offset + leaf.size) if whole else pr.narrow_inputs(i, o, top[0], top[1][i])
     coords = np.arange(lo, hi)
     acc = jf.BlockAccumulator(p)
     if p.kind == "jvp":
         leaf_max = jf.columns_leaf_max(p, coords, jk.jvp_columns)
         jf.check_columns(p, coords, acc, jk.jvp_columns, leaf_max)
-        orange = (p.outs[o].offset, p.outs[o].offset + p.outs[o].size)
+        orange = (out.offset, out.offset + out.size)
     else:
-        orange = pr.narrow_outputs(lo, hi, o)
+        orange = (out.offset, out.offset + out.size) if whole else pr.narrow_outputs(lo, hi, o)
         jf.check_rows(p, coords, np.arange(*orange), acc)
-    return acc.report(i, o), (lo, hi), orange
+    return acc.report(i, o), (lo, hi), orange, whole
 
 
 def _range_str(p: jf.Problem, lo: int, hi: int, locate: Callable) -> str:
@@ -383,8 +430,14 @@ def _probe_block(p: jf.Problem, i: int, o: int, c: dict, narrowed: Any) -> Block
     if narrowed is None:
         reason = c["reason"] if c["status"] != "failed" else f"{c['reason']} (not narrowed: only the {MAX_NARROWED} worst blocks are)"
         return jf.make_block(p, i, o, reason=reason, worst=None, n_checked=0, n_failed=0, **fields)
-    sub, (lo, hi), (olo, ohi) = narrowed
+    sub, (lo, hi), (olo, ohi), whole = narrowed
     leaf = p.layout.diff[i]
+    if whole:
+        fields.update(status=sub.status, n_nonsmooth=sub.n_nonsmooth, n_nonfinite=sub.n_nonfinite, n_unresolved=sub.n_unresolved)
+        reason = f"probes: {c['reason']}; so checked entry by entry: {sub.reason}"
+        return jf.make_block(
+            p, i, o, reason=reason, worst=sub.worst, n_checked=sub.n_checked, n_failed=sub.n_failed, elements=sub.elements, **fields
+        )
     where_in = _range_str(p, lo, hi, lambda k: p.layout.locate(k)[1])
     where_out = _range_str(p, olo, ohi, lambda j: p.out_leaf(j)[1])
     reason = (
@@ -483,11 +536,15 @@ def check_grad_probe(
     counts = [_probe_counts(res, _leaf_rows(specs, leaf), np.arange(1)) for leaf in layout.diff]
     failing = sorted(((c["key"], i) for i, c in enumerate(counts) if c["status"] == "failed"), reverse=True)
     leaves, worst, worst_numeric = [], None, float("nan")
-    narrowed = {i: _narrow_grad_leaf(pr, i, analytic, atol_vec) for _, i in failing[:MAX_NARROWED]}
+    top = (res, {i: _leaf_rows(specs, leaf) for i, leaf in enumerate(layout.diff)})
+    narrowed = {i: _narrow_grad_leaf(pr, i, analytic, atol_vec, top) for _, i in failing[:MAX_NARROWED]}
+    for i, c in enumerate(counts):
+        if c["status"] == "inconclusive" and layout.diff[i].size <= WHOLE_LEAF_MAX:
+            narrowed[i] = _narrow_grad_leaf(pr, i, analytic, atol_vec, top, whole=True)
     for i, (leaf, c) in enumerate(zip(layout.diff, counts)):
         sub = narrowed.get(i)
         leaves.append(_grad_leaf_report(p, leaf, c, sub, res, _leaf_rows(specs, leaf)))
-        if sub is not None and worst is None:
+        if sub is not None and worst is None and sub[0].status != "passed":
             worst, worst_numeric = sub[1], sub[2]
     leaves = _summary.sort_worst_first(leaves)
     status, reason = _summary.overall(leaves)
@@ -523,10 +580,15 @@ def check_grad_probe(
     )
 
 
-def _narrow_grad_leaf(pr: Prober, i: int, analytic: np.ndarray, atol_vec: np.ndarray) -> tuple[LeafReport, int, float]:
-    """Narrows leaf i to a few coordinates and checks them one by one: (sub-report, worst coordinate, its numeric)."""
+def _narrow_grad_leaf(pr: Prober, i: int, analytic: np.ndarray, atol_vec: np.ndarray, top: tuple, whole: bool = False) -> tuple:
+    """Narrows leaf i to a few coordinates (or takes all of it, `whole`) and checks them one by one.
+
+    Returns:
+      (sub-report, worst coordinate, its numeric value, whole).
+    """
     p = pr.p
-    lo, hi = pr.narrow_inputs(i, 0)
+    leaf = p.layout.diff[i]
+    lo, hi = (leaf.offset, leaf.offset + leaf.size) if whole else pr.narrow_inputs(i, 0, top[0], top[1][i])
     coords = np.arange(lo, hi)
     values, points = p.ev.stencil(coords, p.h[coords], batch_size=p.batch_size)
     values = np.asarray(jax.device_get(values))
@@ -535,7 +597,6 @@ def _narrow_grad_leaf(pr: Prober, i: int, analytic: np.ndarray, atol_vec: np.nda
         asm = st.assess_host(est, analytic[coords][:, None], p.tol.rtol, atol_vec[coords][:, None], p.tol.safety)
     numeric = np.asarray(est.numeric, np.float64)[:, 0]
     code, tolerance, resolved = (np.asarray(x)[:, 0] for x in asm)
-    leaf = p.layout.diff[i]
     sub = _summary.summarize_leaf(
         path=leaf.path,
         shape=leaf.shape,
@@ -550,7 +611,7 @@ def _narrow_grad_leaf(pr: Prober, i: int, analytic: np.ndarray, atol_vec: np.nda
     with np.errstate(all="ignore"):
         ratio = np.nan_to_num(np.abs(analytic[coords] - numeric) / np.asarray(tolerance, np.float64), nan=np.inf)
     k = int(np.argmax(ratio))
-    return sub, int(coords[k]), float(numeric[k])
+    return sub, int(coords[k]), float(numeric[k]), whole
 
 
 def _grad_leaf_report(p: jf.Problem, leaf: Any, c: dict, narrowed: Any, res: Round, rows: np.ndarray) -> LeafReport:
@@ -577,7 +638,11 @@ def _grad_leaf_report(p: jf.Problem, leaf: Any, c: dict, narrowed: Any, res: Rou
             n_unresolved=c["n_unresolved"],
             reason=f"{reason} (directional derivatives <g, v>)",
         )
-    sub, _, _ = narrowed
+    sub, _, _, whole = narrowed
+    if whole:
+        return dataclasses.replace(
+            sub, reason=f"probes: {c['reason']} (directional derivatives <g, v>); so checked element by element: {sub.reason}"
+        )
     return dataclasses.replace(
         sub,
         status="failed",
