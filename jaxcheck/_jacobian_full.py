@@ -411,7 +411,7 @@ def _rows_summary(J: Any, V: Any, layout: ArgLayout, xp: Any = jnp) -> tuple:
     ok = xp.isfinite(J)
     Jc = xp.where(ok, J, 0).astype(V.dtype)
     absJ = xp.abs(Jc)
-    leaf_max = xp.stack([xp.max(absJ[:, l.offset : l.offset + l.size], axis=1) for l in layout.diff], axis=0)
+    leaf_max = xp.stack([xp.max(absJ[:, l.offset : l.offset + l.size], axis=1, initial=0.0) for l in layout.diff], axis=0)
     return leaf_max, Jc @ V, absJ @ xp.abs(V)
 
 

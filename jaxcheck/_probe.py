@@ -230,7 +230,7 @@ class Prober:
 
     def top_level(self) -> tuple[Round, list[tuple[int, int, int]]]:
         """P directions per input leaf against all cotangents."""
-        specs = [(leaf.offset, leaf.offset + leaf.size, k) for leaf in self.p.layout.diff for k in range(self.P)]
+        specs = [(leaf.offset, leaf.offset + leaf.size, k) for leaf in self.p.layout.diff if leaf.size for k in range(self.P)]
         groups = np.repeat(np.arange(self.p.n_out), self.Pu)
         return self.round(specs, self.U, self.Y, groups), specs
 
@@ -357,7 +357,7 @@ def _probe_counts(res: Round, rows: np.ndarray, cols: np.ndarray) -> dict[str, A
 
 
 def _leaf_rows(specs: list[tuple[int, int, int]], leaf: Any) -> np.ndarray:
-    return np.asarray([r for r, s in enumerate(specs) if s[0] == leaf.offset])
+    return np.asarray([r for r, s in enumerate(specs) if s[0] == leaf.offset and leaf.size], np.int64)
 
 
 # ----------------------------------------------------------------------------------
@@ -616,7 +616,7 @@ def _narrow_grad_leaf(pr: Prober, i: int, analytic: np.ndarray, atol_vec: np.nda
 
 def _grad_leaf_report(p: jf.Problem, leaf: Any, c: dict, narrowed: Any, res: Round, rows: np.ndarray) -> LeafReport:
     if narrowed is None:
-        r = rows[int(np.argmax(res.key()[rows, 0]))]
+        r = rows[int(np.argmax(res.key()[rows, 0]))] if rows.size else 0
         reason = c["reason"]
         if c["status"] == "failed":
             reason += f" (not narrowed: only the {MAX_NARROWED} worst leaves are)"
@@ -628,9 +628,9 @@ def _grad_leaf_report(p: jf.Problem, leaf: Any, c: dict, narrowed: Any, res: Rou
             relative_error=c["relative_error"],
             max_abs_error=c["max_abs_error"],
             worst_index=(),
-            worst_analytic=float(res.analytic[r, 0]),
-            worst_numeric=float(res.numeric[r, 0]),
-            worst_tolerance=float(res.tolerance[r, 0]),
+            worst_analytic=float(res.analytic[r, 0]) if rows.size else 0.0,
+            worst_numeric=float(res.numeric[r, 0]) if rows.size else 0.0,
+            worst_tolerance=float(res.tolerance[r, 0]) if rows.size else 0.0,
             n_elements=int(leaf.size),
             n_failed=0,
             n_nonsmooth=c["n_nonsmooth"],
