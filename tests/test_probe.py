@@ -157,3 +157,18 @@ def test_probe_results_are_deterministic_given_the_seed(key):
     assert [x.relative_error for x in a.blocks] == [x.relative_error for x in b.blocks]
     assert [x.relative_error for x in a.blocks] != [x.relative_error for x in c.blocks]
     assert a.seed == 3
+
+
+def test_check_grad_probe_reuses_compiled_code(key):
+    traces = []
+
+    def loss(p, x):
+        if isinstance(x, jax.core.Tracer):
+            traces.append(1)
+        return jnp.sum(jnp.tanh(p["W"] @ x + p["b"]) ** 2)
+
+    params, x, _ = _inputs(key, jnp.float32)
+    jaxcheck.check_grad(loss, (params, x), mode="probe")
+    count = len(traces)
+    jaxcheck.check_grad(loss, (jax.tree.map(lambda a: 0.5 * a, params), x + 1.0), mode="probe")
+    assert len(traces) == count
