@@ -17,6 +17,7 @@ at a kink the jump F - B does not shrink with the step.
 """
 
 import functools as ft
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -145,7 +146,12 @@ def _measured_noise(values: jax.Array, f0: jax.Array, xp: Any = jnp) -> jax.Arra
     """
     fm2, fm1, fp1, fp2 = (values[:, k, :] for k in range(4))
     fourth = fp2 - 4 * fp1 + 6 * f0[None, :] - 4 * fm1 + fm2
-    return xp.median(xp.abs(fourth), axis=0) / 5.6
+    # Coordinates where f is NaN/Inf within a step say nothing about rounding: leave them
+    # out, or one such coordinate would make every element's noise (and verdict) NaN.
+    magnitude = xp.where(xp.isfinite(fourth), xp.abs(fourth), xp.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy: "All-NaN slice encountered"
+        return xp.nanmedian(magnitude, axis=0) / 5.6
 
 
 combine = jax.jit(ft.partial(_combine, xp=jnp))
