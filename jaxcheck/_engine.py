@@ -223,7 +223,10 @@ class Evaluator:
         The budget is CHUNK_BUDGET_BYTES, or CPU_CHUNK_BUDGET_BYTES (cache-sized) on CPU.
         """
         with self.context():
-            jaxpr = jax.make_jaxpr(lambda th: fd.value_at(self.spec, th, self.dynamic))(self.theta_device)
+            if hasattr(fd.value_at, "trace"):  # reuses the jit's cached trace (~20 us, not ~1 ms)
+                jaxpr = fd.value_at.trace(self.spec, self.theta_device, self.dynamic).jaxpr
+            else:
+                jaxpr = jax.make_jaxpr(lambda th: fd.value_at(self.spec, th, self.dynamic))(self.theta_device)
         per_eval = self.n * np.dtype(self.theta_dtype).itemsize + _jaxpr_bytes(jaxpr.jaxpr)
         cpu = all(d.platform == "cpu" for d in self.theta_device.devices())
         budget = min(CPU_CHUNK_BUDGET_BYTES, CHUNK_BUDGET_BYTES) if cpu else CHUNK_BUDGET_BYTES
