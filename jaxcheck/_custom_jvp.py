@@ -42,6 +42,9 @@ class _JvpCheck:
         self.mode_arg = mode
         self.mode = mode  # the finite-difference mode actually used (set by the fd check)
         self.statuses: dict[str, str] = {}
+        self._rule_jvp: Any = None
+        self.jitted_pair = jax.jit(self.jvp_pair)  # shared by rule_jvp, the vmap loop and the jit check: one compilation
+        self.fd_x64 = False  # whether the fd check's reference ran in float64
         self.kw = {"rtol": rtol, "atol": atol}
         self.outs: tuple = ()
         self.fatal: str | None = None
@@ -78,6 +81,12 @@ class _JvpCheck:
     def jvp_pair(self, free: list, v: list) -> tuple:
         return jax.jvp(self.t.closed, (free,), (list(v),))
 
+    def rule_jvp(self, v: list) -> tuple:
+        """(out, J v) through the rule at the point (jitted once per check, eager when the rule cannot be traced)."""
+        if self._rule_jvp is None:
+            self._rule_jvp = rc.jit_or_eager(self.jvp_pair, self.jitted_pair)
+        return self._rule_jvp(self.t.free_values, list(v))
+
     def float_leaves(self, tree: Any) -> list:
         return [x for o, x in zip(self.outs, jtu.tree_leaves(tree)) if o.inexact]
 
@@ -85,7 +94,7 @@ class _JvpCheck:
 
     def primal(self) -> CheckReport:
         try:
-            out = guarded("f.fun(*args)", self.f.fun, *self.t.args)
+            out = guarded("f.fun(*args)", rc.jit_or_eager(self.f.fun), *self.t.args)
         except RuleError:
             self.fatal = "f.fun(*args) raised (see primal)"
             raise
@@ -181,20 +190,35 @@ class _JvpCheck:
                 note = f"check_jvp could not run ({type(error).__name__}: {rc.first_line(error)}); checked the eager JVP along seeded directions instead"
             else:
                 self.mode = res.mode
-                if res.status != "failed" or self.directional_fd().status == "failed":
+                self.fd_x64 = res.reference_fallback is None and res.reference.startswith("float64")
+                if res.status != "failed" or self._eager_confirms(res):
                     return rc.jacobian_report(res, "the JVP", "the jvp rule", extra=("check_jvp: columns of the Jacobian through jax.jvp (the rule), jitted and vmapped",))
                 note = "check_jvp (jit + vmap of the JVP) disagrees with finite differences but the eager JVP agrees with them: see the vmap and jit checks"
         elif unsafe:
             note = f"the {' and '.join(unsafe)} check failed, so the JVP is checked eagerly along seeded directions, not through check_jvp's jitted, vmapped Jacobian"
         d = self.directional_fd()
-        self.mode = "probe"
+        self.mode, self.fd_x64 = "probe", d.x64
         return rc.directional_report("fd", "the JVP", d, extra=(f"one seeded direction per input leaf (seed {self.seed})", *((note,) if note else ())))
+
+    def _eager_confirms(self, res: Any) -> bool:
+        """Whether the unbatched JVP also disagrees at check_jvp's worst entry (else its vmapped columns were wrong)."""
+        b = res.failed_blocks[0]
+        w = b.worst
+        outs = [o.path for o in self.outs if o.inexact]
+        if w is None or w.input_part or w.output_part or b.output_path not in outs or b.input_path not in self.t.free_paths:
+            return self.directional_fd().status == "failed"
+        i = self.t.free_paths.index(b.input_path)
+        v = [np.zeros(x.shape, d) for x, d in zip(self.t.free_values, self.t.free_dtypes)]
+        v[i][tuple(w.input_index)] = 1
+        column = self.float_leaves(guarded("the JVP", self.rule_jvp, v)[1])
+        value = float(np.asarray(column[outs.index(b.output_path)])[tuple(w.output_index)])
+        return not abs(value - w.numeric) <= w.tolerance
 
     def directional_fd(self) -> rc.Directional:
         """The eager JVP along one seeded direction per input leaf vs the engine's stencil (cached)."""
         if self.fd_dir is None:
             self.fd_dir = rc.directional(
-                self.t, self.t.closed, lambda v: jax.jvp(self.t.closed, (self.t.free_values,), (list(v),))[1],
+                self.t, self.t.closed, lambda v: self.rule_jvp(v)[1],
                 salt="fd", seed=self.seed, eps=self.eps, rtol=self.rtol, atol=self.atol, reference=self.reference, label=self.t.name,
             )
         return self.fd_dir
@@ -204,22 +228,51 @@ class _JvpCheck:
     def autodiff(self) -> CheckReport:
         if self.statuses.get("fd") not in ("passed", "failed", "skipped"):
             return skipped("autodiff", "not run: the fd check raised")
-        d = self.directional_fd()
-        native64 = all(x in (np.float64, np.complex128) for x in self.t.free_dtypes)
-        use64 = d.x64 and not native64
+        use64 = self.fd_x64 and not all(x in (np.float64, np.complex128) for x in self.t.free_dtypes)
+        jvp_fun = rc.jit_or_eager(lambda fr, v: self.float_leaves(jax.jvp(self.t.fun_closed, (fr,), (v,))[1]))
+        directions = self.fd_dir.tangents if self.fd_dir is not None else self._leaf_directions()
+        found = self._compare_along(directions, jvp_fun, use64)
+        if isinstance(found, CheckReport):
+            return found
+        if found is not None and self.statuses.get("fd") == "passed":
+            d = self.directional_fd()  # finite differences along the same kind of directions, to see who is wrong
+            found = self._compare_along(d.tangents, jvp_fun, use64)
+            if isinstance(found, CheckReport):
+                return found
+            if found is not None and self._fd_sides_with_rule(*found[:3]):
+                return skipped("autodiff", f"JAX's autodiff of f.fun disagrees with finite differences along {self.t.free_paths[found[0]]} while the rule agrees with them: f.fun's own derivative is inaccurate here, not the rule")
+        if found is not None:
+            j, _, _, bad = found
+            along = self.t.free_paths[j]
+            report = rc.mismatch_report(
+                "autodiff", "the JVP along " + along + " differs from JAX's autodiff of f.fun at {where} (beyond rounding)", bad,
+                names=("rule", "autodiff"), extra=(f"direction: a seeded direction in {along} only; autodiff evaluated in {'float64' if use64 else 'native precision'}",),
+            )
+            return _with_argument(report, along)
+        return CheckReport(name="autodiff", status="passed", message=f"the JVP equals JAX's autodiff of f.fun along {len(directions)} direction(s) (to rounding; {'float64' if use64 else 'native'} reference)")
+
+    def _leaf_directions(self) -> list[list[np.ndarray]]:
+        """One seeded direction per free leaf (zero on the other leaves)."""
+        out = []
+        for j, (p, x, d) in enumerate(zip(self.t.free_paths, self.t.free_values, self.t.free_dtypes)):
+            out.append([rc.leaf_normal(self.seed, "autodiff", p, tuple(x.shape), d) if i == j else np.zeros(x.shape, d) for i, x in enumerate(self.t.free_values)])
+        return out
+
+    def _compare_along(self, directions: list, jvp_fun: Any, use64: bool) -> Any:
+        """None if the rule's JVP equals autodiff of f.fun along every direction; a skipped report when
+        autodiff is unavailable or not finite; else (direction index, rule values, reference values, mismatches)."""
         paths = [o.path for o in self.outs if o.inexact]
         dtypes = [o.dtype for o in self.outs if o.inexact]
-        for j, v in enumerate(d.tangents):
-            r = self.float_leaves(jax.jvp(self.t.closed, (self.t.free_values,), (v,))[1])
+        for j, v in enumerate(directions):
+            r = self.float_leaves(guarded("the JVP", self.rule_jvp, v)[1])
             try:
-                a = self.float_leaves(jax.jvp(self.t.fun_closed, (self.t.free_values,), (v,))[1])
+                a = jvp_fun(self.t.free_values, v)
             except Exception as error:  # noqa: BLE001
                 return skipped("autodiff", f"f.fun is not differentiable by JAX ({type(error).__name__}: {rc.first_line(error)}); the rule is checked against finite differences only")
             ref, noise = a, None
             if use64:
                 with jax.enable_x64(True):
-                    up = lambda x: jnp.asarray(np.asarray(x), jnp.complex128 if np.iscomplexobj(x) else jnp.float64)  # noqa: E731
-                    ref = [np.asarray(x) for x in self.float_leaves(jax.jvp(self.t.fun_closed, ([up(x) for x in self.t.free_values],), ([up(x) for x in v],))[1])]
+                    ref = [np.asarray(x) for x in jvp_fun([rc.upcast(x) for x in self.t.free_values], [rc.upcast(x) for x in v])]
                 noise = [np.abs(rc._as_host(x) - rc._as_host(y)) for x, y in zip(a, ref)]
             bad = []
             for i, (x, y, p, dt) in enumerate(zip(r, ref, paths, dtypes)):
@@ -228,17 +281,9 @@ class _JvpCheck:
                 m = rc.compare_leaf(x, y, p, dt, rc.AUTODIFF_ULPS / 2 if use64 else rc.AUTODIFF_ULPS, noise=None if noise is None else noise[i], **self.kw)
                 if m:
                     bad.append(m)
-            if not bad:
-                continue
-            along = self.t.free_paths[j]
-            if self._fd_sides_with_rule(j, r, ref):
-                return skipped("autodiff", f"JAX's autodiff of f.fun disagrees with finite differences along {along} while the rule agrees with them: f.fun's own derivative is inaccurate here, not the rule")
-            report = rc.mismatch_report(
-                "autodiff", "the JVP along " + along + " differs from JAX's autodiff of f.fun at {where} (beyond rounding)", bad,
-                names=("rule", "autodiff"), extra=(f"direction: the fd check's seeded direction in {along}; autodiff evaluated in {'float64' if use64 else 'native precision'}",),
-            )
-            return _with_argument(report, along)
-        return CheckReport(name="autodiff", status="passed", message=f"the JVP equals JAX's autodiff of f.fun along {len(d.tangents)} direction(s) (to rounding; {'float64' if use64 else 'native'} reference)")
+            if bad:
+                return j, r, ref, bad
+        return None
 
     def _fd_sides_with_rule(self, j: int, r: list, ref: list) -> bool:
         d = self.fd_dir
@@ -268,7 +313,7 @@ class _JvpCheck:
         for k in range(N_ADJOINT):
             v = rc.random_free(self.t, self.seed, f"adjoint-v{k}")
             u = [rc.leaf_normal(self.seed, f"adjoint-u{k}", o.path, o.shape, o.dtype) for o in float_outs]
-            jv = self.float_leaves(guarded("the JVP", self.jvp_pair, self.t.free_values, v)[1])
+            jv = self.float_leaves(guarded("the JVP", self.rule_jvp, v)[1])
             it = iter(u)
             ct = jtu.tree_unflatten(self.out_tree, [next(it) if o.inexact else np.zeros(o.shape, jax.dtypes.float0) for o in self.outs])
             try:
@@ -299,11 +344,11 @@ class _JvpCheck:
         xs = rc.batch_point(self.t, self.seed)
         ws = [rc.random_free(self.t, self.seed, f"vmap{b}") for b in range(rc.BATCH)]
         paths, dtypes = self._paths()
-        return rc.vmap_check(self.jvp_pair, xs, ws, paths, dtypes, "JVP", self.kw)
+        return rc.vmap_check(self.jvp_pair, self.jitted_pair, xs, ws, paths, dtypes, "JVP", self.kw)
 
     def jit(self) -> CheckReport:
         paths, dtypes = self._paths()
-        return rc.jit_check(self.jvp_pair, self.t.free_values, rc.random_free(self.t, self.seed, "jit"), paths, dtypes, "JVP", self.kw)
+        return rc.jit_check(self.jvp_pair, self.jitted_pair, self.t.free_values, rc.random_free(self.t, self.seed, "jit"), paths, dtypes, "JVP", self.kw)
 
     def second_order(self) -> CheckReport:
         v1 = rc.random_free(self.t, self.seed, "second-order-v1")

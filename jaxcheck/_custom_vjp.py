@@ -55,6 +55,8 @@ class _VjpCheck:
         self.fatal: str | None = None  # why later checks cannot run
         self.cts: list[list[np.ndarray]] = []  # fd cotangents (float outputs only)
         self.rule_grads: list[list] = []
+        self._rule_grad: Any = None
+        self.jitted_pair = jax.jit(self.vjp_pair)  # shared by the vmap loop and the jit check: one compilation
 
     # -- helpers -----------------------------------------------------------------
 
@@ -70,7 +72,10 @@ class _VjpCheck:
         return [rc.leaf_normal(self.seed, salt, o.path, o.shape, o.dtype) for o in self.float_outs]
 
     def rule_grad(self, u: list) -> list:
-        return jax.grad(lambda fr: pair(self.outs, u, self.t.closed(fr)))(self.t.free_values)
+        """The VJP through the rule at the point (jitted once per check, eager when bwd cannot be traced)."""
+        if self._rule_grad is None:
+            self._rule_grad = rc.jit_or_eager(self.rule_grad_at)
+        return self._rule_grad(self.t.free_values, u)
 
     def vjp_pair(self, free: list, u: list) -> tuple:
         out, vjp_fn = jax.vjp(self.t.closed, free)
@@ -93,7 +98,7 @@ class _VjpCheck:
 
     def primal(self) -> CheckReport:
         try:
-            out = guarded("f.fun(*args)", self.f.fun, *self.t.args)
+            out = guarded("f.fun(*args)", rc.jit_or_eager(self.f.fun), *self.t.args)
         except RuleError:
             self.fatal = "f.fun(*args) raised (see primal)"
             raise
@@ -260,12 +265,20 @@ class _VjpCheck:
         return res
 
     def _eager_confirms(self, res: Any) -> bool:
-        """Whether the eager VJP also disagrees, with a cotangent on the worst failing block's output leaf."""
-        out_path = res.failed_blocks[0].output_path
-        j = next((i for i, o in enumerate(self.float_outs) if o.path == out_path), None)
-        u = self.cts[0] if j is None else [x if i == j else np.zeros_like(x) for i, x in enumerate(self.cts[0])]
-        r = guarded("the VJP through the rule", self.rule_grad, u)
-        return self._eager_result(0, u, r).status == "failed"
+        """Whether the unbatched VJP also disagrees at check_vjp's worst entry (else its vmapped rows were wrong)."""
+        b = res.failed_blocks[0]
+        w = b.worst
+        outs = [o.path for o in self.float_outs]
+        if w is None or w.input_part or w.output_part or b.output_path not in outs or b.input_path not in self.t.free_paths:
+            j = outs.index(b.output_path) if b.output_path in outs else None
+            u = self.cts[0] if j is None else [x if i == j else np.zeros_like(x) for i, x in enumerate(self.cts[0])]
+            return self._eager_result(0, u, guarded("the VJP through the rule", self.rule_grad, u)).status == "failed"
+        j = outs.index(b.output_path)
+        u = [np.zeros(o.shape, o.dtype) for o in self.float_outs]
+        u[j][tuple(w.output_index)] = 1
+        row = guarded("the VJP through the rule", self.rule_grad, u)
+        value = float(np.asarray(row[self.t.free_paths.index(b.input_path)])[tuple(w.input_index)])
+        return not abs(value - w.numeric) <= w.tolerance
 
     def _eager_fd(self, note: str) -> CheckReport:
         results = [self._eager_result(k) for k in range(len(self.cts))]
@@ -311,25 +324,22 @@ class _VjpCheck:
     def autodiff(self) -> CheckReport:
         if not self.cts:
             return skipped("autodiff", "no cotangents (the fd check did not run)")
-        x64 = self.fd_x64
-        native64 = all(d == np.float64 or d == np.complex128 for d in self.t.free_dtypes)
+        use64 = self.fd_x64 and not all(d in (np.float64, np.complex128) for d in self.t.free_dtypes)
+        grad_fun = rc.jit_or_eager(lambda fr, u: jax.grad(lambda x: pair(self.outs, u, self.t.fun_closed(x)))(fr))
         for k, (u, r) in enumerate(zip(self.cts, self.rule_grads)):
             try:
-                a = jax.grad(lambda fr: pair(self.outs, u, self.t.fun_closed(fr)))(self.t.free_values)
+                a = grad_fun(self.t.free_values, u)
             except Exception as error:  # noqa: BLE001
                 return skipped("autodiff", f"f.fun is not differentiable by JAX ({type(error).__name__}: {rc.first_line(error)}); the rule is checked against finite differences only")
-            ref, noise, label = a, None, "native"
-            if x64 and not native64:
+            ref, noise = a, None
+            if use64:
                 with jax.enable_x64(True):
-                    free64 = [jnp.asarray(np.asarray(x), jnp.complex128 if np.iscomplexobj(x) else jnp.float64) for x in self.t.free_values]
-                    u64 = [jnp.asarray(np.asarray(x), jnp.complex128 if np.iscomplexobj(x) else jnp.float64) for x in u]
-                    ref = [np.asarray(x) for x in jax.grad(lambda fr: pair(self.outs, u64, self.t.fun_closed(fr)))(free64)]
+                    ref = [np.asarray(x) for x in grad_fun([rc.upcast(x) for x in self.t.free_values], [rc.upcast(x) for x in u])]
                 noise = [np.abs(rc._as_host(x) - rc._as_host(y)) for x, y in zip(a, ref)]
-                label = "float64"
-            reply = _autodiff_verdict(self, k, r, ref, noise, label)
+            reply = _autodiff_verdict(self, k, r, ref, noise, "float64" if use64 else "native precision")
             if reply is not None:
                 return reply
-        return CheckReport(name="autodiff", status="passed", message=f"the VJP equals JAX's autodiff of f.fun for {len(self.cts)} cotangents (to rounding; {'float64' if x64 and not native64 else 'native'} reference)")
+        return CheckReport(name="autodiff", status="passed", message=f"the VJP equals JAX's autodiff of f.fun for {len(self.cts)} cotangents (to rounding; {'float64' if use64 else 'native'} reference)")
 
     # -- 6-8. transformations -------------------------------------------------------------
 
@@ -340,11 +350,11 @@ class _VjpCheck:
         xs = rc.batch_point(self.t, self.seed)
         ws = [self.float_ct(f"vmap{b}") for b in range(rc.BATCH)]
         paths, dtypes = self.out_and_grad_paths()
-        return rc.vmap_check(self.vjp_pair, xs, ws, paths, dtypes, "VJP", self.kw)
+        return rc.vmap_check(self.vjp_pair, self.jitted_pair, xs, ws, paths, dtypes, "VJP", self.kw)
 
     def jit(self) -> CheckReport:
         paths, dtypes = self.out_and_grad_paths()
-        return rc.jit_check(self.vjp_pair, self.t.free_values, self.float_ct("jit"), paths, dtypes, "VJP", self.kw)
+        return rc.jit_check(self.vjp_pair, self.jitted_pair, self.t.free_values, self.float_ct("jit"), paths, dtypes, "VJP", self.kw)
 
     def second_order(self) -> CheckReport:
         u = self.cts[0] if self.cts else self.float_ct("second-order")

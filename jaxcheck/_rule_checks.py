@@ -85,6 +85,25 @@ def guarded(label: str, fn: Callable, *args: Any, inputs: Any = None) -> Any:
         raise RuleError(f"{label} raised {type(error).__name__}: {first_line(error)} [called with {describe(shown)}]") from error
 
 
+def jit_or_eager(fn: Callable, jitted: Callable | None = None) -> Callable:
+    """`jax.jit(fn)` (or the given jitted version), falling back to the eager call when fn cannot be
+    traced: one compilation instead of one per op."""
+    jitted = jax.jit(fn) if jitted is None else jitted
+
+    def call(*args: Any) -> Any:
+        try:
+            return jitted(*args)
+        except Exception:  # noqa: BLE001 - not jittable (numpy inside, concrete branching): run it as written
+            return fn(*args)
+
+    return call
+
+
+def upcast(x: Any) -> jax.Array:
+    """A float leaf in float64 (complex128): call inside `jax.enable_x64(True)`."""
+    return jnp.asarray(np.asarray(x), jnp.complex128 if np.iscomplexobj(x) else jnp.float64)
+
+
 def validate_rule(f: Any, kind: str) -> None:
     """Checks that `f` is a `jax.custom_vjp` (kind "vjp") or `jax.custom_jvp` (kind "jvp") with its rule defined.
 
@@ -275,25 +294,32 @@ class MirrorFn:
 # Randomness: every draw is seeded from (seed, salt, leaf path).
 
 
+def _rng(seed: int, salt: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(salt.encode()) & 0xFFFFFFFF])
+
+
 def leaf_normal(seed: int, salt: str, path: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """A standard-normal array for one leaf, drawn in float32 so both precisions see the same values."""
+    """A standard-normal array for one leaf, seeded from (seed, salt, path).
+
+    Drawn on the host with numpy's PCG64 (no JAX dispatch for these small draws), in
+    float32 and then cast, so both precisions see the same values; adding a leaf does not
+    change the draws of the others.
+    """
     dtype = np.dtype(dtype)
-    key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{salt}:{path}".encode()) & 0x7FFFFFFF)
+    rng = _rng(seed, f"{salt}:{path}")
     if np.issubdtype(dtype, np.complexfloating):
-        k1, k2 = jax.random.split(key)
-        z = np.asarray(jax.random.normal(k1, shape, jnp.float32), np.float64) + 1j * np.asarray(jax.random.normal(k2, shape, jnp.float32), np.float64)
+        z = rng.standard_normal(shape, np.float32).astype(np.float64) + 1j * rng.standard_normal(shape, np.float32).astype(np.float64)
         return (z / np.sqrt(2)).astype(dtype)
     if not np.issubdtype(dtype, np.floating):
         return np.zeros(shape, jax.dtypes.float0)
-    return np.asarray(jax.random.normal(key, shape, jnp.float32), np.float64).astype(dtype)
+    return rng.standard_normal(shape, np.float32).astype(dtype)
 
 
 def uniform_scalar(seed: int, salt: str) -> float:
     """A seeded coefficient in +-[0.5, 2] for linearity combinations."""
-    key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(salt.encode()) & 0x7FFFFFFF)
-    k1, k2 = jax.random.split(key)
-    mag = float(jax.random.uniform(k1, (), jnp.float32, 0.5, 2.0))
-    return mag if bool(jax.random.bernoulli(k2)) else -mag
+    rng = _rng(seed, salt)
+    mag = float(np.float32(rng.uniform(0.5, 2.0)))
+    return mag if rng.random() < 0.5 else -mag
 
 
 def random_free(target: Target, seed: int, salt: str) -> list[np.ndarray]:
@@ -525,7 +551,8 @@ def directional(
     h = float(eps) if eps is not None else _tolerance.relative_step(ev.reference.dtype)
     ts = (np.array([-2.0, -1.0, 1.0, 2.0]) * h).astype(ev.theta_dtype).astype(np.float64)
     values = ev.along(dirs, ts)
-    analytic = np.stack([ravel_tangent(guarded(f"the derivative of {label}", analytic_fn, t)) for t in tangents])
+    analytic_call = jit_or_eager(analytic_fn)
+    analytic = np.stack([ravel_tangent(guarded(f"the derivative of {label}", analytic_call, t)) for t in tangents])
     b, m = analytic.shape
     with ev.context():
         dt = ev.theta_dtype
@@ -626,13 +653,15 @@ def _stack(trees: Sequence[Any]) -> Any:
     return jtu.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 
-def vmap_check(pair_fn: Callable, xs: list[np.ndarray], ws: list[Any], paths: Sequence[str], dtypes: Sequence[Any], what: str, kw: dict) -> CheckReport:
-    """`vmap(pair_fn)` over BATCH (point, w) examples vs a Python loop over them."""
+def vmap_check(pair_fn: Callable, jitted: Callable, xs: list[np.ndarray], ws: list[Any], paths: Sequence[str], dtypes: Sequence[Any], what: str, kw: dict) -> CheckReport:
+    """`vmap(pair_fn)` over BATCH (point, w) examples vs a loop over them (`jitted`, the same jitted
+    function the jit check uses, so only batching differs; eager when it cannot be traced)."""
     batched = guarded(f"jax.vmap of the {what}", jax.vmap(pair_fn), [jnp.asarray(x) for x in xs], _stack(ws))
     flat_b = jtu.tree_leaves(batched)
+    single_fn = jit_or_eager(pair_fn, jitted)
     for b in range(BATCH):
         point = [jnp.asarray(x[b]) for x in xs]
-        single = jtu.tree_leaves(guarded(f"the {what}", pair_fn, point, ws[b]))
+        single = jtu.tree_leaves(guarded(f"the {what}", single_fn, point, ws[b]))
         bad = compare_trees([np.asarray(l)[b] for l in flat_b], single, paths, dtypes, TRANSFORM_ULPS, **kw)
         if bad:
             return mismatch_report(
@@ -646,10 +675,10 @@ def vmap_check(pair_fn: Callable, xs: list[np.ndarray], ws: list[Any], paths: Se
     return CheckReport(name="vmap", status="passed", message=f"jax.vmap of the {what} over {BATCH} examples equals a loop")
 
 
-def jit_check(pair_fn: Callable, free: list, w: Any, paths: Sequence[str], dtypes: Sequence[Any], what: str, kw: dict) -> CheckReport:
-    """`jax.jit(pair_fn)` vs the eager call."""
+def jit_check(pair_fn: Callable, jitted_fn: Callable, free: list, w: Any, paths: Sequence[str], dtypes: Sequence[Any], what: str, kw: dict) -> CheckReport:
+    """`jitted_fn` (= `jax.jit(pair_fn)`) vs the eager call."""
     eager = jtu.tree_leaves(guarded(f"the eager {what}", pair_fn, free, w))
-    jitted = jtu.tree_leaves(guarded(f"jax.jit of the {what}", jax.jit(pair_fn), free, w))
+    jitted = jtu.tree_leaves(guarded(f"jax.jit of the {what}", jitted_fn, free, w))
     bad = compare_trees(jitted, eager, paths, dtypes, TRANSFORM_ULPS, **kw)
     if bad:
         return mismatch_report("jit", f"jax.jit of the {what} differs from the eager {what} at {{where}}", bad, names=("jitted", "eager"), argument_of=argument_of)
