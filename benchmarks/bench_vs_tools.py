@@ -15,7 +15,8 @@ Part 1, time to a verdict. The loss is a 2-layer tanh MLP, loss(params, x, y) =
 mean(sum((tanh(x W1 + b1) W2 + b2 - y)**2, -1)), 16 rows of 32 inputs, 8 outputs, hidden
 width H so that n = 41 H + 8 is about 1e3, 1e4, 1e5. Each tool runs in a fresh
 subprocess: `cold` is its first call (tracing and compilation included, JAX import not),
-`warm` a second call with the same function and arguments.
+`cold CPU` the CPU time of that call over all threads (less sensitive to other jobs on a
+shared machine), `warm` a second call with the same function and arguments.
   jaxcheck           `jaxcheck.check_grad(loss, (params, x, y))`, float32 arguments with
                      x64 off (the reference is re-evaluated in float64), every coordinate.
   check_grads        `jax.test_util.check_grads(lambda p: loss(p, x, y), (params,),
@@ -120,9 +121,14 @@ def _mlp_jax(n: int):
     return loss, params, x, y
 
 
+_LAST_CPU = [0.0]
+
+
 def _time(fn) -> tuple[float, object]:
-    start = time.perf_counter()
+    """Wall time of fn(); its CPU time (all threads of this process) goes to _LAST_CPU."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
+    _LAST_CPU[0] = time.process_time() - cpu
     return time.perf_counter() - start, out
 
 
@@ -132,8 +138,9 @@ def _timing_jaxcheck(n: int) -> dict:
     loss, params, x, y = _mlp_jax(n)
     loss(params, x, y).block_until_ready()
     cold, result = _time(lambda: jaxcheck.check_grad(loss, (params, x, y)))
+    cold_cpu = _LAST_CPU[0]
     warm = _time(lambda: jaxcheck.check_grad(loss, (params, x, y)))[0] if cold < WARM_IF_COLD_BELOW else None
-    return {"cold": cold, "warm": warm, "verdict": result.status, "evals": result.n_evaluations, "mode": result.mode}
+    return {"cold": cold, "warm": warm, "verdict": result.status, "evals": result.n_evaluations, "mode": result.mode, "cpu": cold_cpu}
 
 
 def _timing_check_grads(n: int) -> dict:
@@ -151,8 +158,9 @@ def _timing_check_grads(n: int) -> dict:
             return "failed"
 
     cold, verdict = _time(run)
+    cold_cpu = _LAST_CPU[0]
     warm = _time(run)[0]
-    return {"cold": cold, "warm": warm, "verdict": verdict, "evals": 3}
+    return {"cold": cold, "warm": warm, "verdict": verdict, "evals": 3, "cpu": cold_cpu}
 
 
 def _timing_loop(n: int) -> dict:
@@ -184,12 +192,14 @@ def _timing_loop(n: int) -> dict:
         return count, d
 
     cold, (count, d) = _time(run)
+    cold_cpu = _LAST_CPU[0]
     warm = _time(run)[0] if cold < WARM_IF_COLD_BELOW else None
     theta_size = sum(int(v.size) for v in params.values())
     scale = theta_size / count
     return {
         "cold": cold * scale,
         "warm": None if warm is None else warm * scale,
+        "cpu": cold_cpu * scale,
         "verdict": "failed" if d > LOOP_FLAG["float32"] else "passed",
         "evals": 2 * theta_size,
         "extrapolated": count < theta_size,
@@ -238,9 +248,11 @@ def _timing_torch(n: int, fast: bool, slow_full_max: int) -> dict:
             return "failed"
 
     cold, verdict = _time(run)
+    cold_cpu = _LAST_CPU[0]
     warm = _time(run)[0] if cold < WARM_IF_COLD_BELOW else None
     scale = total / checked
     return {
+        "cpu": cold_cpu * scale,
         "cold": cold * scale,
         "warm": None if warm is None else warm * scale,
         "verdict": verdict,
@@ -434,15 +446,15 @@ def run_timing(sizes, slow_full_max: int, timeout: float, log) -> list[str]:
             log(f"  timing {tool} at n={actual} ...")
             r = _spawn({"tool": tool, "n": n, "slow_full_max": slow_full_max}, timeout)
             if "skipped" in r or "error" in r:
-                rows.append([f"{actual:,}", tool, "—", "—", "—", r.get("skipped") or r["error"]])
+                rows.append([f"{actual:,}", tool, "—", "—", "—", "—", r.get("skipped") or r["error"]])
                 continue
             approx = bool(r.get("extrapolated"))
             if r.get("note"):
                 notes.append(f"{tool} at n={actual:,}: {r['note']}, time extrapolated linearly")
             label = f"{tool} ({r['mode']} mode)" if r.get("mode") else tool
             evals = f"{r['evals']:,}" if r.get("evals") else "—"
-            rows.append([f"{actual:,}", label, _secs(r["cold"], approx), _secs(r["warm"], approx), evals, r["verdict"]])
-    lines = _md_table(["n", "tool", "cold s", "warm s", "f evals", "verdict"], rows)
+            rows.append([f"{actual:,}", label, _secs(r["cold"], approx), _secs(r.get("cpu"), approx), _secs(r["warm"], approx), evals, r["verdict"]])
+    lines = _md_table(["n", "tool", "cold s", "cold CPU s", "warm s", "f evals", "verdict"], rows)
     lines += [""] + [f"- ~ {note}." for note in notes]
     return lines
 
