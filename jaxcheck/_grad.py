@@ -20,6 +20,7 @@ from ._result import GradCheckResult
 from ._taylor import evidence
 
 PyTree = Any
+ZERO_FRACTION = 1e-3  # see _zero_is_resolved
 MODES = ("full", "probe", "auto")
 
 
@@ -314,10 +315,11 @@ def check_grad(
     if rtol is not None or atol is not None:
         tol = _tolerance.Tolerance(rtol=tol.rtol if rtol is None else float(rtol), atol=None if atol is None else float(atol))
     numeric = np.asarray(est.numeric, np.float64)[:, 0]
-    atol_vec = _element_atol(layout, ev.theta, numeric, float(np.abs(ev.f0[0])), tol, native_dtype)
+    atol_vec = _element_atol(layout, ev.theta, numeric, tol, native_dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         assessment = st.assess_host(est, analytic[:, None], tol.rtol, atol_vec[:, None], tol.safety)
     code, tolerance, resolved = (np.asarray(x)[:, 0] for x in assessment)
+    resolved = _zero_is_resolved(analytic, numeric, tolerance, resolved)
     leaves = []
     for leaf in layout.diff:
         sl = slice(leaf.offset, leaf.offset + leaf.size)
@@ -371,16 +373,33 @@ def _local_index(layout: ArgLayout, offset: int, k: int) -> tuple[tuple[int, ...
     return index, part
 
 
-def _element_atol(layout: ArgLayout, theta: np.ndarray, numeric: np.ndarray, f_scale: float, tol: _tolerance.Tolerance, native_dtype: np.dtype) -> np.ndarray:
+def _element_atol(layout: ArgLayout, theta: np.ndarray, numeric: np.ndarray, tol: _tolerance.Tolerance, native_dtype: np.dtype) -> np.ndarray:
     """Absolute tolerance per coordinate: the user's atol, or rtol * leaf max + rounding floor."""
     if tol.atol is not None:
         return np.full(numeric.shape, tol.atol)
-    out = _tolerance.floor_atol(native_dtype, f_scale, _tolerance.coordinate_scales(layout, theta))
+    scales = _tolerance.coordinate_scales(layout, theta)
+    effect = np.abs(numeric) * scales
+    sensitivity = float(np.max(effect[np.isfinite(effect)], initial=0.0))
+    out = _tolerance.floor_atol(native_dtype, sensitivity, scales)
     for leaf in layout.diff:
         sl = slice(leaf.offset, leaf.offset + leaf.size)
         block = numeric[sl]
         out[sl] += tol.rtol * float(np.max(np.abs(block[np.isfinite(block)]), initial=0.0))
     return out
+
+
+def _zero_is_resolved(analytic: np.ndarray, numeric: np.ndarray, tolerance: np.ndarray, resolved: np.ndarray) -> np.ndarray:
+    """Marks numerically-zero elements as resolved when a spurious gradient would show.
+
+    An element whose analytic and numeric values are both within tolerance of zero is
+    decided (not inconclusive) when its tolerance is below 0.1% of the largest gradient,
+    or when every gradient is exactly zero: a wrong nonzero value would have failed.
+    """
+    finite = np.isfinite(numeric)
+    scale = float(np.max(np.abs(numeric[finite]), initial=0.0))
+    near_zero = (np.abs(analytic) <= tolerance) & (np.abs(numeric) <= tolerance)
+    visible = tolerance <= ZERO_FRACTION * scale if scale > 0 else analytic == 0
+    return resolved | (near_zero & visible)
 
 
 def assert_grad_correct(f: Callable, args: tuple, *, allow_inconclusive: bool = False, **kwargs: Any) -> GradCheckResult:

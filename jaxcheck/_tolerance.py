@@ -15,7 +15,7 @@ class Tolerance:
     An element passes when `|analytic - numeric| <= safety * fd_error + rtol * |numeric| + atol`,
     where `fd_error` is the estimated error of the finite-difference reference itself.
     By default `atol` is `rtol * max|numeric|` over the leaf plus a floor of
-    `16 * eps * |f| / scale_i` (a derivative too small to move f by more than rounding).
+    `16 * eps * max_j(|g_j| * scale_j) / scale_i` (the analytic value's own rounding).
 
     Attributes:
       rtol: Relative allowance for the analytic derivative's own rounding.
@@ -47,13 +47,16 @@ def default_tolerance(dtype: np.dtype) -> Tolerance:
     return Tolerance(rtol=rtol)
 
 
-def floor_atol(dtype: np.dtype, f_scale: float, scales: np.ndarray) -> np.ndarray:
+def floor_atol(dtype: np.dtype, sensitivity: float, scales: np.ndarray) -> np.ndarray:
     """Absolute floor per coordinate for numerically-zero derivatives.
 
-    A derivative whose effect over its coordinate's own scale, |g_i| * scale_i, is below
-    a few ulps of |f| cannot be told from rounding: floor_i = ulps * eps * |f| / scale_i.
+    `sensitivity` is the largest single-coordinate effect on f, max_j |g_j| * scale_j.
+    An analytic derivative is computed from terms of about that size, so it carries
+    rounding of a few ulps of it; over coordinate i's own scale that is
+    floor_i = ulps * eps * sensitivity / scale_i. (Unlike |f|, this ignores constant
+    offsets in f, and it keeps a leaf of 1e3 next to a leaf of 1e-3 apart.)
     """
-    return _FLOOR_ULPS * float(jnp.finfo(dtype).eps) * f_scale / scales
+    return _FLOOR_ULPS * float(jnp.finfo(dtype).eps) * sensitivity / scales
 
 
 def relative_step(dtype: np.dtype) -> float:
