@@ -347,3 +347,21 @@ def test_cancellation_noise_is_not_mistaken_for_kinks(key):
     result = jaxcheck.check_grad(f, (x,), reference="native")
     assert result.status in ("passed", "inconclusive")
     assert result.leaves[0].n_nonsmooth == 0
+
+
+def test_constant_offset_does_not_hide_a_bug():
+    f = lambda x: jnp.sum(jnp.sin(x)) + 1e6
+    x = jnp.linspace(0.1, 1.0, 8)
+    assert jaxcheck.check_grad(f, (x,), mode="full").passed
+    result = jaxcheck.check_grad(f, (x,), grad_fn=lambda x: jnp.cos(x).at[3].add(0.5), mode="full")
+    assert result.status == "failed" and result.leaves[0].worst_index == (3,)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=lambda d: jnp.dtype(d).name)
+def test_leaf_with_exactly_zero_gradient_passes(dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        f = lambda x, y: jnp.sum(x**2)
+        result = jaxcheck.check_grad(f, (jnp.arange(1.0, 4.0, dtype=dtype), jnp.ones(3, dtype)), argnums=(0, 1))
+        assert result.status == "passed", str(result)
+        wrong = jaxcheck.check_grad(f, (jnp.arange(1.0, 4.0, dtype=dtype), jnp.ones(3, dtype)), argnums=(0, 1), grad_fn=lambda x, y: (2 * x, 0.1 * y))
+        assert [l.path for l in wrong.failed_leaves] == ["args[1]"]
