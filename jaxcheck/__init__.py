@@ -20,6 +20,7 @@ from ._progress import ProgressBar as ProgressBar
 from ._result import ElementReport as ElementReport
 from ._result import GradCheckResult as GradCheckResult
 from ._result import LeafReport as LeafReport
+from ._result import StepSweep as StepSweep
 from ._result import TaylorReport as TaylorReport
 from ._rule_result import CheckReport as CheckReport
 from ._rule_result import RuleCheckResult as RuleCheckResult
