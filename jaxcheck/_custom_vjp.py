@@ -182,7 +182,7 @@ class _VjpCheck:
     def linearity(self) -> CheckReport:
         u, v = self.float_ct("linearity-u"), self.float_ct("linearity-v")
         a, b = rc.uniform_scalar(self.seed, "linearity-a"), rc.uniform_scalar(self.seed, "linearity-b")
-        w = [(a * np.asarray(x, np.float64) + b * np.asarray(y, np.float64)).astype(x.dtype) for x, y in zip(u, v)]
+        w = [(a * _c(x) + b * _c(y)).astype(x.dtype) for x, y in zip(u, v)]
         zero = [np.zeros_like(x) for x in u]
         bu, bv, bw, b0 = (self.aligned(self.call_bwd(self.full_ct(c))) for c in (u, v, w, zero))
         paths, dtypes = self.aligned_paths()

@@ -656,7 +656,8 @@ def _stack(trees: Sequence[Any]) -> Any:
 def vmap_check(pair_fn: Callable, jitted: Callable, xs: list[np.ndarray], ws: list[Any], paths: Sequence[str], dtypes: Sequence[Any], what: str, kw: dict) -> CheckReport:
     """`vmap(pair_fn)` over BATCH (point, w) examples vs a loop over them (`jitted`, the same jitted
     function the jit check uses, so only batching differs; eager when it cannot be traced)."""
-    batched = guarded(f"jax.vmap of the {what}", jax.vmap(pair_fn), [jnp.asarray(x) for x in xs], _stack(ws))
+    vmapped = jax.vmap(pair_fn)  # jitted when possible (one compilation); eager vmap when the rule cannot be traced
+    batched = guarded(f"jax.vmap of the {what}", jit_or_eager(vmapped), [jnp.asarray(x) for x in xs], _stack(ws))
     flat_b = jtu.tree_leaves(batched)
     single_fn = jit_or_eager(pair_fn, jitted)
     for b in range(BATCH):

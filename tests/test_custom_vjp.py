@@ -14,7 +14,7 @@ from jaxcheck._rule_suites import rule_cases
 CASES = {c.name: c for c in rule_cases() if c.kind == "vjp"}
 # Float64 runs a subset (time): a correct rule and a broken rule for every check.
 F64 = (
-    "vjp/sin", "vjp/pytree", "vjp/nondiff_axis", "vjp/int_arg_none", "vjp/callback_bwd", "vjp/sinc_at_zero",
+    "vjp/sin", "vjp/pytree", "vjp/int_arg_none", "vjp/callback_bwd", "vjp/sinc_at_zero",
     "vjp/sin_sign", "vjp/wrong_shape", "vjp/wrong_length", "vjp/approx_fwd", "vjp/affine_bwd", "vjp/tiny_bug",
     "vjp/vmap_only", "vjp/jit_only", "vjp/second_order_stop_gradient", "vjp/negative_branch", "vjp/layernorm_missing_mean",
 )
@@ -229,3 +229,19 @@ def test_misuse_is_a_clear_type_error():
         jaxcheck.check_custom_vjp(f, x, order=3)
     with pytest.raises(ValueError, match="`mode` must be one of"):
         jaxcheck.check_custom_vjp(f, x, mode="fast")
+
+
+def test_probe_mode_catches_and_localizes():
+    result = run("vjp/sin_sign", mode="probe")
+    assert result.mode == "probe" and result.check("fd").status == "failed" and result.check("fd").path == "args[0]"
+
+
+def test_complex_holomorphic_rule_follows_jax_convention():
+    z = (jnp.array([0.3 + 0.2j, -1.0 + 0.5j], jnp.complex64),)
+    right = jax.custom_vjp(jnp.sin)
+    right.defvjp(lambda z: (jnp.sin(z), z), lambda z, ct: (ct * jnp.cos(z),))  # JAX: no conjugate for holomorphic f
+    assert jaxcheck.check_custom_vjp(right, z).passed
+    conj = jax.custom_vjp(jnp.sin)
+    conj.defvjp(lambda z: (jnp.sin(z), z), lambda z, ct: (ct * jnp.conj(jnp.cos(z)),))
+    result = jaxcheck.check_custom_vjp(conj, z)
+    assert result.check("fd").status == "failed" and result.check("linearity").status == "passed"
