@@ -206,5 +206,8 @@ def hints(leaves: tuple[LeafReport, ...], reference_is_float64: bool) -> tuple[s
     if any(l.status == "inconclusive" for l in leaves):
         if not reference_is_float64:
             out.append("enable float64 evaluation (`reference='float64'`, or run with jax_enable_x64) so finite differences resolve smaller derivatives.")
-        out.append("check at a point away from kinks/discontinuities, or pass a larger `eps` if f is noisy.")
+        if any(l.status == "inconclusive" and l.n_nonfinite for l in leaves):
+            out.append("f is NaN/Inf within a step of the point: move away from the domain boundary, or pass a smaller absolute `eps`.")
+        else:
+            out.append("check at a point away from kinks/discontinuities, or pass a larger `eps` if f is noisy.")
     return tuple(out)
