@@ -11,11 +11,11 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
 from . import _rule_checks as rc
+from . import _rule_fd as rfd
 from ._errors import GradCheckError
 from ._flatten import check_args
 from ._rule_checks import RuleError, Target, guarded, skipped
@@ -49,7 +49,7 @@ class _JvpCheck:
         self.outs: tuple = ()
         self.fatal: str | None = None
         self.tangent_out: Any = None
-        self.fd_dir: rc.Directional | None = None
+        self.fd_dir: rfd.Directional | None = None
 
     # -- helpers -----------------------------------------------------------------
 
@@ -179,7 +179,7 @@ class _JvpCheck:
     def fd(self) -> CheckReport:
         if not any(o.inexact for o in self.outs):
             return skipped("fd", "f has no floating-point outputs: nothing to differentiate")
-        check_jvp = rc.jacobian_backend("check_jvp")
+        check_jvp = rfd.jacobian_backend("check_jvp")
         unsafe = [n for n in ("vmap", "jit") if self.statuses.get(n) in ("failed", "error")]
         note = ""
         if check_jvp is not None and not unsafe:
@@ -192,13 +192,13 @@ class _JvpCheck:
                 self.mode = res.mode
                 self.fd_x64 = res.reference_fallback is None and res.reference.startswith("float64")
                 if res.status != "failed" or self._eager_confirms(res):
-                    return rc.jacobian_report(res, "the JVP", "the jvp rule", extra=("check_jvp: columns of the Jacobian through jax.jvp (the rule), jitted and vmapped",))
+                    return rfd.jacobian_report(res, "the JVP", "the jvp rule", extra=("check_jvp: columns of the Jacobian through jax.jvp (the rule), jitted and vmapped",))
                 note = "check_jvp (jit + vmap of the JVP) disagrees with finite differences but the eager JVP agrees with them: see the vmap and jit checks"
         elif unsafe:
             note = f"the {' and '.join(unsafe)} check failed, so the JVP is checked eagerly along seeded directions, not through check_jvp's jitted, vmapped Jacobian"
         d = self.directional_fd()
         self.mode, self.fd_x64 = "probe", d.x64
-        return rc.directional_report("fd", "the JVP", d, extra=(f"one seeded direction per input leaf (seed {self.seed})", *((note,) if note else ())))
+        return rfd.directional_report("fd", "the JVP", d, extra=(f"one seeded direction per input leaf (seed {self.seed})", *((note,) if note else ())))
 
     def _eager_confirms(self, res: Any) -> bool:
         """Whether the unbatched JVP also disagrees at check_jvp's worst entry (else its vmapped columns were wrong)."""
@@ -214,10 +214,10 @@ class _JvpCheck:
         value = float(np.asarray(column[outs.index(b.output_path)])[tuple(w.output_index)])
         return not abs(value - w.numeric) <= w.tolerance
 
-    def directional_fd(self) -> rc.Directional:
+    def directional_fd(self) -> rfd.Directional:
         """The eager JVP along one seeded direction per input leaf vs the engine's stencil (cached)."""
         if self.fd_dir is None:
-            self.fd_dir = rc.directional(
+            self.fd_dir = rfd.directional(
                 self.t, self.t.closed, lambda v: self.rule_jvp(v)[1],
                 salt="fd", seed=self.seed, eps=self.eps, rtol=self.rtol, atol=self.atol, reference=self.reference, label=self.t.name,
             )
@@ -353,12 +353,12 @@ class _JvpCheck:
     def second_order(self) -> CheckReport:
         v1 = rc.random_free(self.t, self.seed, "second-order-v1")
         G = lambda fr: jax.jvp(self.t.closed, (fr,), (v1,))[1]  # noqa: E731
-        d = rc.directional(
+        d = rfd.directional(
             self.t, G, lambda v: jax.jvp(G, (self.t.free_values,), (list(v),))[1],
             salt="second-order", seed=self.seed, eps=self.eps, rtol=self.rtol, atol=self.atol, reference=self.reference,
             label="the JVP x -> J(x) v1",
         )
-        return rc.directional_report("second-order", "the derivative of the JVP (the jvp rule differentiated by jax.jvp)", d, extra=("v1: a seeded tangent over all input leaves; directions seeded per input leaf",))
+        return rfd.directional_report("second-order", "the derivative of the JVP (the jvp rule differentiated by jax.jvp)", d, extra=("v1: a seeded tangent over all input leaves; directions seeded per input leaf",))
 
 
 def _with_argument(report: CheckReport, along: str) -> CheckReport:

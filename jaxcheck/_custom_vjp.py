@@ -8,7 +8,6 @@ differentiated once more.
 """
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -17,6 +16,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from . import _rule_checks as rc
+from . import _rule_fd as rfd
 from ._errors import GradCheckError
 from ._grad import check_grad
 from ._rule_checks import RuleError, Target, guarded, skipped
@@ -121,7 +121,7 @@ class _VjpCheck:
             if np.dtype(getattr(y, "dtype", np.asarray(y).dtype)) != o.dtype and not any(m.path == o.path for m in bad):
                 bad.insert(0, rc.Mismatch(o.path, None, None, None, 0.0, 0, 0, f"dtype {np.dtype(y.dtype)} where f.fun returns {o.dtype}"))
         if bad:
-            return rc.mismatch_report("primal", f"fwd's primal output differs from f.fun(*args) at {{where}} (an approximation or a different formula in fwd?)", bad, names=("fwd", "f.fun"))
+            return rc.mismatch_report("primal", "fwd's primal output differs from f.fun(*args) at {where} (an approximation or a different formula in fwd?)", bad, names=("fwd", "f.fun"))
         return CheckReport(name="primal", status="passed", message=f"fwd's primal output equals f.fun(*args) ({len(self.outs)} output leaf/leaves)")
 
     # -- 2. structure ------------------------------------------------------------------
@@ -189,14 +189,14 @@ class _VjpCheck:
         zero_scale = [np.full(np.shape(x), float(np.max(np.abs(x), initial=0.0)) + float(np.max(np.abs(y), initial=0.0))) for x, y in zip(bu, bv)]
         bad = [m for m in (rc.compare_leaf(x, np.zeros_like(x), p, d, rc.LINEARITY_ULPS, scale=s, **self.kw) for x, p, d, s in zip(b0, paths, dtypes, zero_scale)) if m]
         if bad:
-            return rc.mismatch_report("linearity", f"bwd is not linear in the cotangent: a zero cotangent gives a nonzero {{where}}", bad, names=("bwd(0)", "zero"), argument_of=rc.argument_of)
+            return rc.mismatch_report("linearity", "bwd is not linear in the cotangent: a zero cotangent gives a nonzero {where}", bad, names=("bwd(0)", "zero"), argument_of=rc.argument_of)
         combo = [a * _c(x) + b * _c(y) for x, y in zip(bu, bv)]
         scale = [np.abs(a * _c(x)) + np.abs(b * _c(y)) + np.abs(_c(z)) for x, y, z in zip(bu, bv, bw)]
         bad = [m for m in (rc.compare_leaf(z, c, p, d, rc.LINEARITY_ULPS, scale=s, **self.kw) for z, c, p, d, s in zip(bw, combo, paths, dtypes, scale)) if m]
         if bad:
             return rc.mismatch_report(
                 "linearity",
-                f"bwd is not linear in the cotangent: bwd(a*u + b*v) != a*bwd(u) + b*bwd(v) at {{where}}",
+                "bwd is not linear in the cotangent: bwd(a*u + b*v) != a*bwd(u) + b*bwd(v) at {where}",
                 bad,
                 names=("bwd(a*u+b*v)", "a*bwd(u)+b*bwd(v)"),
                 argument_of=rc.argument_of,
@@ -227,7 +227,7 @@ class _VjpCheck:
         self.cts = self._scaled_cotangents()
         for u in self.cts:
             self.rule_grads.append(guarded("the VJP through the rule (jax.grad of <u, f(x)>)", self.rule_grad, u, inputs=(self.t.free_values, u)))
-        check_vjp = rc.jacobian_backend("check_vjp")
+        check_vjp = rfd.jacobian_backend("check_vjp")
         unsafe = [n for n in ("vmap", "jit") if self.statuses.get(n) in ("failed", "error")]
         note = ""
         if check_vjp is not None and not unsafe:
@@ -240,7 +240,7 @@ class _VjpCheck:
                 self.mode = res.mode
                 self.fd_x64 = res.reference_fallback is None and res.reference.startswith("float64")
                 if res.status != "failed" or self._eager_confirms(res):
-                    return rc.jacobian_report(res, "the VJP", "bwd", extra=("check_vjp: rows of the Jacobian through jax.vjp (the rule's bwd), jitted and vmapped",))
+                    return rfd.jacobian_report(res, "the VJP", "bwd", extra=("check_vjp: rows of the Jacobian through jax.vjp (the rule's bwd), jitted and vmapped",))
                 note = "check_vjp (jit + vmap of the VJP) disagrees with finite differences but the eager VJP agrees with them: see the vmap and jit checks"
         elif unsafe:
             note = f"the {' and '.join(unsafe)} check failed, so the VJP is checked eagerly (<u, f(x)> per seeded cotangent), not through check_vjp's jitted, vmapped Jacobian"
@@ -359,19 +359,19 @@ class _VjpCheck:
     def second_order(self) -> CheckReport:
         u = self.cts[0] if self.cts else self.float_ct("second-order")
         G = lambda fr: list(self.rule_grad_at(fr, u))  # noqa: E731
-        d = rc.directional(
+        d = rfd.directional(
             self.t, G, lambda v: jax.jvp(G, (self.t.free_values,), (list(v),))[1],
             salt="second-order", seed=self.seed, eps=self.eps, rtol=self.rtol, atol=self.atol, reference=self.reference,
             out_prefix="vjp", label="the VJP x -> bwd(u)",
         )
         _rename(d, self.t.free_paths)
-        return rc.directional_report("second-order", "the derivative of the VJP (bwd differentiated by jax.jvp)", d, extra=("u: the fd check's first cotangent; directions seeded per input leaf",))
+        return rfd.directional_report("second-order", "the derivative of the VJP (bwd differentiated by jax.jvp)", d, extra=("u: the fd check's first cotangent; directions seeded per input leaf",))
 
     def rule_grad_at(self, free: list, u: list) -> list:
         return jax.grad(lambda fr: pair(self.outs, u, self.t.closed(fr)))(free)
 
 
-def _rename(d: "rc.Directional", names: list[str]) -> None:
+def _rename(d: "rfd.Directional", names: list[str]) -> None:
     """Output leaves of the VJP are cotangents of the free leaves: name them by those leaves."""
     import dataclasses
 
