@@ -126,7 +126,8 @@ class Evaluator:
             self.coord_dtype_codes[leaf.offset : leaf.offset + leaf.size] = self.real_dtypes.index(_real_dtype(dtype))
         self.theta_dtype = np.result_type(*[_real_dtype(d) for d in self.dtypes])
         with self.context():
-            self.theta_device = jnp.asarray(self.theta, self.theta_dtype)
+            # Cast on the host: a device-side cast would be one more dispatch and compilation.
+            self.theta_device = jnp.asarray(np.asarray(self.theta, self.theta_dtype))
             self.f0 = np.asarray(jax.device_get(fd.value_at(self.spec, self.theta_device, self.dynamic)), np.float64)
         self.n_evaluations += 1
 
@@ -302,8 +303,8 @@ class Evaluator:
                 self.spec,
                 self.theta_device,
                 self.dynamic,
-                jnp.asarray(directions, self.theta_dtype),
-                jnp.asarray(ts, self.theta_dtype),
+                np.asarray(directions, self.theta_dtype),  # host casts, as in `stencil`
+                np.asarray(ts, self.theta_dtype),
             )
             out = np.asarray(jax.device_get(out), np.float64)
         self.n_evaluations += out.shape[0] * out.shape[1]
