@@ -154,7 +154,10 @@ def _workload(name: str, n: int, dtype, counter: list):
 
         def point(seed):
             k1, k2 = jax.random.split(jax.random.key(seed))
-            return (jax.random.normal(k1, (n,)).astype(dtype), jax.random.uniform(k2, (n,)).astype(dtype))
+            return (
+                jax.random.normal(k1, (n,)).astype(dtype),
+                jax.random.uniform(k2, (n,)).astype(dtype),
+            )
 
         return loss, point(0), point(1)
     raise ValueError(f"unknown workload {name!r}")
@@ -218,17 +221,23 @@ def _run_jaxcheck(spec, make, log):
     loss, args_a, args_b = make(counter)
     rss0 = _rss_mb()
     log.take()
-    cold, result = _timed(lambda: jaxcheck.check_grad(loss, args_a, reference=reference, mode="full"))
+    cold, result = _timed(
+        lambda: jaxcheck.check_grad(loss, args_a, reference=reference, mode="full")
+    )
     names, xla_s = log.take()
     traces_cold = counter[0]
-    steady, steady_cpu, result_b = _steady(lambda: jaxcheck.check_grad(loss, args_b, reference=reference, mode="full"))
+    steady, steady_cpu, result_b = _steady(
+        lambda: jaxcheck.check_grad(loss, args_b, reference=reference, mode="full")
+    )
     steady_names, _ = log.take()
     retrace = counter[0] - traces_cold
     new_fn = None
     if spec["n"] <= spec["new_fn_max_n"]:
         loss2, _, _ = make([0])
         log.take()
-        new_fn, _ = _timed(lambda: jaxcheck.check_grad(loss2, args_a, reference=reference, mode="full"))
+        new_fn, _ = _timed(
+            lambda: jaxcheck.check_grad(loss2, args_a, reference=reference, mode="full")
+        )
         new_fn_names, _ = log.take()
     return {
         "cold": cold,
@@ -259,7 +268,9 @@ def _prefix_result(n, count, cold, steady, steady_cpu):
         "cold": cold + steady * (scale - 1.0),
         "steady": steady * scale,
         "steady_cpu": steady_cpu * scale,
-        "extrapolated": None if count == n else f"{count} of {n} coordinates run, steady time x{scale:.1f}",
+        "extrapolated": None
+        if count == n
+        else f"{count} of {n} coordinates run, steady time x{scale:.1f}",
     }
 
 
@@ -327,7 +338,9 @@ def _run_bare(spec, make, log):
     steady, steady_cpu, _ = _steady(run, args_b)
     steady_names, _ = log.take()
     out = _prefix_result(n, count, cold, steady, steady_cpu)
-    out.update(evals=2 * n, xla=len(names), xla_s=xla_s, steady_xla=len(steady_names), chunk=b, rss0=rss0)
+    out.update(
+        evals=2 * n, xla=len(names), xla_s=xla_s, steady_xla=len(steady_names), chunk=b, rss0=rss0
+    )
     return out
 
 
@@ -338,7 +351,9 @@ def _bare_kernel(flat):
     @jax.jit
     def kernel(theta, coords, eps, *rest):
         def one(i):
-            return (flat(theta.at[i].add(eps), *rest) - flat(theta.at[i].add(-eps), *rest)) / (2 * eps)
+            return (flat(theta.at[i].add(eps), *rest) - flat(theta.at[i].add(-eps), *rest)) / (
+                2 * eps
+            )
 
         return jax.vmap(one)(coords)
 
@@ -365,8 +380,12 @@ def worker(spec: dict) -> dict:
         spec = dict(spec, n=n)
         jax.block_until_ready(args)
         method = spec["method"].split("/")[0]
-        out = {"jaxcheck": _run_jaxcheck, "loop": _run_loop, "bare": _run_bare}[method](spec, make, log)
-    out.update(spec=spec, rss=_rss_mb(), device=str(jax.devices()[0].device_kind), jax=jax.__version__)
+        out = {"jaxcheck": _run_jaxcheck, "loop": _run_loop, "bare": _run_bare}[method](
+            spec, make, log
+        )
+    out.update(
+        spec=spec, rss=_rss_mb(), device=str(jax.devices()[0].device_kind), jax=jax.__version__
+    )
     return out
 
 
@@ -420,7 +439,10 @@ def _summary(rows: list[dict]) -> list[str]:
         return ["  (no bare-kernel result)"]
     best = min(bare, key=lambda r: r["steady"] / r["evals"])
     best_cpu = min(bare, key=lambda r: r["steady_cpu"] / r["evals"])
-    best_pe, best_cpu_pe = best["steady"] / best["evals"], best_cpu["steady_cpu"] / best_cpu["evals"]
+    best_pe, best_cpu_pe = (
+        best["steady"] / best["evals"],
+        best_cpu["steady_cpu"] / best_cpu["evals"],
+    )
     out = [
         f"  best bare: chunk {best['chunk']} {best_pe * 1e6:.2f} us/eval wall; chunk {best_cpu['chunk']} "
         f"{best_cpu_pe * 1e6:.2f} us/eval cpu"
@@ -462,7 +484,9 @@ def _targets(results: list[dict]) -> list[str]:
         return min((r[key] / r["evals"] for r in rs), default=None)
 
     out = ["", "# targets"]
-    out.append("(a) per-evaluation steady time / best bare kernel's, like for like (evaluation dtype), target <= 1.3 [wall | cpu]:")
+    out.append(
+        "(a) per-evaluation steady time / best bare kernel's, like for like (evaluation dtype), target <= 1.3 [wall | cpu]:"
+    )
     configs = sorted({(r["spec"]["workload"], r["spec"]["n"]) for r in ok})
     for workload, n in configs:
         pairs = [
@@ -480,17 +504,27 @@ def _targets(results: list[dict]) -> list[str]:
             wall = r["steady"] / r["evals"] / best(bare, "steady")
             cpu = r["steady_cpu"] / r["evals"] / best(bare, "steady_cpu")
             flag = "met" if min(wall, cpu) <= 1.3 else "NOT met"
-            out.append(f"    {workload:<4} n={n:<6} {label:<38} {wall:5.2f} | {cpu:5.2f}   {flag}   ({r['evals']} evals = 4n + {r['evals'] - 4 * n})")
-    out.append("(b) second check at new values, same shapes: steady/cold, retraces of f, XLA compilations:")
+            out.append(
+                f"    {workload:<4} n={n:<6} {label:<38} {wall:5.2f} | {cpu:5.2f}   {flag}   ({r['evals']} evals = 4n + {r['evals'] - 4 * n})"
+            )
+    out.append(
+        "(b) second check at new values, same shapes: steady/cold, retraces of f, XLA compilations:"
+    )
     for r in ok:
         if r["spec"]["method"].startswith("jaxcheck"):
             s = r["spec"]
-            new_fn = "" if r.get("new_fn") is None else f"; fresh function in a warm process {r['new_fn']:.2f} s ({r['new_fn_xla']} compilations)"
+            new_fn = (
+                ""
+                if r.get("new_fn") is None
+                else f"; fresh function in a warm process {r['new_fn']:.2f} s ({r['new_fn_xla']} compilations)"
+            )
             out.append(
                 f"    {s['workload']:<4} n={s['n']:<6} {s['dtype']} {s['method']:<15} {r['steady']:.3f} s / {r['cold']:.3f} s = "
                 f"{r['steady'] / r['cold']:.2f}; retraces {r['retrace']}; compilations {r['steady_xla']}{new_fn}"
             )
-    out.append("(c) cold time to a verdict / textbook loop's cold time, target <= 1 at n >= 1e4 (compile = cold - steady):")
+    out.append(
+        "(c) cold time to a verdict / textbook loop's cold time, target <= 1 at n >= 1e4 (compile = cold - steady):"
+    )
     for r in ok:
         s = r["spec"]
         if not s["method"].startswith("jaxcheck") or s["n"] < 10000:
@@ -502,13 +536,20 @@ def _targets(results: list[dict]) -> list[str]:
                 f"    {s['workload']:<4} n={s['n']:<6} {s['dtype']} {s['method']:<15} {r['cold']:.2f} s / {loop[0]['cold']:.2f} s = {ratio:.2f}  "
                 f"{'met' if ratio <= 1 else 'NOT met'}   (compile {max(r['cold'] - r['steady'], 0):.2f} s, XLA {r['xla_s']:.2f} s in {r['xla']})"
             )
-    out.append("(d) peak RSS growth over the pre-call RSS (MB) against n: bounded by the chunk, not n**2:")
+    out.append(
+        "(d) peak RSS growth over the pre-call RSS (MB) against n: bounded by the chunk, not n**2:"
+    )
     for workload in sorted({r["spec"]["workload"] for r in ok}):
         for dtype in ("float32", "float64"):
             for method in ("jaxcheck/auto", "jaxcheck/native", "jaxcheck"):
-                rs = sorted(rows(method, workload=workload, dtype=dtype), key=lambda r: r["spec"]["n"])
+                rs = sorted(
+                    rows(method, workload=workload, dtype=dtype), key=lambda r: r["spec"]["n"]
+                )
                 if rs:
-                    text = ", ".join(f"n={r['spec']['n']}: {r['rss'] - r['rss0']:.0f} (chunk {r.get('chunk')})" for r in rs)
+                    text = ", ".join(
+                        f"n={r['spec']['n']}: {r['rss'] - r['rss0']:.0f} (chunk {r.get('chunk')})"
+                        for r in rs
+                    )
                     out.append(f"    {workload:<4} {dtype} {method:<15} {text}")
     return out
 
@@ -518,10 +559,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="n=1e3 only")
     parser.add_argument("--only", choices=("mlp", "op"), help="one workload")
     parser.add_argument("--sizes", type=int, nargs="*", help="override the sizes")
-    parser.add_argument("--dtypes", nargs="*", default=["float32", "float64"], choices=("float32", "float64"))
+    parser.add_argument(
+        "--dtypes", nargs="*", default=["float32", "float64"], choices=("float32", "float64")
+    )
     parser.add_argument("--methods", nargs="*", help="subset, e.g. jaxcheck/native bare/64")
     parser.add_argument("--json", help="also write all raw results to this file")
-    parser.add_argument("--compiles", action="store_true", help="list the XLA compilations of each cold check")
+    parser.add_argument(
+        "--compiles", action="store_true", help="list the XLA compilations of each cold check"
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="per-subprocess limit (s)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -544,13 +589,23 @@ def main(argv=None) -> int:
     for workload, ns in sizes.items():
         for dtype in args.dtypes:
             for n in ns:
-                methods = ["jaxcheck/auto", "jaxcheck/native"] if dtype == "float32" else ["jaxcheck"]
+                methods = (
+                    ["jaxcheck/auto", "jaxcheck/native"] if dtype == "float32" else ["jaxcheck"]
+                )
                 methods += ["loop"] + [f"bare/{b}" for b in BARE_CHUNKS if b <= max(16, n)]
                 if args.methods:
-                    methods = [m for m in methods if m in args.methods or m.split("/")[0] in args.methods]
+                    methods = [
+                        m for m in methods if m in args.methods or m.split("/")[0] in args.methods
+                    ]
                 rows = []
                 for method in methods:
-                    spec = {"workload": workload, "dtype": dtype, "n": n, "method": method, "new_fn_max_n": 20000}
+                    spec = {
+                        "workload": workload,
+                        "dtype": dtype,
+                        "n": n,
+                        "method": method,
+                        "new_fn_max_n": 20000,
+                    }
                     row = _spawn(spec, args.timeout)
                     print(_line(row), flush=True)
                     rows.append(row)
@@ -559,7 +614,9 @@ def main(argv=None) -> int:
                 if args.compiles:
                     for r in rows:
                         if "xla_names" in r:
-                            print(f"  compilations in the cold {r['spec']['method']} call ({r['xla']}): {', '.join(r['xla_names'])}")
+                            print(
+                                f"  compilations in the cold {r['spec']['method']} call ({r['xla']}): {', '.join(r['xla_names'])}"
+                            )
                 results += rows
     for text in _targets(results):
         print(text)

@@ -34,7 +34,10 @@ def _rss_mib() -> float:
 def _line(config: str, dtype: str, size: str, **fields: object) -> None:
     device = jax.devices()[0].device_kind
     extra = "  ".join(f"{k}={v}" for k, v in fields.items())
-    print(f"[{device} jax {jax.__version__}] {config:34s} dtype={dtype:8s} size={size:18s} {extra}", flush=True)
+    print(
+        f"[{device} jax {jax.__version__}] {config:34s} dtype={dtype:8s} size={size:18s} {extra}",
+        flush=True,
+    )
 
 
 @jax.custom_vjp
@@ -53,7 +56,9 @@ def _ln_fwd(x):
 
 def _ln_bwd(res, g):
     y, sigma = res
-    gx = (g - jnp.mean(g, axis=-1, keepdims=True) - y * jnp.mean(g * y, axis=-1, keepdims=True)) / sigma
+    gx = (
+        g - jnp.mean(g, axis=-1, keepdims=True) - y * jnp.mean(g * y, axis=-1, keepdims=True)
+    ) / sigma
     return (gx,)
 
 
@@ -75,10 +80,14 @@ def bench_layernorm(rows: int, cols: int) -> None:
     sel = _jacobian_kernels.OutputSelect(layer_norm, False, (0,))
     outs = (_jacobian_kernels.OutLeaf("out", (rows, cols), np.dtype(np.float32), 0, m),)
     r_chunk = min(_jacobian_full.ROW_ENTRIES // n, _jacobian_full.MAX_TILE)
-    _jacobian_kernels.vjp_rows(sel, layout, outs, diff, dyn, jnp.arange(r_chunk)).block_until_ready()
+    _jacobian_kernels.vjp_rows(
+        sel, layout, outs, diff, dyn, jnp.arange(r_chunk)
+    ).block_until_ready()
     t0 = time.perf_counter()
     for start in range(0, m, r_chunk):
-        _jacobian_kernels.vjp_rows(sel, layout, outs, diff, dyn, jnp.arange(start, start + r_chunk) % m).block_until_ready()
+        _jacobian_kernels.vjp_rows(
+            sel, layout, outs, diff, dyn, jnp.arange(start, start + r_chunk) % m
+        ).block_until_ready()
     t_rows = time.perf_counter() - t0
     # Baseline: a Python loop over output rows, one jitted jax.vjp per row.
     _, vjp = jax.vjp(layer_norm, x)
@@ -119,7 +128,10 @@ def bench_probe(n: int) -> None:
     def act(z):
         return jnp.tanh(z)
 
-    act.defvjp(lambda z: (jnp.tanh(z), jnp.tanh(z)), lambda y, g: ((g * (1 - y**2)).at[bad].multiply(-1.0),))
+    act.defvjp(
+        lambda z: (jnp.tanh(z), jnp.tanh(z)),
+        lambda y, g: ((g * (1 - y**2)).at[bad].multiply(-1.0),),
+    )
 
     def loss(params, x):
         return jnp.sum(act(params["w"] * x + params["b"]) ** 2) + 0.5 * jnp.sum(params["b"] ** 2)
@@ -162,7 +174,9 @@ def bench_probe(n: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
     args = parser.parse_args(argv)
     if args.quick:

@@ -139,8 +139,19 @@ def _timing_jaxcheck(n: int) -> dict:
     loss(params, x, y).block_until_ready()
     cold, result = _time(lambda: jaxcheck.check_grad(loss, (params, x, y)))
     cold_cpu = _LAST_CPU[0]
-    warm = _time(lambda: jaxcheck.check_grad(loss, (params, x, y)))[0] if cold < WARM_IF_COLD_BELOW else None
-    return {"cold": cold, "warm": warm, "verdict": result.status, "evals": result.n_evaluations, "mode": result.mode, "cpu": cold_cpu}
+    warm = (
+        _time(lambda: jaxcheck.check_grad(loss, (params, x, y)))[0]
+        if cold < WARM_IF_COLD_BELOW
+        else None
+    )
+    return {
+        "cold": cold,
+        "warm": warm,
+        "verdict": result.status,
+        "evals": result.n_evaluations,
+        "mode": result.mode,
+        "cpu": cold_cpu,
+    }
 
 
 def _timing_check_grads(n: int) -> dict:
@@ -215,7 +226,9 @@ def _mlp_torch(n: int, subset: bool = False):
     gen = torch.Generator().manual_seed(0)
 
     def draw(*shape, scale=1.0, grad=True):
-        return (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).requires_grad_(grad)
+        return (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).requires_grad_(
+            grad
+        )
 
     w1 = draw(IN_DIM, hidden, scale=IN_DIM**-0.5, grad=not subset)
     b1 = draw(hidden, scale=0.1)
@@ -232,7 +245,6 @@ def _mlp_torch(n: int, subset: bool = False):
 
 
 def _timing_torch(n: int, fast: bool, slow_full_max: int) -> dict:
-    import torch
     from torch.autograd import gradcheck
     from torch.autograd.gradcheck import GradcheckError
 
@@ -315,7 +327,9 @@ def _needle_worker(tool: str, n: int, bug: bool) -> dict:
         # at n = 1e5 that is hours. Patched out to measure the verdict itself.
         import importlib
 
-        importlib.import_module("torch.autograd.gradcheck")._run_slow_mode_and_get_error = lambda *a, **k: " (slow-mode message skipped)"
+        importlib.import_module("torch.autograd.gradcheck")._run_slow_mode_and_get_error = (
+            lambda *a, **k: " (slow-mode message skipped)"
+        )
         start = time.perf_counter()
         try:
             gradcheck(MLP.apply, inputs, fast_mode=True)
@@ -340,13 +354,20 @@ def _needle_worker(tool: str, n: int, bug: bool) -> dict:
         if r.status == "failed":
             leaf = r.failed_leaves[0]
             where = f"{leaf.path}{list(leaf.worst_index)}"
-        return {"verdict": r.status, "where": where, "seconds": time.perf_counter() - start, "mode": r.mode}
+        return {
+            "verdict": r.status,
+            "where": where,
+            "seconds": time.perf_counter() - start,
+            "mode": r.mode,
+        }
     if tool == "check_grads":
         from jax.test_util import check_grads
 
         from jaxcheck._suites import CaseSetup
 
-        g, leaves = _closure(CaseSetup(f=loss, args=(params, x, y), kwargs={"argnums": 0, "grad_fn": grad_fn}))
+        g, leaves = _closure(
+            CaseSetup(f=loss, args=(params, x, y), kwargs={"argnums": 0, "grad_fn": grad_fn})
+        )
         try:
             check_grads(g, leaves, order=1, modes=("rev",))
             verdict = "passed"
@@ -371,7 +392,12 @@ def _needle_worker(tool: str, n: int, bug: bool) -> dict:
         numeric[k] = (fp - fm) / (2 * h)
     a = analytic[sample]
     d = float(np.linalg.norm(a - numeric) / (np.linalg.norm(a) + np.linalg.norm(numeric)))
-    return {"verdict": "failed" if d > LOOP_FLAG["float32"] else "passed", "where": "", "seconds": time.perf_counter() - start, "d": d}
+    return {
+        "verdict": "failed" if d > LOOP_FLAG["float32"] else "passed",
+        "where": "",
+        "seconds": time.perf_counter() - start,
+        "d": d,
+    }
 
 
 NEEDLE_TOOLS = ("jaxcheck", "check_grads", "loop (2000 random coordinates)", "torch fast")
@@ -396,10 +422,16 @@ def run_needle(n: int, timeout: float, log) -> list[str]:
                 rows.append([truth, tool, r.get("skipped") or r["error"], "—", "—"])
                 continue
             expected = "failed" if bug else "passed"
-            verdict = r["verdict"] + ("" if r["verdict"] == expected else (" (MISSED)" if bug else " (FALSE ALARM)"))
+            verdict = r["verdict"] + (
+                "" if r["verdict"] == expected else (" (MISSED)" if bug else " (FALSE ALARM)")
+            )
             label = f"{tool} ({r['mode']} mode)" if r.get("mode") else tool
             rows.append([truth, label, verdict, r["where"] or "—", _secs(r["seconds"])])
-    return _md_table(["gradient", "tool", "verdict", "names", "s"], rows) + [""] + [f"- {note}" for note in NEEDLE_NOTES]
+    return (
+        _md_table(["gradient", "tool", "verdict", "names", "s"], rows)
+        + [""]
+        + [f"- {note}" for note in NEEDLE_NOTES]
+    )
 
 
 def timing_worker(spec: dict) -> dict:
@@ -415,7 +447,9 @@ def timing_worker(spec: dict) -> dict:
         except ImportError:
             return {"skipped": "torch not installed"}
         return _timing_torch(n, fast=tool == "torch fast", slow_full_max=spec["slow_full_max"])
-    return {"jaxcheck": _timing_jaxcheck, "check_grads": _timing_check_grads, "loop": _timing_loop}[tool](n)
+    return {"jaxcheck": _timing_jaxcheck, "check_grads": _timing_check_grads, "loop": _timing_loop}[
+        tool
+    ](n)
 
 
 def _spawn(spec: dict, timeout: float) -> dict:
@@ -446,14 +480,26 @@ def run_timing(sizes, slow_full_max: int, timeout: float, log) -> list[str]:
             log(f"  timing {tool} at n={actual} ...")
             r = _spawn({"tool": tool, "n": n, "slow_full_max": slow_full_max}, timeout)
             if "skipped" in r or "error" in r:
-                rows.append([f"{actual:,}", tool, "—", "—", "—", "—", r.get("skipped") or r["error"]])
+                rows.append(
+                    [f"{actual:,}", tool, "—", "—", "—", "—", r.get("skipped") or r["error"]]
+                )
                 continue
             approx = bool(r.get("extrapolated"))
             if r.get("note"):
                 notes.append(f"{tool} at n={actual:,}: {r['note']}, time extrapolated linearly")
             label = f"{tool} ({r['mode']} mode)" if r.get("mode") else tool
             evals = f"{r['evals']:,}" if r.get("evals") else "—"
-            rows.append([f"{actual:,}", label, _secs(r["cold"], approx), _secs(r.get("cpu"), approx), _secs(r["warm"], approx), evals, r["verdict"]])
+            rows.append(
+                [
+                    f"{actual:,}",
+                    label,
+                    _secs(r["cold"], approx),
+                    _secs(r.get("cpu"), approx),
+                    _secs(r["warm"], approx),
+                    evals,
+                    r["verdict"],
+                ]
+            )
     lines = _md_table(["n", "tool", "cold s", "cold CPU s", "warm s", "f evals", "verdict"], rows)
     lines += [""] + [f"- ~ {note}." for note in notes]
     return lines
@@ -520,7 +566,9 @@ def _verdict_jaxcheck(case, setup) -> dict:
     localised = None
     if r.status == "failed" and case.broken:
         first = r.failed_leaves[0]
-        localised = first.path == case.bad_path and (case.bad_index is None or tuple(first.worst_index) == tuple(case.bad_index))
+        localised = first.path == case.bad_path and (
+            case.bad_index is None or tuple(first.worst_index) == tuple(case.bad_index)
+        )
     return {"verdict": r.status, "localised": localised}
 
 
@@ -563,20 +611,42 @@ def _verdict_loop(case, setup, dtype_name: str) -> dict:
 # -- torch ports ----------------------------------------------------------------------
 
 _TORCH_OPS = {
-    "exp": lambda t: t.exp(), "exp2": lambda t: t.exp2(), "log": lambda t: t.log(),
-    "log1p": lambda t: t.log1p(), "expm1": lambda t: t.expm1(), "sin": lambda t: t.sin(),
-    "cos": lambda t: t.cos(), "tan": lambda t: t.tan(), "tanh": lambda t: t.tanh(),
-    "asin": lambda t: t.asin(), "acos": lambda t: t.acos(), "atan": lambda t: t.atan(),
-    "atan2": lambda a, b: a.atan2(b), "sinh": lambda t: t.sinh(), "cosh": lambda t: t.cosh(),
-    "asinh": lambda t: t.asinh(), "acosh": lambda t: t.acosh(), "atanh": lambda t: t.atanh(),
-    "erf": lambda t: t.erf(), "erfc": lambda t: t.erfc(), "erf_inv": lambda t: t.erfinv(),
-    "pow": lambda a, b: a.pow(b), "sqrt": lambda t: t.sqrt(), "rsqrt": lambda t: t.rsqrt(),
-    "cbrt": lambda t: t.sign() * t.abs().pow(1.0 / 3.0), "logistic": lambda t: t.sigmoid(),
-    "div": lambda a, b: a / b, "mul": lambda a, b: a * b, "integer_pow": lambda t: t**3,
-    "square": lambda t: t * t, "abs": lambda t: t.abs(), "max": lambda a, b: a.maximum(b),
+    "exp": lambda t: t.exp(),
+    "exp2": lambda t: t.exp2(),
+    "log": lambda t: t.log(),
+    "log1p": lambda t: t.log1p(),
+    "expm1": lambda t: t.expm1(),
+    "sin": lambda t: t.sin(),
+    "cos": lambda t: t.cos(),
+    "tan": lambda t: t.tan(),
+    "tanh": lambda t: t.tanh(),
+    "asin": lambda t: t.asin(),
+    "acos": lambda t: t.acos(),
+    "atan": lambda t: t.atan(),
+    "atan2": lambda a, b: a.atan2(b),
+    "sinh": lambda t: t.sinh(),
+    "cosh": lambda t: t.cosh(),
+    "asinh": lambda t: t.asinh(),
+    "acosh": lambda t: t.acosh(),
+    "atanh": lambda t: t.atanh(),
+    "erf": lambda t: t.erf(),
+    "erfc": lambda t: t.erfc(),
+    "erf_inv": lambda t: t.erfinv(),
+    "pow": lambda a, b: a.pow(b),
+    "sqrt": lambda t: t.sqrt(),
+    "rsqrt": lambda t: t.rsqrt(),
+    "cbrt": lambda t: t.sign() * t.abs().pow(1.0 / 3.0),
+    "logistic": lambda t: t.sigmoid(),
+    "div": lambda a, b: a / b,
+    "mul": lambda a, b: a * b,
+    "integer_pow": lambda t: t**3,
+    "square": lambda t: t * t,
+    "abs": lambda t: t.abs(),
+    "max": lambda a, b: a.maximum(b),
     "bessel_i0e": lambda t: __import__("torch").special.i0e(t),
     "bessel_i1e": lambda t: __import__("torch").special.i1e(t),
-    "lgamma": lambda t: t.lgamma(), "digamma": lambda t: t.digamma(),
+    "lgamma": lambda t: t.lgamma(),
+    "digamma": lambda t: t.digamma(),
 }
 
 
@@ -610,7 +680,9 @@ def _torch_mlp3(setup, bug):
     params, x, y = setup.args
     names = [(layer, leaf) for layer in ("layer1", "layer2", "layer3") for leaf in ("W", "b")]
     dtype = torch.float64 if np.asarray(x).dtype == np.float64 else torch.float32
-    inputs = tuple(torch.tensor(np.asarray(params[l][k]), dtype=dtype, requires_grad=True) for l, k in names)
+    inputs = tuple(
+        torch.tensor(np.asarray(params[l][k]), dtype=dtype, requires_grad=True) for l, k in names
+    )
     xt = torch.tensor(np.asarray(x), dtype=dtype)
     yt = torch.tensor(np.asarray(y), dtype=torch.int64)
 
@@ -634,11 +706,20 @@ def _torch_mlp3(setup, bug):
             l2 = [2 * _L2 * w for w in (w1, w2, w3)]
             if bug == "missing_l2":
                 l2[1] = torch.zeros_like(w2)
-            d3 = (torch.softmax(logits, -1) - torch.nn.functional.one_hot(yt, 3).to(dtype)) / xt.shape[0]
+            d3 = (
+                torch.softmax(logits, -1) - torch.nn.functional.one_hot(yt, 3).to(dtype)
+            ) / xt.shape[0]
             da2 = d3 @ w3.T
             d2 = da2 * (1 - a2**2)
             d1 = (d2 @ w2.T) * (1 - a1**2)
-            grads = (xt.T @ d1 + l2[0], d1.sum(0), a1.T @ d2 + l2[1], (da2 if bug == "bias" else d2).sum(0), a2.T @ d3 + l2[2], d3.sum(0))
+            grads = (
+                xt.T @ d1 + l2[0],
+                d1.sum(0),
+                a1.T @ d2 + l2[1],
+                (da2 if bug == "bias" else d2).sum(0),
+                a2.T @ d3 + l2[2],
+                d3.sum(0),
+            )
             return tuple(g * gr for gr in grads)
 
     def path_of(index):
@@ -658,7 +739,9 @@ def _torch_elementwise(case, setup, factor):
     from jaxcheck import _suites
 
     # The weights of sum(w * op(*xs)), drawn exactly as `_suites._elementwise_build` does.
-    w = torch.tensor(np.asarray(_suites._weights(setup_seed(case) + 7, (64,), setup.args[0].dtype)), dtype=dtype)
+    w = torch.tensor(
+        np.asarray(_suites._weights(setup_seed(case) + 7, (64,), setup.args[0].dtype)), dtype=dtype
+    )
     op = _TORCH_OPS[name]
     op = op if factor is None else _torch_scaled(op, factor)
     xs = [torch.tensor(np.asarray(a), dtype=dtype) for a in setup.args]
@@ -674,7 +757,6 @@ def setup_seed(case) -> int:
 
 
 def _verdict_torch(case, setup, dtype_name: str, fast: bool, rel_bug) -> dict:
-    import torch
     from torch.autograd import gradcheck
     from torch.autograd.gradcheck import GradcheckError
 
@@ -682,7 +764,9 @@ def _verdict_torch(case, setup, dtype_name: str, fast: bool, rel_bug) -> dict:
         bug = {"mlp/bias_bug": "bias", "mlp/missing_l2": "missing_l2"}.get(case.name)
         fn, inputs, path_of = _torch_mlp3(setup, bug)
     else:
-        fn, inputs, path_of = _torch_elementwise(case, setup, None if rel_bug is None else 1 + rel_bug)
+        fn, inputs, path_of = _torch_elementwise(
+            case, setup, None if rel_bug is None else 1 + rel_bug
+        )
     options = {} if dtype_name == "float64" else dict(TORCH_F32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "not a double precision floating point" in float32
@@ -737,20 +821,32 @@ def run_quality(quick: bool, full: bool, log) -> tuple[list[str], list[str], dic
             for case, rel_bug in cases:
                 log(f"  quality {dtype_name} {case.name}{' (bug 1e-4)' if rel_bug else ''}")
                 setup = case.build(dtype)
-                tools = [("jaxcheck", ft.partial(_verdict_jaxcheck, case, setup)),
-                         ("check_grads", ft.partial(_verdict_check_grads, case, setup)),
-                         ("loop", ft.partial(_verdict_loop, case, setup, dtype_name))]
+                tools = [
+                    ("jaxcheck", ft.partial(_verdict_jaxcheck, case, setup)),
+                    ("check_grads", ft.partial(_verdict_check_grads, case, setup)),
+                    ("loop", ft.partial(_verdict_loop, case, setup, dtype_name)),
+                ]
                 torch_case = case.name in TORCH_MLP_CASES or case.name.startswith("lax/")
                 if has_torch and torch_case:
                     for fast in (False, True):
-                        tools.append((f"torch {'fast' if fast else 'slow'}", ft.partial(_verdict_torch, case, setup, dtype_name, fast, rel_bug)))
+                        tools.append(
+                            (
+                                f"torch {'fast' if fast else 'slow'}",
+                                ft.partial(_verdict_torch, case, setup, dtype_name, fast, rel_bug),
+                            )
+                        )
                 for tool, run in tools:
                     start = time.perf_counter()
                     try:
                         result = run()
                     except Exception as error:  # noqa: BLE001 - a crash is a verdict too
-                        result = {"verdict": "error", "error": f"{type(error).__name__}: {str(error).splitlines()[0][:100] if str(error) else ''}"}
-                    seconds[(tool, dtype_name)] = seconds.get((tool, dtype_name), 0.0) + time.perf_counter() - start
+                        result = {
+                            "verdict": "error",
+                            "error": f"{type(error).__name__}: {str(error).splitlines()[0][:100] if str(error) else ''}",
+                        }
+                    seconds[(tool, dtype_name)] = (
+                        seconds.get((tool, dtype_name), 0.0) + time.perf_counter() - start
+                    )
                     records.append((case, rel_bug, dtype_name, tool, result))
     return _quality_tables(records, seconds, has_torch)
 
@@ -766,7 +862,14 @@ def _quality_tables(records, seconds, has_torch) -> tuple[list[str], list[str], 
         for dtype_name in ("float32", "float64"):
             mine = [(c, rb, r) for c, rb, d, t, r in records if t == tool and d == dtype_name]
             if not mine:
-                summary_rows.append([tool, dtype_name, "not installed" if tool.startswith("torch") and not has_torch else "—"] + ["—"] * 5)
+                summary_rows.append(
+                    [
+                        tool,
+                        dtype_name,
+                        "not installed" if tool.startswith("torch") and not has_torch else "—",
+                    ]
+                    + ["—"] * 5
+                )
                 continue
             correct = [r for c, rb, r in mine if not c.broken]
             broken = [r for c, rb, r in mine if c.broken]
@@ -777,16 +880,41 @@ def _quality_tables(records, seconds, has_torch) -> tuple[list[str], list[str], 
             errors = sum(r["verdict"] == "error" for r in correct + broken)
             caught = [r for r in broken if r["verdict"] == "failed"]
             loc = [r.get("localised") for r in caught]
-            localised = "—" if all(l is None for l in loc) else f"{sum(bool(l) for l in loc)}/{len(caught)}"
-            summary_rows.append([
-                tool, dtype_name, f"{len(correct)} + {len(broken)}",
-                f"{false_alarms}" + (f" (+{incon_ok} inconcl.)" if incon_ok else ""),
-                f"{missed}" + (f" (+{incon_bad} inconcl.)" if incon_bad else ""),
-                localised, str(errors), _secs(seconds.get((tool, dtype_name))),
-            ])
-            raw[f"{tool}/{dtype_name}"] = {"false_alarms": false_alarms, "missed": missed, "errors": errors,
-                                            "inconclusive_correct": incon_ok, "inconclusive_broken": incon_bad}
-    summary = _md_table(["tool", "dtype", "correct + broken cases", "false alarms", "missed bugs", "named the broken leaf", "errors", "total s"], summary_rows)
+            localised = (
+                "—" if all(l is None for l in loc) else f"{sum(bool(l) for l in loc)}/{len(caught)}"
+            )
+            summary_rows.append(
+                [
+                    tool,
+                    dtype_name,
+                    f"{len(correct)} + {len(broken)}",
+                    f"{false_alarms}" + (f" (+{incon_ok} inconcl.)" if incon_ok else ""),
+                    f"{missed}" + (f" (+{incon_bad} inconcl.)" if incon_bad else ""),
+                    localised,
+                    str(errors),
+                    _secs(seconds.get((tool, dtype_name))),
+                ]
+            )
+            raw[f"{tool}/{dtype_name}"] = {
+                "false_alarms": false_alarms,
+                "missed": missed,
+                "errors": errors,
+                "inconclusive_correct": incon_ok,
+                "inconclusive_broken": incon_bad,
+            }
+    summary = _md_table(
+        [
+            "tool",
+            "dtype",
+            "correct + broken cases",
+            "false alarms",
+            "missed bugs",
+            "named the broken leaf",
+            "errors",
+            "total s",
+        ],
+        summary_rows,
+    )
 
     # Per-case detail: every case where some tool's verdict is not the right one.
     by_case: dict = {}
@@ -804,15 +932,31 @@ def _quality_tables(records, seconds, has_torch) -> tuple[list[str], list[str], 
                 cells.append("")
                 continue
             v = r["verdict"]
-            mark = "ok" if v == expected else ("FALSE ALARM" if v == "failed" else "MISSED" if v == "passed" else v.upper())
+            mark = (
+                "ok"
+                if v == expected
+                else ("FALSE ALARM" if v == "failed" else "MISSED" if v == "passed" else v.upper())
+            )
             if "d" in r:
                 mark += f" d={r['d']:.0e}"
             cells.append(mark)
         detail_rows.append([label, "broken" if broken else "correct", dtype_name] + cells)
-    detail = _md_table(["case", "truth", "dtype"] + list(TOOLS), detail_rows) if detail_rows else ["(every tool gave the right verdict on every case)"]
-    errors = sorted({f"{tool} on {_label(c, rb)} ({d}): {r['error']}" for c, rb, d, tool, r in records if r["verdict"] == "error"})
+    detail = (
+        _md_table(["case", "truth", "dtype"] + list(TOOLS), detail_rows)
+        if detail_rows
+        else ["(every tool gave the right verdict on every case)"]
+    )
+    errors = sorted(
+        {
+            f"{tool} on {_label(c, rb)} ({d}): {r['error']}"
+            for c, rb, d, tool, r in records
+            if r["verdict"] == "error"
+        }
+    )
     if errors:
-        detail += ["", "Errors (a tool crashed instead of giving a verdict):"] + [f"- {e}" for e in errors]
+        detail += ["", "Errors (a tool crashed instead of giving a verdict):"] + [
+            f"- {e}" for e in errors
+        ]
     return summary, detail, raw
 
 
@@ -823,7 +967,9 @@ def _quality_tables(records, seconds, has_torch) -> tuple[list[str], list[str], 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows]
+    return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [
+        line(r) for r in rows
+    ]
 
 
 def _environment() -> str:
@@ -845,12 +991,18 @@ def _environment() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="n = 1e3, 1e4 and a subset of the cases")
+    parser.add_argument(
+        "--quick", action="store_true", help="n = 1e3, 1e4 and a subset of the cases"
+    )
     parser.add_argument("--full", action="store_true", help="every elementwise lax op in part 2")
-    parser.add_argument("--write", action="store_true", help="also write benchmarks/results_vs_tools.md")
+    parser.add_argument(
+        "--write", action="store_true", help="also write benchmarks/results_vs_tools.md"
+    )
     parser.add_argument("--part", choices=("time", "quality", "needle"), help="run one part only")
     parser.add_argument("--sizes", type=int, nargs="*", help="override the sizes of part 1")
-    parser.add_argument("--timeout", type=float, default=900.0, help="per-measurement limit in seconds")
+    parser.add_argument(
+        "--timeout", type=float, default=900.0, help="per-measurement limit in seconds"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.worker:
@@ -859,7 +1011,12 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    out = ["# jaxcheck vs today's tools", "", f"Measured by `python3 benchmarks/bench_vs_tools.py{' --quick' if options.quick else ''}{' --full' if options.full else ''}` on: {_environment()}.", ""]
+    out = [
+        "# jaxcheck vs today's tools",
+        "",
+        f"Measured by `python3 benchmarks/bench_vs_tools.py{' --quick' if options.quick else ''}{' --full' if options.full else ''}` on: {_environment()}.",
+        "",
+    ]
     if options.part in (None, "time"):
         sizes = options.sizes or (QUICK_SIZES if options.quick else SIZES)
         slow_max = QUICK_TORCH_SLOW_FULL_MAX if options.quick else TORCH_SLOW_FULL_MAX
@@ -867,7 +1024,10 @@ def main(argv=None) -> int:
         out += run_timing(sizes, slow_max, options.timeout, log)
         out += [""]
     if options.part in (None, "needle") and not options.quick:
-        out += [f"## One wrong element among {_hidden(SIZES[-1]) * (IN_DIM + 1 + OUT_DIM) + OUT_DIM:,} (MLP, hand-written backprop, float32; torch float64)", ""]
+        out += [
+            f"## One wrong element among {_hidden(SIZES[-1]) * (IN_DIM + 1 + OUT_DIM) + OUT_DIM:,} (MLP, hand-written backprop, float32; torch float64)",
+            "",
+        ]
         out += run_needle(SIZES[-1], options.timeout, log)
         out += [""]
     if options.part in (None, "quality"):

@@ -116,9 +116,18 @@ def _common_output(parser: argparse.ArgumentParser, points: bool) -> None:
         json_help += "; with --points, one document listing every point"
         plot_help += "; with --points, FILE-seedK.png per point"
     parser.add_argument("--json", metavar="FILE", help=json_help + ")")
-    parser.add_argument("--plot", metavar="FILE", help=plot_help + "); needs `pip install 'jaxcheck[plot]'`")
-    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="colour the report (default: only on a terminal; NO_COLOR disables)")
-    parser.add_argument("--traceback", action="store_true", help="print the full traceback of unexpected errors")
+    parser.add_argument(
+        "--plot", metavar="FILE", help=plot_help + "); needs `pip install 'jaxcheck[plot]'`"
+    )
+    parser.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the report (default: only on a terminal; NO_COLOR disables)",
+    )
+    parser.add_argument(
+        "--traceback", action="store_true", help="print the full traceback of unexpected errors"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,8 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=raw,
     )
-    demo.add_argument("name", nargs="?", default="mlp", help="which demo (default: mlp; see --list)")
-    demo.add_argument("--fixed", action="store_true", help="run the corrected derivative (should pass)")
+    demo.add_argument(
+        "name", nargs="?", default="mlp", help="which demo (default: mlp; see --list)"
+    )
+    demo.add_argument(
+        "--fixed", action="store_true", help="run the corrected derivative (should pass)"
+    )
     demo.add_argument("--list", action="store_true", help="list the demos and exit")
     _common_output(demo, points=False)
 
@@ -160,19 +173,55 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=CHECK_EPILOG,
         formatter_class=raw,
     )
-    check.add_argument("target", metavar="MODULE:FUNCTION", help="the function to check, e.g. `model.py:loss` or `mypkg.model:loss`")
-    check.add_argument("--args", dest="factory", metavar="MODULE:FACTORY", required=True, help="function returning the argument tuple")
-    check.add_argument("--kind", default="grad", help=f"what to check: {', '.join(KINDS)} (default: grad)")
-    check.add_argument("--argnums", type=_argnums, metavar="N[,N...]", help="arguments to differentiate, as in jax.grad (default: the check's own, 0 for grad)")
-    check.add_argument("--points", type=_positive_int, metavar="K", help="check at factory(seed) for seed = 0..K-1")
-    check.add_argument("--x64", action="store_true", help="enable jax_enable_x64 for the run (before building the arguments)")
+    check.add_argument(
+        "target",
+        metavar="MODULE:FUNCTION",
+        help="the function to check, e.g. `model.py:loss` or `mypkg.model:loss`",
+    )
+    check.add_argument(
+        "--args",
+        dest="factory",
+        metavar="MODULE:FACTORY",
+        required=True,
+        help="function returning the argument tuple",
+    )
+    check.add_argument(
+        "--kind", default="grad", help=f"what to check: {', '.join(KINDS)} (default: grad)"
+    )
+    check.add_argument(
+        "--argnums",
+        type=_argnums,
+        metavar="N[,N...]",
+        help="arguments to differentiate, as in jax.grad (default: the check's own, 0 for grad)",
+    )
+    check.add_argument(
+        "--points", type=_positive_int, metavar="K", help="check at factory(seed) for seed = 0..K-1"
+    )
+    check.add_argument(
+        "--x64",
+        action="store_true",
+        help="enable jax_enable_x64 for the run (before building the arguments)",
+    )
     check.add_argument("--seed", type=int, help="seed of the check's random directions (default 0)")
-    check.add_argument("--mode", choices=MODES, help="full: every coordinate; probe: random directions; auto: the check decides")
-    check.add_argument("--eps", type=float, metavar="E", help="finite-difference step (default: chosen per coordinate)")
+    check.add_argument(
+        "--mode",
+        choices=MODES,
+        help="full: every coordinate; probe: random directions; auto: the check decides",
+    )
+    check.add_argument(
+        "--eps",
+        type=float,
+        metavar="E",
+        help="finite-difference step (default: chosen per coordinate)",
+    )
     check.add_argument("--rtol", type=float, help="relative tolerance (default: per dtype)")
     check.add_argument("--atol", type=float, help="absolute tolerance (default: derived per leaf)")
     check.add_argument("--has-aux", action="store_true", help="FUNCTION returns (value, aux)")
-    check.add_argument("--allow-inconclusive", action="store_true", help="exit 0 instead of 1 when the check is inconclusive")
+    check.add_argument(
+        "--allow-inconclusive",
+        action="store_true",
+        help="exit 0 instead of 1 when the check is inconclusive",
+    )
     _common_output(check, points=True)
     return parser
 
@@ -214,9 +263,13 @@ class Loader:
                     f"cannot find module `{name}` (searched the current directory and sys.path); "
                     "check the spelling or pass a path such as `path/to/model.py`."
                 ) from None
-            raise UsageError(f"importing module `{name}` failed: {type(error).__name__}: {error}") from None
+            raise UsageError(
+                f"importing module `{name}` failed: {type(error).__name__}: {error}"
+            ) from None
         except Exception as error:  # the user's module raised while importing
-            raise UsageError(f"importing module `{name}` failed: {type(error).__name__}: {error}") from None
+            raise UsageError(
+                f"importing module `{name}` failed: {type(error).__name__}: {error}"
+            ) from None
 
     def _from_file(self, path: Path) -> Any:
         resolved = path.resolve()
@@ -225,7 +278,9 @@ class Loader:
         if not resolved.is_file():
             raise UsageError(f"no such file: `{path}`.")
         if resolved.suffix != ".py":
-            raise UsageError(f"`{path}` is not a Python file (expected a `.py` path or a dotted module name).")
+            raise UsageError(
+                f"`{path}` is not a Python file (expected a `.py` path or a dotted module name)."
+            )
         name = resolved.stem if resolved.stem.isidentifier() else "user_module"
         if name in sys.modules:  # never shadow an imported module (e.g. a file called `jax.py`)
             name = f"_jaxcheck_user_{name}_{abs(hash(str(resolved))):x}"
@@ -239,11 +294,15 @@ class Loader:
                 spec.loader.exec_module(module)
         except Exception as error:
             sys.modules.pop(name, None)
-            raise UsageError(f"importing `{path}` failed: {type(error).__name__}: {error}") from None
+            raise UsageError(
+                f"importing `{path}` failed: {type(error).__name__}: {error}"
+            ) from None
         self._files[resolved] = module
         return module
 
-    def callable(self, spec: str, option: str, default_module: str | None = None) -> tuple[Callable, str]:
+    def callable(
+        self, spec: str, option: str, default_module: str | None = None
+    ) -> tuple[Callable, str]:
         """The callable named by `MODULE:NAME` (NAME may be dotted), and a display name."""
         module_name, sep, attr = spec.rpartition(":")
         if not sep and default_module is not None:
@@ -255,7 +314,11 @@ class Loader:
         obj = self.module(module_name)
         for i, part in enumerate(attr.split(".")):
             if not hasattr(obj, part):
-                where = f"module `{module_name}`" if i == 0 else f"`{module_name}:{'.'.join(attr.split('.')[:i])}`"
+                where = (
+                    f"module `{module_name}`"
+                    if i == 0
+                    else f"`{module_name}:{'.'.join(attr.split('.')[:i])}`"
+                )
                 names = [n for n in dir(obj) if not n.startswith("_")]
                 close = difflib.get_close_matches(part, names, n=3)
                 hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
@@ -295,7 +358,9 @@ def build_args(factory: Callable, name: str, seed: int | None) -> tuple:
     try:
         args = factory() if seed is None else factory(seed)
     except Exception as error:
-        raise UsageError(f"the factory `{name}{call}` raised {type(error).__name__}: {error}") from None
+        raise UsageError(
+            f"the factory `{name}{call}` raised {type(error).__name__}: {error}"
+        ) from None
     if isinstance(args, list):
         args = tuple(args)
     if not isinstance(args, tuple):
@@ -343,7 +408,9 @@ def _print_report(result: Any, color: bool) -> None:
 
 def _check_plot_available(path: str | None) -> None:
     if path is not None and importlib.util.find_spec("matplotlib") is None:
-        raise UsageError("--plot needs matplotlib, an optional dependency: `pip install 'jaxcheck[plot]'`.")
+        raise UsageError(
+            "--plot needs matplotlib, an optional dependency: `pip install 'jaxcheck[plot]'`."
+        )
 
 
 def _plot_path(path: str, seed: int | None) -> str:
@@ -381,17 +448,28 @@ def run_demo(options: argparse.Namespace) -> int:
     try:
         demos = importlib.import_module("jaxcheck._demos")
     except ImportError as error:
-        raise UsageError(f"the demonstrations are not available in this install of jaxcheck ({error}).") from None
+        raise UsageError(
+            f"the demonstrations are not available in this install of jaxcheck ({error})."
+        ) from None
     if options.list:
         width = max(len(name) for name in demos.DEMOS)
         print("demonstrations (run `jaxcheck demo NAME`, add --fixed for the corrected version):")
         for name, demo in demos.DEMOS.items():
-            print(textwrap.fill(demo.description, WIDTH, initial_indent=f"  {name.ljust(width)}  ", subsequent_indent=" " * (width + 4)))
+            print(
+                textwrap.fill(
+                    demo.description,
+                    WIDTH,
+                    initial_indent=f"  {name.ljust(width)}  ",
+                    subsequent_indent=" " * (width + 4),
+                )
+            )
         return EXIT_OK
     if options.name not in demos.DEMOS:
         close = difflib.get_close_matches(options.name, list(demos.DEMOS), n=1)
         hint = f" Did you mean `{close[0]}`?" if close else ""
-        raise UsageError(f"unknown demo `{options.name}`; choose from {', '.join(demos.DEMOS)}.{hint}")
+        raise UsageError(
+            f"unknown demo `{options.name}`; choose from {', '.join(demos.DEMOS)}.{hint}"
+        )
     _check_plot_available(options.plot)
     demo = demos.DEMOS[options.name]
     version = "corrected version" if options.fixed else "with a planted bug"
@@ -419,7 +497,9 @@ def run_demo(options: argparse.Namespace) -> int:
     if status == expected:
         print("As designed: the corrected derivative passes (exit code 0).")
         return EXIT_OK
-    print(f"UNEXPECTED: this demo should have {expected}, but the check {status}; please report it (exit code 1).")
+    print(
+        f"UNEXPECTED: this demo should have {expected}, but the check {status}; please report it (exit code 1)."
+    )
     return EXIT_WRONG
 
 
@@ -431,11 +511,15 @@ def _check_function(kind: str) -> tuple[Callable, str]:
     name = KINDS[kind]
     check = getattr(jaxcheck, name, None)
     if check is None:
-        raise UsageError(f"--kind {kind} needs `jaxcheck.{name}`, which this version of jaxcheck does not provide.")
+        raise UsageError(
+            f"--kind {kind} needs `jaxcheck.{name}`, which this version of jaxcheck does not provide."
+        )
     return check, name
 
 
-def _check_kwargs(check: Callable, name: str, kind: str, options: argparse.Namespace) -> dict[str, Any]:
+def _check_kwargs(
+    check: Callable, name: str, kind: str, options: argparse.Namespace
+) -> dict[str, Any]:
     wanted: dict[str, tuple[str, Any]] = {}
     if options.argnums is not None:
         nums = options.argnums
@@ -450,7 +534,9 @@ def _check_kwargs(check: Callable, name: str, kind: str, options: argparse.Names
     kwargs = {}
     for key, (flag, value) in wanted.items():
         if key not in parameters and not takes_any:
-            raise UsageError(f"{flag} is not supported by --kind {kind} (`jaxcheck.{name}` has no `{key}` option).")
+            raise UsageError(
+                f"{flag} is not supported by --kind {kind} (`jaxcheck.{name}` has no `{key}` option)."
+            )
         kwargs[key] = value
     return kwargs
 
@@ -461,7 +547,9 @@ def run_check(options: argparse.Namespace) -> int:
     _check_plot_available(options.plot)
     loader = Loader()
     f, f_name = loader.callable(options.target, "MODULE:FUNCTION")
-    factory, factory_name = loader.callable(options.factory, "--args", default_module=f_name.rpartition(":")[0])
+    factory, factory_name = loader.callable(
+        options.factory, "--args", default_module=f_name.rpartition(":")[0]
+    )
     accepts_progress = "progress" in inspect.signature(check).parameters
     seeds: list[int | None] = [None] if options.points is None else list(range(options.points))
     color = _use_color(options.color)
@@ -494,7 +582,11 @@ def run_check(options: argparse.Namespace) -> int:
     codes = [exit_code(r, options.allow_inconclusive) for _, r in results]
     if options.points is not None:
         statuses = [getattr(r, "status", "?") for _, r in results]
-        counts = ", ".join(f"{statuses.count(s)} {s}" for s in ("passed", "failed", "inconclusive") if s in statuses)
+        counts = ", ".join(
+            f"{statuses.count(s)} {s}"
+            for s in ("passed", "failed", "inconclusive")
+            if s in statuses
+        )
         print(f"{len(results)} points: {counts}.")
     if options.json:
         if options.points is None:
@@ -540,5 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.traceback:
             traceback.print_exc()
         else:
-            print(f"jaxcheck: error: {type(error).__name__}: {error} (rerun with --traceback for details)", file=sys.stderr)
+            print(
+                f"jaxcheck: error: {type(error).__name__}: {error} (rerun with --traceback for details)",
+                file=sys.stderr,
+            )
         return EXIT_USAGE

@@ -23,9 +23,29 @@ from ._rule_result import CheckReport, RuleCheckResult, overall_status
 
 PyTree = Any
 N_ADJOINT = 3  # (u, v) pairs in the dot-product test
-CHECK_ORDER = ("primal", "structure", "linearity", "fd", "autodiff", "adjoint", "vmap", "jit", "second-order")
+CHECK_ORDER = (
+    "primal",
+    "structure",
+    "linearity",
+    "fd",
+    "autodiff",
+    "adjoint",
+    "vmap",
+    "jit",
+    "second-order",
+)
 # vmap and jit run before fd: when they fail, fd checks the eager JVP instead of check_jvp's jitted, vmapped one.
-RUN_ORDER = ("primal", "structure", "linearity", "vmap", "jit", "fd", "autodiff", "adjoint", "second-order")
+RUN_ORDER = (
+    "primal",
+    "structure",
+    "linearity",
+    "vmap",
+    "jit",
+    "fd",
+    "autodiff",
+    "adjoint",
+    "second-order",
+)
 TRANSPOSE_HINT = (
     "JAX derives reverse mode (jax.grad, jax.vjp) by transposing the rule's tangent computation: it must be linear "
     "in the tangents and built from transposable ops (no stop_gradient, pure_callback, round or tangent-dependent "
@@ -36,14 +56,36 @@ TRANSPOSE_HINT = (
 class _JvpCheck:
     """State shared by the checks of one `check_custom_jvp` call."""
 
-    def __init__(self, f: Any, args: tuple, *, order: int, mode: str, eps: Any, rtol: Any, atol: Any, seed: int, reference: str):
+    def __init__(
+        self,
+        f: Any,
+        args: tuple,
+        *,
+        order: int,
+        mode: str,
+        eps: Any,
+        rtol: Any,
+        atol: Any,
+        seed: int,
+        reference: str,
+    ):
         self.t = Target(f, args, "jvp")
-        self.f, self.order, self.eps, self.rtol, self.atol, self.seed, self.reference = f, order, eps, rtol, atol, seed, reference
+        self.f, self.order, self.eps, self.rtol, self.atol, self.seed, self.reference = (
+            f,
+            order,
+            eps,
+            rtol,
+            atol,
+            seed,
+            reference,
+        )
         self.mode_arg = mode
         self.mode = mode  # the finite-difference mode actually used (set by the fd check)
         self.statuses: dict[str, str] = {}
         self._rule_jvp: Any = None
-        self.jitted_pair = jax.jit(self.jvp_pair)  # shared by rule_jvp, the vmap loop and the jit check: one compilation
+        self.jitted_pair = jax.jit(
+            self.jvp_pair
+        )  # shared by rule_jvp, the vmap loop and the jit check: one compilation
         self.fd_x64 = False  # whether the fd check's reference ran in float64
         self.kw = {"rtol": rtol, "atol": atol}
         self.outs: tuple = ()
@@ -69,13 +111,25 @@ class _JvpCheck:
                 return np.zeros(x.shape, x.dtype)
             return np.zeros(np.shape(x), jax.dtypes.float0)
 
-        return tuple(jtu.tree_map_with_path(lambda kp, x, i=i: one(kp, x, i), self.t.args[i]) for i in self.t.diff_pos)
+        return tuple(
+            jtu.tree_map_with_path(lambda kp, x, i=i: one(kp, x, i), self.t.args[i])
+            for i in self.t.diff_pos
+        )
 
     def call_jvp(self, tangents: tuple) -> tuple:
         nondiff = [self.t.args[i] for i in self.t.nondiff]
-        out = guarded("jvp", self.f.jvp, *nondiff, self.primals, tangents, inputs=(*nondiff, self.primals, tangents))
+        out = guarded(
+            "jvp",
+            self.f.jvp,
+            *nondiff,
+            self.primals,
+            tangents,
+            inputs=(*nondiff, self.primals, tangents),
+        )
         if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise RuleError(f"the jvp rule must return a pair (primal_out, tangent_out); it returned {rc.describe(out)}")
+            raise RuleError(
+                f"the jvp rule must return a pair (primal_out, tangent_out); it returned {rc.describe(out)}"
+            )
         return out
 
     def jvp_pair(self, free: list, v: list) -> tuple:
@@ -106,15 +160,49 @@ class _JvpCheck:
             raise
         if jtu.tree_structure(primal_out) != self.out_tree:
             self.fatal = "the jvp rule's primal output has the wrong structure (see primal)"
-            return CheckReport(name="primal", status="failed", message=f"the jvp rule's primal output has structure {rc.describe(primal_out)}; f.fun returns {rc.describe(out)}")
+            return CheckReport(
+                name="primal",
+                status="failed",
+                message=f"the jvp rule's primal output has structure {rc.describe(primal_out)}; f.fun returns {rc.describe(out)}",
+            )
         paths = [o.path for o in self.outs]
-        bad = rc.compare_trees(jtu.tree_leaves(primal_out), jtu.tree_leaves(out), paths, [o.dtype for o in self.outs], rc.PRIMAL_ULPS, **self.kw)
+        bad = rc.compare_trees(
+            jtu.tree_leaves(primal_out),
+            jtu.tree_leaves(out),
+            paths,
+            [o.dtype for o in self.outs],
+            rc.PRIMAL_ULPS,
+            **self.kw,
+        )
         for o, y in zip(self.outs, jtu.tree_leaves(primal_out)):
-            if np.dtype(getattr(y, "dtype", np.asarray(y).dtype)) != o.dtype and not any(m.path == o.path for m in bad):
-                bad.insert(0, rc.Mismatch(o.path, None, None, None, 0.0, 0, 0, f"dtype {np.dtype(y.dtype)} where f.fun returns {o.dtype}"))
+            if np.dtype(getattr(y, "dtype", np.asarray(y).dtype)) != o.dtype and not any(
+                m.path == o.path for m in bad
+            ):
+                bad.insert(
+                    0,
+                    rc.Mismatch(
+                        o.path,
+                        None,
+                        None,
+                        None,
+                        0.0,
+                        0,
+                        0,
+                        f"dtype {np.dtype(y.dtype)} where f.fun returns {o.dtype}",
+                    ),
+                )
         if bad:
-            return rc.mismatch_report("primal", "the jvp rule's primal output differs from f.fun(*args) at {where} (an approximation or a different formula?)", bad, names=("jvp rule", "f.fun"))
-        return CheckReport(name="primal", status="passed", message=f"the jvp rule's primal output equals f.fun(*args) ({len(self.outs)} output leaf/leaves)")
+            return rc.mismatch_report(
+                "primal",
+                "the jvp rule's primal output differs from f.fun(*args) at {where} (an approximation or a different formula?)",
+                bad,
+                names=("jvp rule", "f.fun"),
+            )
+        return CheckReport(
+            name="primal",
+            status="passed",
+            message=f"the jvp rule's primal output equals f.fun(*args) ({len(self.outs)} output leaf/leaves)",
+        )
 
     # -- 2. structure ------------------------------------------------------------------
 
@@ -122,7 +210,11 @@ class _JvpCheck:
         t_out = self.tangent_out
         if jtu.tree_structure(t_out) != self.out_tree:
             self.fatal = "the tangent output is malformed (see structure)"
-            return CheckReport(name="structure", status="failed", message=f"the jvp rule's tangent output has structure {rc.describe(t_out)}; the primal output is {rc.describe(jtu.tree_unflatten(self.out_tree, [np.zeros(o.shape, o.dtype) for o in self.outs]))}")
+            return CheckReport(
+                name="structure",
+                status="failed",
+                message=f"the jvp rule's tangent output has structure {rc.describe(t_out)}; the primal output is {rc.describe(jtu.tree_unflatten(self.out_tree, [np.zeros(o.shape, o.dtype) for o in self.outs]))}",
+            )
         problems = []
         for o, x in zip(self.outs, jtu.tree_leaves(t_out)):
             expected = o.dtype if o.inexact else jax.dtypes.float0
@@ -130,49 +222,121 @@ class _JvpCheck:
                 shape, dtype = tuple(x.aval.shape), x.aval.dtype
             elif hasattr(x, "shape") and hasattr(x, "dtype"):
                 shape, dtype = tuple(x.shape), x.dtype
-            elif isinstance(x, (float, int)) and not isinstance(x, bool) and o.shape == () and o.inexact:
+            elif (
+                isinstance(x, (float, int))
+                and not isinstance(x, bool)
+                and o.shape == ()
+                and o.inexact
+            ):
                 continue
             else:
-                problems.append((o.path, f"the tangent at {o.path} is a {type(x).__name__}, not an array"))
+                problems.append(
+                    (o.path, f"the tangent at {o.path} is a {type(x).__name__}, not an array")
+                )
                 continue
             if shape != o.shape:
-                problems.append((o.path, f"the tangent at {o.path} has shape {shape}; the output has shape {o.shape}"))
+                problems.append(
+                    (
+                        o.path,
+                        f"the tangent at {o.path} has shape {shape}; the output has shape {o.shape}",
+                    )
+                )
             elif dtype != expected:
-                problems.append((o.path, f"the tangent at {o.path} has dtype {rc._dtype_name(dtype)}; expected {rc._dtype_name(expected)} for a {o.dtype} output"))
+                problems.append(
+                    (
+                        o.path,
+                        f"the tangent at {o.path} has dtype {rc._dtype_name(dtype)}; expected {rc._dtype_name(expected)} for a {o.dtype} output",
+                    )
+                )
         if problems:
             self.fatal = "the tangent output is malformed (see structure)"
-            return CheckReport(name="structure", status="failed", message=problems[0][1], path=problems[0][0], details=tuple(m for _, m in problems[1:8]))
-        return CheckReport(name="structure", status="passed", message=f"the tangent output matches the primal output's structure, shapes and dtypes ({len(self.outs)} leaf/leaves)")
+            return CheckReport(
+                name="structure",
+                status="failed",
+                message=problems[0][1],
+                path=problems[0][0],
+                details=tuple(m for _, m in problems[1:8]),
+            )
+        return CheckReport(
+            name="structure",
+            status="passed",
+            message=f"the tangent output matches the primal output's structure, shapes and dtypes ({len(self.outs)} leaf/leaves)",
+        )
 
     # -- 3. linearity ------------------------------------------------------------------
 
     def linearity(self) -> CheckReport:
-        a, b = rc.uniform_scalar(self.seed, "linearity-a"), rc.uniform_scalar(self.seed, "linearity-b")
+        a, b = (
+            rc.uniform_scalar(self.seed, "linearity-a"),
+            rc.uniform_scalar(self.seed, "linearity-b"),
+        )
         tu, tv = self.tangents("linearity-u"), self.tangents("linearity-v")
 
         def combine(x: Any, y: Any) -> Any:
             if getattr(x, "dtype", None) == jax.dtypes.float0:
                 return x
-            return (a * np.asarray(x, np.float64 if not np.iscomplexobj(x) else np.complex128) + b * np.asarray(y)).astype(x.dtype)
+            return (
+                a * np.asarray(x, np.float64 if not np.iscomplexobj(x) else np.complex128)
+                + b * np.asarray(y)
+            ).astype(x.dtype)
 
         tw = jtu.tree_map(combine, tu, tv)
-        ju, jv, jw, j0 = (self.float_leaves(self.call_jvp(tan)[1]) for tan in (tu, tv, tw, self.tangents(None)))
+        ju, jv, jw, j0 = (
+            self.float_leaves(self.call_jvp(tan)[1]) for tan in (tu, tv, tw, self.tangents(None))
+        )
         outs = [o for o in self.outs if o.inexact]
         paths, dtypes = [o.path for o in outs], [o.dtype for o in outs]
-        zero_scale = [np.full(np.shape(x), float(np.max(np.abs(rc._as_host(x)), initial=0.0)) + float(np.max(np.abs(rc._as_host(y)), initial=0.0))) for x, y in zip(ju, jv)]
-        bad = [m for m in (rc.compare_leaf(x, np.zeros(np.shape(x)), p, d, rc.LINEARITY_ULPS, scale=s, **self.kw) for x, p, d, s in zip(j0, paths, dtypes, zero_scale)) if m]
+        zero_scale = [
+            np.full(
+                np.shape(x),
+                float(np.max(np.abs(rc._as_host(x)), initial=0.0))
+                + float(np.max(np.abs(rc._as_host(y)), initial=0.0)),
+            )
+            for x, y in zip(ju, jv)
+        ]
+        bad = [
+            m
+            for m in (
+                rc.compare_leaf(
+                    x, np.zeros(np.shape(x)), p, d, rc.LINEARITY_ULPS, scale=s, **self.kw
+                )
+                for x, p, d, s in zip(j0, paths, dtypes, zero_scale)
+            )
+            if m
+        ]
         if bad:
-            return rc.mismatch_report("linearity", "the jvp rule is not linear in the tangent: a zero tangent gives a nonzero {where}", bad, names=("jvp(0)", "zero"))
+            return rc.mismatch_report(
+                "linearity",
+                "the jvp rule is not linear in the tangent: a zero tangent gives a nonzero {where}",
+                bad,
+                names=("jvp(0)", "zero"),
+            )
         h = rc._as_host
         combo = [a * h(x) + b * h(y) for x, y in zip(ju, jv)]
         scale = [np.abs(a * h(x)) + np.abs(b * h(y)) + np.abs(h(z)) for x, y, z in zip(ju, jv, jw)]
-        bad = [m for m in (rc.compare_leaf(z, c, p, d, rc.LINEARITY_ULPS, scale=s, **self.kw) for z, c, p, d, s in zip(jw, combo, paths, dtypes, scale)) if m]
+        bad = [
+            m
+            for m in (
+                rc.compare_leaf(z, c, p, d, rc.LINEARITY_ULPS, scale=s, **self.kw)
+                for z, c, p, d, s in zip(jw, combo, paths, dtypes, scale)
+            )
+            if m
+        ]
         if bad:
             return rc.mismatch_report(
-                "linearity", "the jvp rule is not linear in the tangent: jvp(a*t1 + b*t2) != a*jvp(t1) + b*jvp(t2) at {where}", bad,
-                names=("jvp(a*t1+b*t2)", "a*jvp(t1)+b*jvp(t2)"), extra=(f"a = {a:.4g}, b = {b:.4g}; t1, t2 seeded normal tangents (seed {self.seed})",),
+                "linearity",
+                "the jvp rule is not linear in the tangent: jvp(a*t1 + b*t2) != a*jvp(t1) + b*jvp(t2) at {where}",
+                bad,
+                names=("jvp(a*t1+b*t2)", "a*jvp(t1)+b*jvp(t2)"),
+                extra=(
+                    f"a = {a:.4g}, b = {b:.4g}; t1, t2 seeded normal tangents (seed {self.seed})",
+                ),
             )
-        return CheckReport(name="linearity", status="passed", message=f"jvp(0) = 0 and jvp(a*t1 + b*t2) = a*jvp(t1) + b*jvp(t2) (a={a:.3g}, b={b:.3g})")
+        return CheckReport(
+            name="linearity",
+            status="passed",
+            message=f"jvp(0) = 0 and jvp(a*t1 + b*t2) = a*jvp(t1) + b*jvp(t2) (a={a:.3g}, b={b:.3g})",
+        )
 
     # -- 4. finite differences -------------------------------------------------------------
 
@@ -185,27 +349,58 @@ class _JvpCheck:
         if check_jvp is not None and not unsafe:
             fn = rc.MirrorFn(self.t, self.t.closed, name=self.t.name)
             try:
-                res = check_jvp(fn, self.t.mirror(), argnums=self.t.fd_argnums, mode=self.mode_arg, eps=self.eps, rtol=self.rtol, atol=self.atol, seed=self.seed, reference=self.reference)
+                res = check_jvp(
+                    fn,
+                    self.t.mirror(),
+                    argnums=self.t.fd_argnums,
+                    mode=self.mode_arg,
+                    eps=self.eps,
+                    rtol=self.rtol,
+                    atol=self.atol,
+                    seed=self.seed,
+                    reference=self.reference,
+                )
             except Exception as error:  # noqa: BLE001 - fall back to the eager directional check below
                 note = f"check_jvp could not run ({type(error).__name__}: {rc.first_line(error)}); checked the eager JVP along seeded directions instead"
             else:
                 self.mode = res.mode
                 self.fd_x64 = res.reference_fallback is None and res.reference.startswith("float64")
                 if res.status != "failed" or self._eager_confirms(res):
-                    return rfd.jacobian_report(res, "the JVP", "the jvp rule", extra=("check_jvp: columns of the Jacobian through jax.jvp (the rule), jitted and vmapped",))
+                    return rfd.jacobian_report(
+                        res,
+                        "the JVP",
+                        "the jvp rule",
+                        extra=(
+                            "check_jvp: columns of the Jacobian through jax.jvp (the rule), jitted and vmapped",
+                        ),
+                    )
                 note = "check_jvp (jit + vmap of the JVP) disagrees with finite differences but the eager JVP agrees with them: see the vmap and jit checks"
         elif unsafe:
             note = f"the {' and '.join(unsafe)} check failed, so the JVP is checked eagerly along seeded directions, not through check_jvp's jitted, vmapped Jacobian"
         d = self.directional_fd()
         self.mode, self.fd_x64 = "probe", d.x64
-        return rfd.directional_report("fd", "the JVP", d, extra=(f"one seeded direction per input leaf (seed {self.seed})", *((note,) if note else ())))
+        return rfd.directional_report(
+            "fd",
+            "the JVP",
+            d,
+            extra=(
+                f"one seeded direction per input leaf (seed {self.seed})",
+                *((note,) if note else ()),
+            ),
+        )
 
     def _eager_confirms(self, res: Any) -> bool:
         """Whether the unbatched JVP also disagrees at check_jvp's worst entry (else its vmapped columns were wrong)."""
         b = res.failed_blocks[0]
         w = b.worst
         outs = [o.path for o in self.outs if o.inexact]
-        if w is None or w.input_part or w.output_part or b.output_path not in outs or b.input_path not in self.t.free_paths:
+        if (
+            w is None
+            or w.input_part
+            or w.output_part
+            or b.output_path not in outs
+            or b.input_path not in self.t.free_paths
+        ):
             return self.directional_fd().status == "failed"
         i = self.t.free_paths.index(b.input_path)
         v = [np.zeros(x.shape, d) for x, d in zip(self.t.free_values, self.t.free_dtypes)]
@@ -218,8 +413,16 @@ class _JvpCheck:
         """The eager JVP along one seeded direction per input leaf vs the engine's stencil (cached)."""
         if self.fd_dir is None:
             self.fd_dir = rfd.directional(
-                self.t, self.t.closed, lambda v: self.rule_jvp(v)[1],
-                salt="fd", seed=self.seed, eps=self.eps, rtol=self.rtol, atol=self.atol, reference=self.reference, label=self.t.name,
+                self.t,
+                self.t.closed,
+                lambda v: self.rule_jvp(v)[1],
+                salt="fd",
+                seed=self.seed,
+                eps=self.eps,
+                rtol=self.rtol,
+                atol=self.atol,
+                reference=self.reference,
+                label=self.t.name,
             )
         return self.fd_dir
 
@@ -228,34 +431,63 @@ class _JvpCheck:
     def autodiff(self) -> CheckReport:
         if self.statuses.get("fd") not in ("passed", "failed", "skipped"):
             return skipped("autodiff", "not run: the fd check raised")
-        use64 = self.fd_x64 and not all(x in (np.float64, np.complex128) for x in self.t.free_dtypes)
-        jvp_fun = rc.jit_or_eager(lambda fr, v: self.float_leaves(jax.jvp(self.t.fun_closed, (fr,), (v,))[1]))
+        use64 = self.fd_x64 and not all(
+            x in (np.float64, np.complex128) for x in self.t.free_dtypes
+        )
+        jvp_fun = rc.jit_or_eager(
+            lambda fr, v: self.float_leaves(jax.jvp(self.t.fun_closed, (fr,), (v,))[1])
+        )
         directions = self.fd_dir.tangents if self.fd_dir is not None else self._leaf_directions()
         found = self._compare_along(directions, jvp_fun, use64)
         if isinstance(found, CheckReport):
             return found
         if found is not None and self.statuses.get("fd") == "passed":
-            d = self.directional_fd()  # finite differences along the same kind of directions, to see who is wrong
+            d = (
+                self.directional_fd()
+            )  # finite differences along the same kind of directions, to see who is wrong
             found = self._compare_along(d.tangents, jvp_fun, use64)
             if isinstance(found, CheckReport):
                 return found
             if found is not None and self._fd_sides_with_rule(*found[:3]):
-                return skipped("autodiff", f"JAX's autodiff of f.fun disagrees with finite differences along {self.t.free_paths[found[0]]} while the rule agrees with them: f.fun's own derivative is inaccurate here, not the rule")
+                return skipped(
+                    "autodiff",
+                    f"JAX's autodiff of f.fun disagrees with finite differences along {self.t.free_paths[found[0]]} while the rule agrees with them: f.fun's own derivative is inaccurate here, not the rule",
+                )
         if found is not None:
             j, _, _, bad = found
             along = self.t.free_paths[j]
             report = rc.mismatch_report(
-                "autodiff", "the JVP along " + along + " differs from JAX's autodiff of f.fun at {where} (beyond rounding)", bad,
-                names=("rule", "autodiff"), extra=(f"direction: a seeded direction in {along} only; autodiff evaluated in {'float64' if use64 else 'native precision'}",),
+                "autodiff",
+                "the JVP along "
+                + along
+                + " differs from JAX's autodiff of f.fun at {where} (beyond rounding)",
+                bad,
+                names=("rule", "autodiff"),
+                extra=(
+                    f"direction: a seeded direction in {along} only; autodiff evaluated in {'float64' if use64 else 'native precision'}",
+                ),
             )
             return _with_argument(report, along)
-        return CheckReport(name="autodiff", status="passed", message=f"the JVP equals JAX's autodiff of f.fun along {len(directions)} direction(s) (to rounding; {'float64' if use64 else 'native'} reference)")
+        return CheckReport(
+            name="autodiff",
+            status="passed",
+            message=f"the JVP equals JAX's autodiff of f.fun along {len(directions)} direction(s) (to rounding; {'float64' if use64 else 'native'} reference)",
+        )
 
     def _leaf_directions(self) -> list[list[np.ndarray]]:
         """One seeded direction per free leaf (zero on the other leaves)."""
         out = []
-        for j, (p, x, d) in enumerate(zip(self.t.free_paths, self.t.free_values, self.t.free_dtypes)):
-            out.append([rc.leaf_normal(self.seed, "autodiff", p, tuple(x.shape), d) if i == j else np.zeros(x.shape, d) for i, x in enumerate(self.t.free_values)])
+        for j, (p, x, d) in enumerate(
+            zip(self.t.free_paths, self.t.free_values, self.t.free_dtypes)
+        ):
+            out.append(
+                [
+                    rc.leaf_normal(self.seed, "autodiff", p, tuple(x.shape), d)
+                    if i == j
+                    else np.zeros(x.shape, d)
+                    for i, x in enumerate(self.t.free_values)
+                ]
+            )
         return out
 
     def _compare_along(self, directions: list, jvp_fun: Any, use64: bool) -> Any:
@@ -268,17 +500,36 @@ class _JvpCheck:
             try:
                 a = jvp_fun(self.t.free_values, v)
             except Exception as error:  # noqa: BLE001
-                return skipped("autodiff", f"f.fun is not differentiable by JAX ({type(error).__name__}: {rc.first_line(error)}); the rule is checked against finite differences only")
+                return skipped(
+                    "autodiff",
+                    f"f.fun is not differentiable by JAX ({type(error).__name__}: {rc.first_line(error)}); the rule is checked against finite differences only",
+                )
             ref, noise = a, None
             if use64:
                 with jax.enable_x64(True):
-                    ref = [np.asarray(x) for x in jvp_fun([rc.upcast(x) for x in self.t.free_values], [rc.upcast(x) for x in v])]
+                    ref = [
+                        np.asarray(x)
+                        for x in jvp_fun(
+                            [rc.upcast(x) for x in self.t.free_values], [rc.upcast(x) for x in v]
+                        )
+                    ]
                 noise = [np.abs(rc._as_host(x) - rc._as_host(y)) for x, y in zip(a, ref)]
             bad = []
             for i, (x, y, p, dt) in enumerate(zip(r, ref, paths, dtypes)):
                 if not np.all(np.isfinite(rc._as_host(y))) and np.all(np.isfinite(rc._as_host(x))):
-                    return skipped("autodiff", f"JAX's autodiff of f.fun is not finite at {p} (NaN/Inf) where the rule is finite: the kind of point custom rules exist for")
-                m = rc.compare_leaf(x, y, p, dt, rc.AUTODIFF_ULPS / 2 if use64 else rc.AUTODIFF_ULPS, noise=None if noise is None else noise[i], **self.kw)
+                    return skipped(
+                        "autodiff",
+                        f"JAX's autodiff of f.fun is not finite at {p} (NaN/Inf) where the rule is finite: the kind of point custom rules exist for",
+                    )
+                m = rc.compare_leaf(
+                    x,
+                    y,
+                    p,
+                    dt,
+                    rc.AUTODIFF_ULPS / 2 if use64 else rc.AUTODIFF_ULPS,
+                    noise=None if noise is None else noise[i],
+                    **self.kw,
+                )
                 if m:
                     bad.append(m)
             if bad:
@@ -293,7 +544,9 @@ class _JvpCheck:
         numeric = d.numeric[j][self._float_positions()]
         if numeric.shape != flat_r.shape:
             return False
-        return float(np.linalg.norm(flat_a - numeric)) > 10 * float(np.linalg.norm(flat_r - numeric))
+        return float(np.linalg.norm(flat_a - numeric)) > 10 * float(
+            np.linalg.norm(flat_r - numeric)
+        )
 
     def _float_positions(self) -> np.ndarray:
         idx = [np.arange(o.offset, o.offset + o.size) for o in self.outs if o.inexact]
@@ -308,37 +561,75 @@ class _JvpCheck:
         try:
             _, vjp_fn = jax.vjp(self.t.closed, self.t.free_values)
         except Exception as error:  # noqa: BLE001
-            return CheckReport(name="adjoint", status="error", message=f"JAX cannot derive a VJP from the jvp rule: {type(error).__name__}: {rc.first_line(error)}", details=(TRANSPOSE_HINT,))
+            return CheckReport(
+                name="adjoint",
+                status="error",
+                message=f"JAX cannot derive a VJP from the jvp rule: {type(error).__name__}: {rc.first_line(error)}",
+                details=(TRANSPOSE_HINT,),
+            )
         lines = []
         for k in range(N_ADJOINT):
             v = rc.random_free(self.t, self.seed, f"adjoint-v{k}")
-            u = [rc.leaf_normal(self.seed, f"adjoint-u{k}", o.path, o.shape, o.dtype) for o in float_outs]
+            u = [
+                rc.leaf_normal(self.seed, f"adjoint-u{k}", o.path, o.shape, o.dtype)
+                for o in float_outs
+            ]
             jv = self.float_leaves(guarded("the JVP", self.rule_jvp, v)[1])
             it = iter(u)
-            ct = jtu.tree_unflatten(self.out_tree, [next(it) if o.inexact else np.zeros(o.shape, jax.dtypes.float0) for o in self.outs])
+            ct = jtu.tree_unflatten(
+                self.out_tree,
+                [
+                    next(it) if o.inexact else np.zeros(o.shape, jax.dtypes.float0)
+                    for o in self.outs
+                ],
+            )
             try:
                 (jtu_,) = vjp_fn(ct)
             except Exception as error:  # noqa: BLE001
-                return CheckReport(name="adjoint", status="error", message=f"JAX cannot transpose the jvp rule into a VJP: {type(error).__name__}: {rc.first_line(error)}", details=(TRANSPOSE_HINT,))
+                return CheckReport(
+                    name="adjoint",
+                    status="error",
+                    message=f"JAX cannot transpose the jvp rule into a VJP: {type(error).__name__}: {rc.first_line(error)}",
+                    details=(TRANSPOSE_HINT,),
+                )
             lhs_terms = [np.real(np.conj(rc._as_host(a)) * rc._as_host(b)) for a, b in zip(u, jv)]
             rhs_terms = [np.real(np.conj(rc._as_host(a)) * rc._as_host(b)) for a, b in zip(jtu_, v)]
-            lhs, rhs = sum(float(np.sum(x)) for x in lhs_terms), sum(float(np.sum(x)) for x in rhs_terms)
+            lhs, rhs = (
+                sum(float(np.sum(x)) for x in lhs_terms),
+                sum(float(np.sum(x)) for x in rhs_terms),
+            )
             mag = sum(float(np.sum(np.abs(x))) for x in lhs_terms + rhs_terms)
             eps = float(np.finfo(np.result_type(*self.t.free_dtypes)).eps)
-            tol = rc.LINEARITY_ULPS * eps * mag + (self.atol or 0.0) + (self.rtol or 0.0) * abs(rhs) + 1e-300
-            lines.append(f"pair {k}: <u, J v> = {rc.fmt(lhs)}, <J^T u, v> = {rc.fmt(rhs)} (|diff| {abs(lhs - rhs):.2e}, tolerance {tol:.2e})")
+            tol = (
+                rc.LINEARITY_ULPS * eps * mag
+                + (self.atol or 0.0)
+                + (self.rtol or 0.0) * abs(rhs)
+                + 1e-300
+            )
+            lines.append(
+                f"pair {k}: <u, J v> = {rc.fmt(lhs)}, <J^T u, v> = {rc.fmt(rhs)} (|diff| {abs(lhs - rhs):.2e}, tolerance {tol:.2e})"
+            )
             if not abs(lhs - rhs) <= tol:
                 return CheckReport(
-                    name="adjoint", status="failed",
+                    name="adjoint",
+                    status="failed",
                     message=f"<u, J v> from the jvp rule ({rc.fmt(lhs)}) != <J^T u, v> from its transpose ({rc.fmt(rhs)}): the rule's tangent is not linear (an affine term?) or not transposable",
-                    details=tuple(lines) + (f"u, v seeded normal (seed {self.seed})", TRANSPOSE_HINT),
+                    details=tuple(lines)
+                    + (f"u, v seeded normal (seed {self.seed})", TRANSPOSE_HINT),
                 )
-        return CheckReport(name="adjoint", status="passed", message=f"<u, J v> = <J^T u, v> for {N_ADJOINT} seeded pairs (the transposed rule is consistent)", details=tuple(lines))
+        return CheckReport(
+            name="adjoint",
+            status="passed",
+            message=f"<u, J v> = <J^T u, v> for {N_ADJOINT} seeded pairs (the transposed rule is consistent)",
+            details=tuple(lines),
+        )
 
     # -- 7-9. transformations -------------------------------------------------------------------
 
     def _paths(self) -> tuple[list[str], list]:
-        return [o.path for o in self.outs] + [f"tangent {o.path}" for o in self.outs], [o.dtype for o in self.outs] * 2
+        return [o.path for o in self.outs] + [f"tangent {o.path}" for o in self.outs], [
+            o.dtype for o in self.outs
+        ] * 2
 
     def vmap(self) -> CheckReport:
         xs = rc.batch_point(self.t, self.seed)
@@ -348,17 +639,38 @@ class _JvpCheck:
 
     def jit(self) -> CheckReport:
         paths, dtypes = self._paths()
-        return rc.jit_check(self.jvp_pair, self.jitted_pair, self.t.free_values, rc.random_free(self.t, self.seed, "jit"), paths, dtypes, "JVP", self.kw)
+        return rc.jit_check(
+            self.jvp_pair,
+            self.jitted_pair,
+            self.t.free_values,
+            rc.random_free(self.t, self.seed, "jit"),
+            paths,
+            dtypes,
+            "JVP",
+            self.kw,
+        )
 
     def second_order(self) -> CheckReport:
         v1 = rc.random_free(self.t, self.seed, "second-order-v1")
         G = lambda fr: jax.jvp(self.t.closed, (fr,), (v1,))[1]  # noqa: E731
         d = rfd.directional(
-            self.t, G, lambda v: jax.jvp(G, (self.t.free_values,), (list(v),))[1],
-            salt="second-order", seed=self.seed, eps=self.eps, rtol=self.rtol, atol=self.atol, reference=self.reference,
+            self.t,
+            G,
+            lambda v: jax.jvp(G, (self.t.free_values,), (list(v),))[1],
+            salt="second-order",
+            seed=self.seed,
+            eps=self.eps,
+            rtol=self.rtol,
+            atol=self.atol,
+            reference=self.reference,
             label="the JVP x -> J(x) v1",
         )
-        return rfd.directional_report("second-order", "the derivative of the JVP (the jvp rule differentiated by jax.jvp)", d, extra=("v1: a seeded tangent over all input leaves; directions seeded per input leaf",))
+        return rfd.directional_report(
+            "second-order",
+            "the derivative of the JVP (the jvp rule differentiated by jax.jvp)",
+            d,
+            extra=("v1: a seeded tangent over all input leaves; directions seeded per input leaf",),
+        )
 
 
 def _with_argument(report: CheckReport, along: str) -> CheckReport:
@@ -423,11 +735,28 @@ def check_custom_jvp(
     rc.validate_rule(f, "jvp")
     rc.validate_common(f, order, mode, eps, rtol, atol, seed)
     args = check_args(args)
-    state = _JvpCheck(f, args, order=order, mode=mode, eps=eps, rtol=rtol, atol=atol, seed=int(seed), reference=reference)
+    state = _JvpCheck(
+        f,
+        args,
+        order=order,
+        mode=mode,
+        eps=eps,
+        rtol=rtol,
+        atol=atol,
+        seed=int(seed),
+        reference=reference,
+    )
     names = RUN_ORDER if order == 2 else RUN_ORDER[:-1]
     methods = {
-        "primal": state.primal, "structure": state.structure, "linearity": state.linearity, "fd": state.fd, "autodiff": state.autodiff,
-        "adjoint": state.adjoint, "vmap": state.vmap, "jit": state.jit, "second-order": state.second_order,
+        "primal": state.primal,
+        "structure": state.structure,
+        "linearity": state.linearity,
+        "fd": state.fd,
+        "autodiff": state.autodiff,
+        "adjoint": state.adjoint,
+        "vmap": state.vmap,
+        "jit": state.jit,
+        "second-order": state.second_order,
     }
     if not state.t.free_slots:
         no_free = "no finite floating-point leaves in the differentiable arguments"
@@ -436,12 +765,22 @@ def check_custom_jvp(
     checks = tuple(rc.run_checks(state, names, methods, CHECK_ORDER))
     status, reason = overall_status(checks)
     return RuleCheckResult(
-        name=state.t.name, kind="custom_jvp", status=status, reason=reason, checks=checks, order=int(order),
-        mode=state.mode, seed=int(seed), seconds=time.perf_counter() - start, notes=state.t.notes(),
+        name=state.t.name,
+        kind="custom_jvp",
+        status=status,
+        reason=reason,
+        checks=checks,
+        order=int(order),
+        mode=state.mode,
+        seed=int(seed),
+        seconds=time.perf_counter() - start,
+        notes=state.t.notes(),
     )
 
 
-def assert_custom_jvp_correct(f: Any, args: tuple, *, allow_inconclusive: bool = False, **kwargs: Any) -> RuleCheckResult:
+def assert_custom_jvp_correct(
+    f: Any, args: tuple, *, allow_inconclusive: bool = False, **kwargs: Any
+) -> RuleCheckResult:
     """Asserts that `check_custom_jvp(f, args, **kwargs)` passes.
 
     Args:

@@ -32,7 +32,11 @@ def pair(outs: tuple, u: list, out: PyTree) -> jax.Array:
     ys = [y for o, y in zip(outs, jtu.tree_leaves(out)) if o.inexact]
     for uu, y in zip(u, ys):
         y, uu = jnp.asarray(y), jnp.asarray(uu)
-        term = jnp.sum(jnp.real(uu) * jnp.real(y) + jnp.imag(uu) * jnp.imag(y)) if jnp.iscomplexobj(y) else jnp.sum(uu * y)
+        term = (
+            jnp.sum(jnp.real(uu) * jnp.real(y) + jnp.imag(uu) * jnp.imag(y))
+            if jnp.iscomplexobj(y)
+            else jnp.sum(uu * y)
+        )
         total = total + term
     return total
 
@@ -40,15 +44,40 @@ def pair(outs: tuple, u: list, out: PyTree) -> jax.Array:
 class _VjpCheck:
     """State shared by the checks of one `check_custom_vjp` call."""
 
-    def __init__(self, f: Any, args: tuple, *, order: int, mode: str, eps: Any, rtol: Any, atol: Any, seed: int, reference: str):
+    def __init__(
+        self,
+        f: Any,
+        args: tuple,
+        *,
+        order: int,
+        mode: str,
+        eps: Any,
+        rtol: Any,
+        atol: Any,
+        seed: int,
+        reference: str,
+    ):
         self.t = Target(f, args, "vjp")
-        self.f, self.order, self.eps, self.rtol, self.atol, self.seed, self.reference = f, order, eps, rtol, atol, seed, reference
+        self.f, self.order, self.eps, self.rtol, self.atol, self.seed, self.reference = (
+            f,
+            order,
+            eps,
+            rtol,
+            atol,
+            seed,
+            reference,
+        )
         self.mode_arg = mode
         self.mode = mode  # the finite-difference mode actually used (set by the fd check)
         self.statuses: dict[str, str] = {}
         self._grad_results: dict[int, Any] = {}
         self.fd_x64 = False  # whether the fd check's reference ran in float64
-        self._L = rc.MirrorFn(self.t, lambda fr, u: pair(self.outs, u, self.t.closed(fr)), n_extra=1, name=f"<u, {self.t.name}>")
+        self._L = rc.MirrorFn(
+            self.t,
+            lambda fr, u: pair(self.outs, u, self.t.closed(fr)),
+            n_extra=1,
+            name=f"<u, {self.t.name}>",
+        )
         self.kw = {"rtol": rtol, "atol": atol}
         self.outs: tuple = ()
         self.res: Any = None
@@ -56,7 +85,9 @@ class _VjpCheck:
         self.cts: list[list[np.ndarray]] = []  # fd cotangents (float outputs only)
         self.rule_grads: list[list] = []
         self._rule_grad: Any = None
-        self.jitted_pair = jax.jit(self.vjp_pair)  # shared by the vmap loop and the jit check: one compilation
+        self.jitted_pair = jax.jit(
+            self.vjp_pair
+        )  # shared by the vmap loop and the jit check: one compilation
 
     # -- helpers -----------------------------------------------------------------
 
@@ -66,7 +97,10 @@ class _VjpCheck:
 
     def full_ct(self, u: list) -> PyTree:
         it = iter(u)
-        return jtu.tree_unflatten(self.out_tree, [next(it) if o.inexact else np.zeros(o.shape, jax.dtypes.float0) for o in self.outs])
+        return jtu.tree_unflatten(
+            self.out_tree,
+            [next(it) if o.inexact else np.zeros(o.shape, jax.dtypes.float0) for o in self.outs],
+        )
 
     def float_ct(self, salt: str) -> list[np.ndarray]:
         return [rc.leaf_normal(self.seed, salt, o.path, o.shape, o.dtype) for o in self.float_outs]
@@ -88,7 +122,9 @@ class _VjpCheck:
         from jax.custom_derivatives import CustomVJPPrimal
 
         wrap = lambda x: CustomVJPPrimal(x, rc._is_inexact_array(x))  # noqa: E731
-        return tuple(a if i in self.t.nondiff else jtu.tree_map(wrap, a) for i, a in enumerate(self.t.args))
+        return tuple(
+            a if i in self.t.nondiff else jtu.tree_map(wrap, a) for i, a in enumerate(self.t.args)
+        )
 
     def call_bwd(self, ct: PyTree) -> Any:
         nondiff = [self.t.args[i] for i in self.t.nondiff]
@@ -110,19 +146,57 @@ class _VjpCheck:
             raise
         if not isinstance(pair_out, (tuple, list)) or len(pair_out) != 2:
             self.fatal = "fwd did not return (primal_out, residuals) (see primal)"
-            return CheckReport(name="primal", status="failed", message=f"fwd must return a pair (primal_out, residuals); it returned {rc.describe(pair_out)}")
+            return CheckReport(
+                name="primal",
+                status="failed",
+                message=f"fwd must return a pair (primal_out, residuals); it returned {rc.describe(pair_out)}",
+            )
         fwd_out, self.res = pair_out
         if jtu.tree_structure(fwd_out) != self.out_tree:
             self.fatal = "fwd's primal output has the wrong structure (see primal)"
-            return CheckReport(name="primal", status="failed", message=f"fwd's primal output has structure {rc.describe(fwd_out)}; f.fun returns {rc.describe(out)}")
+            return CheckReport(
+                name="primal",
+                status="failed",
+                message=f"fwd's primal output has structure {rc.describe(fwd_out)}; f.fun returns {rc.describe(out)}",
+            )
         paths = [o.path for o in self.outs]
-        bad = rc.compare_trees(jtu.tree_leaves(fwd_out), jtu.tree_leaves(out), paths, [o.dtype for o in self.outs], rc.PRIMAL_ULPS, **self.kw)
+        bad = rc.compare_trees(
+            jtu.tree_leaves(fwd_out),
+            jtu.tree_leaves(out),
+            paths,
+            [o.dtype for o in self.outs],
+            rc.PRIMAL_ULPS,
+            **self.kw,
+        )
         for o, y in zip(self.outs, jtu.tree_leaves(fwd_out)):
-            if np.dtype(getattr(y, "dtype", np.asarray(y).dtype)) != o.dtype and not any(m.path == o.path for m in bad):
-                bad.insert(0, rc.Mismatch(o.path, None, None, None, 0.0, 0, 0, f"dtype {np.dtype(y.dtype)} where f.fun returns {o.dtype}"))
+            if np.dtype(getattr(y, "dtype", np.asarray(y).dtype)) != o.dtype and not any(
+                m.path == o.path for m in bad
+            ):
+                bad.insert(
+                    0,
+                    rc.Mismatch(
+                        o.path,
+                        None,
+                        None,
+                        None,
+                        0.0,
+                        0,
+                        0,
+                        f"dtype {np.dtype(y.dtype)} where f.fun returns {o.dtype}",
+                    ),
+                )
         if bad:
-            return rc.mismatch_report("primal", "fwd's primal output differs from f.fun(*args) at {where} (an approximation or a different formula in fwd?)", bad, names=("fwd", "f.fun"))
-        return CheckReport(name="primal", status="passed", message=f"fwd's primal output equals f.fun(*args) ({len(self.outs)} output leaf/leaves)")
+            return rc.mismatch_report(
+                "primal",
+                "fwd's primal output differs from f.fun(*args) at {where} (an approximation or a different formula in fwd?)",
+                bad,
+                names=("fwd", "f.fun"),
+            )
+        return CheckReport(
+            name="primal",
+            status="passed",
+            message=f"fwd's primal output equals f.fun(*args) ({len(self.outs)} output leaf/leaves)",
+        )
 
     # -- 2. structure ------------------------------------------------------------------
 
@@ -133,25 +207,54 @@ class _VjpCheck:
         if problems:
             self.fatal = "bwd's output is malformed (see structure)"
             arg, path, msg = problems[0]
-            return CheckReport(name="structure", status="failed", message=msg, argument=arg, path=path, details=tuple(m for _, _, m in problems[1:8]))
+            return CheckReport(
+                name="structure",
+                status="failed",
+                message=msg,
+                argument=arg,
+                path=path,
+                details=tuple(m for _, _, m in problems[1:8]),
+            )
         names = ", ".join(f"args[{i}]" for i in self.t.diff_pos)
-        return CheckReport(name="structure", status="passed", message=f"bwd returns one cotangent per differentiable argument ({names}) with matching structure, shapes and dtypes")
+        return CheckReport(
+            name="structure",
+            status="passed",
+            message=f"bwd returns one cotangent per differentiable argument ({names}) with matching structure, shapes and dtypes",
+        )
 
     def _structure_problems(self, cts: Any) -> list[tuple[str | None, str | None, str]]:
         n = len(self.t.diff_pos)
         expected = ", ".join(f"args[{i}]" for i in self.t.diff_pos)
         excluded = f"; nondiff_argnums={self.t.nondiff} excluded" if self.t.nondiff else ""
         if not isinstance(cts, (tuple, list)):
-            return [(None, None, f"bwd must return a tuple of {n} cotangent(s) ({expected}{excluded}); it returned {rc.describe(cts)}. Did you mean `return (ct,)`?")]
+            return [
+                (
+                    None,
+                    None,
+                    f"bwd must return a tuple of {n} cotangent(s) ({expected}{excluded}); it returned {rc.describe(cts)}. Did you mean `return (ct,)`?",
+                )
+            ]
         if len(cts) != n:
-            return [(None, None, f"bwd returned a tuple of {len(cts)} cotangent(s); expected {n}, one per differentiable argument ({expected}{excluded})")]
+            return [
+                (
+                    None,
+                    None,
+                    f"bwd returned a tuple of {len(cts)} cotangent(s); expected {n}, one per differentiable argument ({expected}{excluded})",
+                )
+            ]
         problems = []
         for argnum, entry in zip(self.t.diff_pos, cts):
             arg = f"args[{argnum}]"
             try:
                 pairs = _pair_up(entry, self.t.args[argnum], argnum)
             except (ValueError, TypeError):
-                problems.append((arg, arg, f"the cotangent for {arg} has structure {rc.describe(entry)}; expected {rc.describe(self.t.args[argnum])} (or None)"))
+                problems.append(
+                    (
+                        arg,
+                        arg,
+                        f"the cotangent for {arg} has structure {rc.describe(entry)}; expected {rc.describe(self.t.args[argnum])} (or None)",
+                    )
+                )
                 continue
             for path, primal, c, kind in pairs:
                 msg = _leaf_problem(path, primal, c, kind)
@@ -165,7 +268,11 @@ class _VjpCheck:
         for argnum, entry in zip(self.t.diff_pos, cts):
             for _, primal, c, _ in _pair_up(entry, self.t.args[argnum], argnum):
                 if rc._is_inexact_array(primal):
-                    out.append(np.zeros(np.shape(primal), primal.dtype) if c is None or _is_symbolic_zero(c) else np.asarray(c))
+                    out.append(
+                        np.zeros(np.shape(primal), primal.dtype)
+                        if c is None or _is_symbolic_zero(c)
+                        else np.asarray(c)
+                    )
         return out
 
     def aligned_paths(self) -> tuple[list[str], list[np.dtype]]:
@@ -181,18 +288,49 @@ class _VjpCheck:
 
     def linearity(self) -> CheckReport:
         u, v = self.float_ct("linearity-u"), self.float_ct("linearity-v")
-        a, b = rc.uniform_scalar(self.seed, "linearity-a"), rc.uniform_scalar(self.seed, "linearity-b")
+        a, b = (
+            rc.uniform_scalar(self.seed, "linearity-a"),
+            rc.uniform_scalar(self.seed, "linearity-b"),
+        )
         w = [(a * _c(x) + b * _c(y)).astype(x.dtype) for x, y in zip(u, v)]
         zero = [np.zeros_like(x) for x in u]
         bu, bv, bw, b0 = (self.aligned(self.call_bwd(self.full_ct(c))) for c in (u, v, w, zero))
         paths, dtypes = self.aligned_paths()
-        zero_scale = [np.full(np.shape(x), float(np.max(np.abs(x), initial=0.0)) + float(np.max(np.abs(y), initial=0.0))) for x, y in zip(bu, bv)]
-        bad = [m for m in (rc.compare_leaf(x, np.zeros_like(x), p, d, rc.LINEARITY_ULPS, scale=s, **self.kw) for x, p, d, s in zip(b0, paths, dtypes, zero_scale)) if m]
+        zero_scale = [
+            np.full(
+                np.shape(x),
+                float(np.max(np.abs(x), initial=0.0)) + float(np.max(np.abs(y), initial=0.0)),
+            )
+            for x, y in zip(bu, bv)
+        ]
+        bad = [
+            m
+            for m in (
+                rc.compare_leaf(x, np.zeros_like(x), p, d, rc.LINEARITY_ULPS, scale=s, **self.kw)
+                for x, p, d, s in zip(b0, paths, dtypes, zero_scale)
+            )
+            if m
+        ]
         if bad:
-            return rc.mismatch_report("linearity", "bwd is not linear in the cotangent: a zero cotangent gives a nonzero {where}", bad, names=("bwd(0)", "zero"), argument_of=rc.argument_of)
+            return rc.mismatch_report(
+                "linearity",
+                "bwd is not linear in the cotangent: a zero cotangent gives a nonzero {where}",
+                bad,
+                names=("bwd(0)", "zero"),
+                argument_of=rc.argument_of,
+            )
         combo = [a * _c(x) + b * _c(y) for x, y in zip(bu, bv)]
-        scale = [np.abs(a * _c(x)) + np.abs(b * _c(y)) + np.abs(_c(z)) for x, y, z in zip(bu, bv, bw)]
-        bad = [m for m in (rc.compare_leaf(z, c, p, d, rc.LINEARITY_ULPS, scale=s, **self.kw) for z, c, p, d, s in zip(bw, combo, paths, dtypes, scale)) if m]
+        scale = [
+            np.abs(a * _c(x)) + np.abs(b * _c(y)) + np.abs(_c(z)) for x, y, z in zip(bu, bv, bw)
+        ]
+        bad = [
+            m
+            for m in (
+                rc.compare_leaf(z, c, p, d, rc.LINEARITY_ULPS, scale=s, **self.kw)
+                for z, c, p, d, s in zip(bw, combo, paths, dtypes, scale)
+            )
+            if m
+        ]
         if bad:
             return rc.mismatch_report(
                 "linearity",
@@ -200,23 +338,41 @@ class _VjpCheck:
                 bad,
                 names=("bwd(a*u+b*v)", "a*bwd(u)+b*bwd(v)"),
                 argument_of=rc.argument_of,
-                extra=(f"a = {a:.4g}, b = {b:.4g}; u, v seeded normal cotangents (seed {self.seed})",),
+                extra=(
+                    f"a = {a:.4g}, b = {b:.4g}; u, v seeded normal cotangents (seed {self.seed})",
+                ),
             )
-        return CheckReport(name="linearity", status="passed", message=f"bwd(0) = 0 and bwd(a*u + b*v) = a*bwd(u) + b*bwd(v) (a={a:.3g}, b={b:.3g})")
+        return CheckReport(
+            name="linearity",
+            status="passed",
+            message=f"bwd(0) = 0 and bwd(a*u + b*v) = a*bwd(u) + b*bwd(v) (a={a:.3g}, b={b:.3g})",
+        )
 
     # -- 4. finite differences -----------------------------------------------------------
 
     def _scaled_cotangents(self) -> list[list[np.ndarray]]:
         """Seeded cotangents, each output leaf's block scaled so its VJP contribution has unit norm."""
-        _, vjp_fn = guarded("jax.vjp through the rule", jax.vjp, self.t.closed, self.t.free_values, inputs=self.t.free_values)
+        _, vjp_fn = guarded(
+            "jax.vjp through the rule",
+            jax.vjp,
+            self.t.closed,
+            self.t.free_values,
+            inputs=self.t.free_values,
+        )
         out = []
         for k in range(N_COTANGENTS):
             z = self.float_ct(f"fd{k}")
             for j in range(len(z)) if len(z) > 1 else ():
                 masked = [z[i] if i == j else np.zeros_like(z[i]) for i in range(len(z))]
                 (g,) = guarded("bwd", vjp_fn, self.full_ct(masked), inputs=masked)
-                norm = float(np.sqrt(sum(np.sum(np.abs(np.asarray(x, np.float64)) ** 2) for x in g)))
-                scale = 1.0 / norm if np.isfinite(norm) and norm > 0 else 1.0 / np.sqrt(max(z[j].size, 1))
+                norm = float(
+                    np.sqrt(sum(np.sum(np.abs(np.asarray(x, np.float64)) ** 2) for x in g))
+                )
+                scale = (
+                    1.0 / norm
+                    if np.isfinite(norm) and norm > 0
+                    else 1.0 / np.sqrt(max(z[j].size, 1))
+                )
                 z[j] = (np.asarray(z[j]) * scale).astype(z[j].dtype)
             out.append(z)
         return out
@@ -226,21 +382,45 @@ class _VjpCheck:
             return skipped("fd", "f has no floating-point outputs: nothing to differentiate")
         self.cts = self._scaled_cotangents()
         for u in self.cts:
-            self.rule_grads.append(guarded("the VJP through the rule (jax.grad of <u, f(x)>)", self.rule_grad, u, inputs=(self.t.free_values, u)))
+            self.rule_grads.append(
+                guarded(
+                    "the VJP through the rule (jax.grad of <u, f(x)>)",
+                    self.rule_grad,
+                    u,
+                    inputs=(self.t.free_values, u),
+                )
+            )
         check_vjp = rfd.jacobian_backend("check_vjp")
         unsafe = [n for n in ("vmap", "jit") if self.statuses.get(n) in ("failed", "error")]
         note = ""
         if check_vjp is not None and not unsafe:
             fn = rc.MirrorFn(self.t, self.t.closed, name=self.t.name)
             try:
-                res = check_vjp(fn, self.t.mirror(), argnums=self.t.fd_argnums, mode=self.mode_arg, eps=self.eps, rtol=self.rtol, atol=self.atol, seed=self.seed, reference=self.reference)
+                res = check_vjp(
+                    fn,
+                    self.t.mirror(),
+                    argnums=self.t.fd_argnums,
+                    mode=self.mode_arg,
+                    eps=self.eps,
+                    rtol=self.rtol,
+                    atol=self.atol,
+                    seed=self.seed,
+                    reference=self.reference,
+                )
             except Exception as error:  # noqa: BLE001 - fall back to the eager path below
                 note = f"check_vjp could not run ({type(error).__name__}: {rc.first_line(error)}); checked <u, f(x)> with the eager VJP instead"
             else:
                 self.mode = res.mode
                 self.fd_x64 = res.reference_fallback is None and res.reference.startswith("float64")
                 if res.status != "failed" or self._eager_confirms(res):
-                    return rfd.jacobian_report(res, "the VJP", "bwd", extra=("check_vjp: rows of the Jacobian through jax.vjp (the rule's bwd), jitted and vmapped",))
+                    return rfd.jacobian_report(
+                        res,
+                        "the VJP",
+                        "bwd",
+                        extra=(
+                            "check_vjp: rows of the Jacobian through jax.vjp (the rule's bwd), jitted and vmapped",
+                        ),
+                    )
                 note = "check_vjp (jit + vmap of the VJP) disagrees with finite differences but the eager VJP agrees with them: see the vmap and jit checks"
         elif unsafe:
             note = f"the {' and '.join(unsafe)} check failed, so the VJP is checked eagerly (<u, f(x)> per seeded cotangent), not through check_vjp's jitted, vmapped Jacobian"
@@ -257,7 +437,18 @@ class _VjpCheck:
         grads = _per_argnum(self.t, mirror, r)
         res = guarded(
             "finite differences of <u, f(x)> (f evaluated under jit and vmap)",
-            lambda: check_grad(self._L, (*mirror, u), argnums=self.t.fd_argnums, grad_fn=lambda *a: grads, eps=self.eps, rtol=self.rtol, atol=self.atol, seed=self.seed, mode=self.mode_arg, reference=self.reference),
+            lambda: check_grad(
+                self._L,
+                (*mirror, u),
+                argnums=self.t.fd_argnums,
+                grad_fn=lambda *a: grads,
+                eps=self.eps,
+                rtol=self.rtol,
+                atol=self.atol,
+                seed=self.seed,
+                mode=self.mode_arg,
+                reference=self.reference,
+            ),
             inputs=self.t.free_values,
         )
         if key is not None:
@@ -269,10 +460,25 @@ class _VjpCheck:
         b = res.failed_blocks[0]
         w = b.worst
         outs = [o.path for o in self.float_outs]
-        if w is None or w.input_part or w.output_part or b.output_path not in outs or b.input_path not in self.t.free_paths:
+        if (
+            w is None
+            or w.input_part
+            or w.output_part
+            or b.output_path not in outs
+            or b.input_path not in self.t.free_paths
+        ):
             j = outs.index(b.output_path) if b.output_path in outs else None
-            u = self.cts[0] if j is None else [x if i == j else np.zeros_like(x) for i, x in enumerate(self.cts[0])]
-            return self._eager_result(0, u, guarded("the VJP through the rule", self.rule_grad, u)).status == "failed"
+            u = (
+                self.cts[0]
+                if j is None
+                else [x if i == j else np.zeros_like(x) for i, x in enumerate(self.cts[0])]
+            )
+            return (
+                self._eager_result(
+                    0, u, guarded("the VJP through the rule", self.rule_grad, u)
+                ).status
+                == "failed"
+            )
         j = outs.index(b.output_path)
         u = [np.zeros(o.shape, o.dtype) for o in self.float_outs]
         u[j][tuple(w.output_index)] = 1
@@ -283,23 +489,47 @@ class _VjpCheck:
     def _eager_fd(self, note: str) -> CheckReport:
         results = [self._eager_result(k) for k in range(len(self.cts))]
         self.mode = results[0].mode
-        self.fd_x64 = results[0].reference_fallback is None and results[0].reference.startswith("float64")
+        self.fd_x64 = results[0].reference_fallback is None and results[0].reference.startswith(
+            "float64"
+        )
         extra = (note,) if note else ()
         failed = [(k, r) for k, r in enumerate(results) if r.status == "failed"]
         if failed:
             k, res = failed[0]
             leaf = res.failed_leaves[0]
             msg = f"the VJP disagrees with finite differences at {leaf.path}{list(leaf.worst_index)}: bwd gives {rc.fmt(leaf.worst_analytic)}, finite differences {rc.fmt(leaf.worst_numeric)}"
-            details = [*extra, f"cotangent u #{k} (seeded normal, each output leaf's block scaled to a unit VJP; seed {self.seed})"]
+            details = [
+                *extra,
+                f"cotangent u #{k} (seeded normal, each output leaf's block scaled to a unit VJP; seed {self.seed})",
+            ]
             details += self._localize_outputs(self.cts[k])
             details += ["", *str(res).splitlines()]
-            return CheckReport(name="fd", status="failed", message=msg, argument=rc.argument_of(leaf.path), path=leaf.path, index=tuple(leaf.worst_index), details=tuple(details), results=tuple(results))
+            return CheckReport(
+                name="fd",
+                status="failed",
+                message=msg,
+                argument=rc.argument_of(leaf.path),
+                path=leaf.path,
+                index=tuple(leaf.worst_index),
+                details=tuple(details),
+                results=tuple(results),
+            )
         unsure = [r for r in results if r.status == "inconclusive"]
         if unsure:
-            return CheckReport(name="fd", status="skipped", inconclusive=True, message=f"inconclusive: {unsure[0].reason}", details=extra + tuple(str(unsure[0]).splitlines()), results=tuple(results))
+            return CheckReport(
+                name="fd",
+                status="skipped",
+                inconclusive=True,
+                message=f"inconclusive: {unsure[0].reason}",
+                details=extra + tuple(str(unsure[0]).splitlines()),
+                results=tuple(results),
+            )
         worst = max(r.relative_error for r in results)
         return CheckReport(
-            name="fd", status="passed", details=extra, results=tuple(results),
+            name="fd",
+            status="passed",
+            details=extra,
+            results=tuple(results),
             message=f"the VJP matches finite differences for {len(results)} seeded cotangents (relative error {worst:.1e}; {results[0].reference.split(';')[0]})",
         )
 
@@ -315,7 +545,11 @@ class _VjpCheck:
             except Exception as error:  # noqa: BLE001 - localisation is best effort
                 lines.append(f"  {o.path}: could not check ({type(error).__name__})")
                 continue
-            where = f" at {res.failed_leaves[0].path}{list(res.failed_leaves[0].worst_index)}" if res.status == "failed" else ""
+            where = (
+                f" at {res.failed_leaves[0].path}{list(res.failed_leaves[0].worst_index)}"
+                if res.status == "failed"
+                else ""
+            )
             lines.append(f"  {o.path}: {res.status}{where}")
         return lines
 
@@ -324,27 +558,47 @@ class _VjpCheck:
     def autodiff(self) -> CheckReport:
         if not self.cts:
             return skipped("autodiff", "no cotangents (the fd check did not run)")
-        use64 = self.fd_x64 and not all(d in (np.float64, np.complex128) for d in self.t.free_dtypes)
-        grad_fun = rc.jit_or_eager(lambda fr, u: jax.grad(lambda x: pair(self.outs, u, self.t.fun_closed(x)))(fr))
+        use64 = self.fd_x64 and not all(
+            d in (np.float64, np.complex128) for d in self.t.free_dtypes
+        )
+        grad_fun = rc.jit_or_eager(
+            lambda fr, u: jax.grad(lambda x: pair(self.outs, u, self.t.fun_closed(x)))(fr)
+        )
         for k, (u, r) in enumerate(zip(self.cts, self.rule_grads)):
             try:
                 a = grad_fun(self.t.free_values, u)
             except Exception as error:  # noqa: BLE001
-                return skipped("autodiff", f"f.fun is not differentiable by JAX ({type(error).__name__}: {rc.first_line(error)}); the rule is checked against finite differences only")
+                return skipped(
+                    "autodiff",
+                    f"f.fun is not differentiable by JAX ({type(error).__name__}: {rc.first_line(error)}); the rule is checked against finite differences only",
+                )
             ref, noise = a, None
             if use64:
                 with jax.enable_x64(True):
-                    ref = [np.asarray(x) for x in grad_fun([rc.upcast(x) for x in self.t.free_values], [rc.upcast(x) for x in u])]
+                    ref = [
+                        np.asarray(x)
+                        for x in grad_fun(
+                            [rc.upcast(x) for x in self.t.free_values], [rc.upcast(x) for x in u]
+                        )
+                    ]
                 noise = [np.abs(rc._as_host(x) - rc._as_host(y)) for x, y in zip(a, ref)]
-            reply = _autodiff_verdict(self, k, r, ref, noise, "float64" if use64 else "native precision")
+            reply = _autodiff_verdict(
+                self, k, r, ref, noise, "float64" if use64 else "native precision"
+            )
             if reply is not None:
                 return reply
-        return CheckReport(name="autodiff", status="passed", message=f"the VJP equals JAX's autodiff of f.fun for {len(self.cts)} cotangents (to rounding; {'float64' if use64 else 'native'} reference)")
+        return CheckReport(
+            name="autodiff",
+            status="passed",
+            message=f"the VJP equals JAX's autodiff of f.fun for {len(self.cts)} cotangents (to rounding; {'float64' if use64 else 'native'} reference)",
+        )
 
     # -- 6-8. transformations -------------------------------------------------------------
 
     def out_and_grad_paths(self) -> tuple[list[str], list[np.dtype]]:
-        return [o.path for o in self.outs] + self.t.free_paths, [o.dtype for o in self.outs] + self.t.free_dtypes
+        return [o.path for o in self.outs] + self.t.free_paths, [
+            o.dtype for o in self.outs
+        ] + self.t.free_dtypes
 
     def vmap(self) -> CheckReport:
         xs = rc.batch_point(self.t, self.seed)
@@ -354,18 +608,40 @@ class _VjpCheck:
 
     def jit(self) -> CheckReport:
         paths, dtypes = self.out_and_grad_paths()
-        return rc.jit_check(self.vjp_pair, self.jitted_pair, self.t.free_values, self.float_ct("jit"), paths, dtypes, "VJP", self.kw)
+        return rc.jit_check(
+            self.vjp_pair,
+            self.jitted_pair,
+            self.t.free_values,
+            self.float_ct("jit"),
+            paths,
+            dtypes,
+            "VJP",
+            self.kw,
+        )
 
     def second_order(self) -> CheckReport:
         u = self.cts[0] if self.cts else self.float_ct("second-order")
         G = lambda fr: list(self.rule_grad_at(fr, u))  # noqa: E731
         d = rfd.directional(
-            self.t, G, lambda v: jax.jvp(G, (self.t.free_values,), (list(v),))[1],
-            salt="second-order", seed=self.seed, eps=self.eps, rtol=self.rtol, atol=self.atol, reference=self.reference,
-            out_prefix="vjp", label="the VJP x -> bwd(u)",
+            self.t,
+            G,
+            lambda v: jax.jvp(G, (self.t.free_values,), (list(v),))[1],
+            salt="second-order",
+            seed=self.seed,
+            eps=self.eps,
+            rtol=self.rtol,
+            atol=self.atol,
+            reference=self.reference,
+            out_prefix="vjp",
+            label="the VJP x -> bwd(u)",
         )
         _rename(d, self.t.free_paths)
-        return rfd.directional_report("second-order", "the derivative of the VJP (bwd differentiated by jax.jvp)", d, extra=("u: the fd check's first cotangent; directions seeded per input leaf",))
+        return rfd.directional_report(
+            "second-order",
+            "the derivative of the VJP (bwd differentiated by jax.jvp)",
+            d,
+            extra=("u: the fd check's first cotangent; directions seeded per input leaf",),
+        )
 
     def rule_grad_at(self, free: list, u: list) -> list:
         return jax.grad(lambda fr: pair(self.outs, u, self.t.closed(fr)))(free)
@@ -377,7 +653,9 @@ def _rename(d: "rfd.Directional", names: list[str]) -> None:
 
     d.outs = tuple(dataclasses.replace(o, path=n) for o, n in zip(d.outs, names))
     mapping = {f"vjp[{i}]": n for i, n in enumerate(names)}
-    d.reports = [(p, dataclasses.replace(r, path=mapping.get(r.path, r.path))) for p, r in d.reports]
+    d.reports = [
+        (p, dataclasses.replace(r, path=mapping.get(r.path, r.path))) for p, r in d.reports
+    ]
 
 
 def _c(x: Any) -> np.ndarray:
@@ -388,7 +666,9 @@ def _is_symbolic_zero(x: Any) -> bool:
     return type(x).__name__ == "SymbolicZero"
 
 
-def _pair_up(entry: Any, primal: Any, argnum: int, zeros: bool = False) -> list[tuple[str, Any, Any, str]]:
+def _pair_up(
+    entry: Any, primal: Any, argnum: int, zeros: bool = False
+) -> list[tuple[str, Any, Any, str]]:
     """Aligns a cotangent entry (None allowed for any subtree) with its primal argument.
 
     Returns (path, primal leaf, cotangent or None, kind) per primal leaf; kind is "leaf",
@@ -399,7 +679,10 @@ def _pair_up(entry: Any, primal: Any, argnum: int, zeros: bool = False) -> list[
     """
     out: list[tuple[str, Any, Any, str]] = []
     if zeros:
-        return [(f"args[{argnum}]" + jtu.keystr(kp), leaf, None, "none") for kp, leaf in jtu.tree_flatten_with_path(primal)[0]]
+        return [
+            (f"args[{argnum}]" + jtu.keystr(kp), leaf, None, "none")
+            for kp, leaf in jtu.tree_flatten_with_path(primal)[0]
+        ]
 
     def visit(kp: tuple, c: Any, p: Any) -> None:
         prefix = f"args[{argnum}]" + jtu.keystr(kp)
@@ -462,7 +745,9 @@ def _numeric_by_path(t: Target, res: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def _autodiff_verdict(c: _VjpCheck, k: int, r: list, ref: list, noise: list | None, label: str) -> CheckReport | None:
+def _autodiff_verdict(
+    c: _VjpCheck, k: int, r: list, ref: list, noise: list | None, label: str
+) -> CheckReport | None:
     """None when the rule's VJP equals autodiff of f.fun; else a failed or (autodiff at fault) skipped report."""
     ulps = rc.AUTODIFF_ULPS / 2 if noise is not None else rc.AUTODIFF_ULPS
     paths, dtypes = c.t.free_paths, c.t.free_dtypes
@@ -470,13 +755,18 @@ def _autodiff_verdict(c: _VjpCheck, k: int, r: list, ref: list, noise: list | No
     for i, (x, y, p, d) in enumerate(zip(r, ref, paths, dtypes)):
         y_host = rc._as_host(y)
         if not np.all(np.isfinite(y_host)) and np.all(np.isfinite(rc._as_host(x))):
-            return skipped("autodiff", f"JAX's autodiff of f.fun is not finite at {p} (NaN/Inf) where the rule is finite: the kind of point custom rules exist for")
+            return skipped(
+                "autodiff",
+                f"JAX's autodiff of f.fun is not finite at {p} (NaN/Inf) where the rule is finite: the kind of point custom rules exist for",
+            )
         m = rc.compare_leaf(x, y, p, d, ulps, noise=None if noise is None else noise[i], **c.kw)
         if m:
             bad.append(m)
     if not bad:
         return None
-    bad.sort(key=lambda m: -abs(m.actual - m.expected) / m.tolerance if m.actual is not None else np.inf)
+    bad.sort(
+        key=lambda m: -abs(m.actual - m.expected) / m.tolerance if m.actual is not None else np.inf
+    )
     fd_res = c._eager_result(k) if c.statuses.get("fd") == "passed" else None
     if fd_res is not None and fd_res.status == "passed":
         numeric = _numeric_by_path(c.t, fd_res)
@@ -501,7 +791,9 @@ def _autodiff_verdict(c: _VjpCheck, k: int, r: list, ref: list, noise: list | No
         bad,
         names=("rule", "autodiff"),
         argument_of=rc.argument_of,
-        extra=(f"cotangent u #{k}; autodiff evaluated in {label}; tolerance from dtype rounding only",),
+        extra=(
+            f"cotangent u #{k}; autodiff evaluated in {label}; tolerance from dtype rounding only",
+        ),
     )
 
 
@@ -569,11 +861,27 @@ def check_custom_vjp(
     from ._flatten import check_args
 
     args = check_args(args)
-    state = _VjpCheck(f, args, order=order, mode=mode, eps=eps, rtol=rtol, atol=atol, seed=int(seed), reference=reference)
+    state = _VjpCheck(
+        f,
+        args,
+        order=order,
+        mode=mode,
+        eps=eps,
+        rtol=rtol,
+        atol=atol,
+        seed=int(seed),
+        reference=reference,
+    )
     names = RUN_ORDER if order == 2 else RUN_ORDER[:-1]
     methods = {
-        "primal": state.primal, "structure": state.structure, "linearity": state.linearity, "fd": state.fd,
-        "autodiff": state.autodiff, "vmap": state.vmap, "jit": state.jit, "second-order": state.second_order,
+        "primal": state.primal,
+        "structure": state.structure,
+        "linearity": state.linearity,
+        "fd": state.fd,
+        "autodiff": state.autodiff,
+        "vmap": state.vmap,
+        "jit": state.jit,
+        "second-order": state.second_order,
     }
     if not state.t.free_slots:
         no_free = "no finite floating-point leaves in the differentiable arguments"
@@ -582,12 +890,22 @@ def check_custom_vjp(
     checks = tuple(rc.run_checks(state, names, methods, CHECK_ORDER))
     status, reason = overall_status(checks)
     return RuleCheckResult(
-        name=state.t.name, kind="custom_vjp", status=status, reason=reason, checks=checks, order=int(order),
-        mode=state.mode, seed=int(seed), seconds=time.perf_counter() - start, notes=state.t.notes(),
+        name=state.t.name,
+        kind="custom_vjp",
+        status=status,
+        reason=reason,
+        checks=checks,
+        order=int(order),
+        mode=state.mode,
+        seed=int(seed),
+        seconds=time.perf_counter() - start,
+        notes=state.t.notes(),
     )
 
 
-def assert_custom_vjp_correct(f: Any, args: tuple, *, allow_inconclusive: bool = False, **kwargs: Any) -> RuleCheckResult:
+def assert_custom_vjp_correct(
+    f: Any, args: tuple, *, allow_inconclusive: bool = False, **kwargs: Any
+) -> RuleCheckResult:
     """Asserts that `check_custom_vjp(f, args, **kwargs)` passes.
 
     Args:

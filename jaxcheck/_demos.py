@@ -87,9 +87,11 @@ _layer_norm_buggy = _layer_norm_rule(with_mean_term=False)
 
 def _layernorm_args():
     f32 = jnp.float32
-    params = {"W": _suites._normal(300, (6, 8), f32, 0.5),
-              "gamma": _suites._uniform(301, (8,), f32, 0.5, 1.5),
-              "beta": _suites._normal(302, (8,), f32, 0.1)}
+    params = {
+        "W": _suites._normal(300, (6, 8), f32, 0.5),
+        "gamma": _suites._uniform(301, (8,), f32, 0.5, 1.5),
+        "beta": _suites._normal(302, (8,), f32, 0.1),
+    }
     return params, _suites._normal(303, (4, 6), f32), _suites._weights(304, (4, 8), f32)
 
 
@@ -118,21 +120,27 @@ def _run_dropout(fixed: bool):
 DEMOS: dict[str, Demo] = {
     demo.name: demo
     for demo in (
-        Demo("mlp",
-             "A 3-layer tanh MLP (softmax cross-entropy + L2, float32) with hand-written "
-             "backprop. The bias gradient of 'layer2' forgets the tanh derivative; the "
-             "check names args[0]['layer2']['b'] and its worst element.",
-             _run_mlp),
-        Demo("layernorm",
-             "A jax.custom_vjp layer norm inside a small loss with random weights. Its bwd "
-             "is missing the mean-of-cotangent term, so the gradient of the weights "
-             "feeding it, args[0]['W'], is wrong while 'gamma' and 'beta' are right.",
-             _run_layernorm),
-        Demo("dropout",
-             "A dropout MLP whose key is an argument held fixed, with hand-written "
-             "backprop that forgets the 1/(1-p) scaling of the mask; only the layer "
-             "before the dropout, args[0]['W1'], is affected.",
-             _run_dropout),
+        Demo(
+            "mlp",
+            "A 3-layer tanh MLP (softmax cross-entropy + L2, float32) with hand-written "
+            "backprop. The bias gradient of 'layer2' forgets the tanh derivative; the "
+            "check names args[0]['layer2']['b'] and its worst element.",
+            _run_mlp,
+        ),
+        Demo(
+            "layernorm",
+            "A jax.custom_vjp layer norm inside a small loss with random weights. Its bwd "
+            "is missing the mean-of-cotangent term, so the gradient of the weights "
+            "feeding it, args[0]['W'], is wrong while 'gamma' and 'beta' are right.",
+            _run_layernorm,
+        ),
+        Demo(
+            "dropout",
+            "A dropout MLP whose key is an argument held fixed, with hand-written "
+            "backprop that forgets the 1/(1-p) scaling of the mask; only the layer "
+            "before the dropout, args[0]['W1'], is affected.",
+            _run_dropout,
+        ),
     )
 }
 
@@ -151,5 +159,6 @@ def run_demo(name: str = "mlp", *, fixed: bool = False) -> Any:
         close = difflib.get_close_matches(name, DEMOS, n=1)
         hint = f" Did you mean `{close[0]}`?" if close else ""
         raise ValueError(
-            f"`run_demo` has no demo {name!r}; choose one of {', '.join(DEMOS)}.{hint}")
+            f"`run_demo` has no demo {name!r}; choose one of {', '.join(DEMOS)}.{hint}"
+        )
     return DEMOS[name].run(fixed)

@@ -52,7 +52,11 @@ def _real_dtype(dtype: np.dtype) -> np.dtype:
 def _leaf_eval_dtype(dtype: np.dtype, x64: bool) -> np.dtype:
     if not x64:
         return np.dtype(dtype)
-    return np.dtype(np.complex128) if np.issubdtype(dtype, np.complexfloating) else np.dtype(np.float64)
+    return (
+        np.dtype(np.complex128)
+        if np.issubdtype(dtype, np.complexfloating)
+        else np.dtype(np.float64)
+    )
 
 
 def _first_line(error: BaseException) -> str:
@@ -123,12 +127,16 @@ class Evaluator:
         self.real_dtypes = tuple(sorted({_real_dtype(d) for d in self.dtypes}, key=str))
         self.coord_dtype_codes = np.zeros(self.n, np.int8)
         for leaf, dtype in zip(layout.diff, self.dtypes):
-            self.coord_dtype_codes[leaf.offset : leaf.offset + leaf.size] = self.real_dtypes.index(_real_dtype(dtype))
+            self.coord_dtype_codes[leaf.offset : leaf.offset + leaf.size] = self.real_dtypes.index(
+                _real_dtype(dtype)
+            )
         self.theta_dtype = np.result_type(*[_real_dtype(d) for d in self.dtypes])
         with self.context():
             # Cast on the host: a device-side cast would be one more dispatch and compilation.
             self.theta_device = jnp.asarray(np.asarray(self.theta, self.theta_dtype))
-            self.f0 = np.asarray(jax.device_get(fd.value_at(self.spec, self.theta_device, self.dynamic)), np.float64)
+            self.f0 = np.asarray(
+                jax.device_get(fd.value_at(self.spec, self.theta_device, self.dynamic)), np.float64
+            )
         self.n_evaluations += 1
 
     # -- precision -------------------------------------------------------------
@@ -139,13 +147,17 @@ class Evaluator:
 
     def _choose_reference(self, requested: str, native_value: np.ndarray) -> Reference:
         native_real = np.result_type(*[_real_dtype(d) for d in self.native_dtypes])
-        native = Reference(False, native_real, f"native {native_real} (f evaluated in the arguments' own dtypes)")
+        native = Reference(
+            False, native_real, f"native {native_real} (f evaluated in the arguments' own dtypes)"
+        )
         if requested == "native" or native_real == np.float64:
             return native
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             reason = self._float64_problem(native_value)
         if reason is None:
-            return Reference(True, np.dtype(np.float64), "float64 (f re-evaluated with x64 enabled)")
+            return Reference(
+                True, np.dtype(np.float64), "float64 (f re-evaluated with x64 enabled)"
+            )
         if requested == "float64":
             raise ValueError(
                 f"`reference='float64'` was requested but f cannot be evaluated faithfully in float64: {reason}. "
@@ -169,19 +181,35 @@ class Evaluator:
         except Exception as error:  # noqa: BLE001 - any failure means: do not use float64
             return f"evaluating f in float64 failed ({_first_line(error)})"
         native_value = np.asarray(native_value, np.float64).ravel()
-        native_eps = float(jnp.finfo(np.result_type(*[_real_dtype(d) for d in self.native_dtypes])).eps)
+        native_eps = float(
+            jnp.finfo(np.result_type(*[_real_dtype(d) for d in self.native_dtypes])).eps
+        )
         rel = max(1e-4, 1000 * native_eps)
-        scale = np.abs(native_value) + 1e-3 * float(np.max(np.abs(native_value), initial=0.0)) + 1e-30
-        same = (value == native_value) | (np.isnan(value) & np.isnan(native_value)) if value.shape == native_value.shape else False
-        if value.shape != native_value.shape or not np.all(same | (np.abs(value - native_value) <= rel * scale)):
-            worst = float(np.max(np.abs(value - native_value) / scale)) if value.shape == native_value.shape else np.inf
+        scale = (
+            np.abs(native_value) + 1e-3 * float(np.max(np.abs(native_value), initial=0.0)) + 1e-30
+        )
+        same = (
+            (value == native_value) | (np.isnan(value) & np.isnan(native_value))
+            if value.shape == native_value.shape
+            else False
+        )
+        if value.shape != native_value.shape or not np.all(
+            same | (np.abs(value - native_value) <= rel * scale)
+        ):
+            worst = (
+                float(np.max(np.abs(value - native_value) / scale))
+                if value.shape == native_value.shape
+                else np.inf
+            )
             return (
                 f"f's float64 value differs from its native value by a relative {worst:.1e} "
                 "(random numbers drawn in the default float dtype, or dtype-dependent code)"
             )
         return probe
 
-    def _probe_float64(self, spec: fd.EvalSpec, theta: jax.Array, dynamic: list[Any]) -> tuple[np.ndarray, str | None]:
+    def _probe_float64(
+        self, spec: fd.EvalSpec, theta: jax.Array, dynamic: list[Any]
+    ) -> tuple[np.ndarray, str | None]:
         """Checks that f resolves float64-sized steps (no internal cast to a narrower dtype).
 
         Compares central differences at 1e-8 and 1e-5 (relative) along a random direction:
@@ -192,22 +220,34 @@ class Evaluator:
           (f0, problem): f in float64 at theta, and a reason or None.
         """
         rows = evidence_rows(self.layout)
-        direction = self.random_directions(1, "float64-probe")[0] * _tolerance.coordinate_scales(self.layout, self.theta)
+        direction = self.random_directions(1, "float64-probe")[0] * _tolerance.coordinate_scales(
+            self.layout, self.theta
+        )
         directions = np.zeros((rows, self.n))
         directions[0], directions[1] = direction, -direction
         values = np.asarray(
-            jax.device_get(fd.values_along_directions(spec, theta, dynamic, jnp.asarray(directions), jnp.asarray(EVIDENCE_STEPS))),
+            jax.device_get(
+                fd.values_along_directions(
+                    spec, theta, dynamic, jnp.asarray(directions), jnp.asarray(EVIDENCE_STEPS)
+                )
+            ),
             np.float64,
         )
         f0 = np.asarray(jax.device_get(fd.value_at(spec, theta, dynamic)), np.float64)
         self.n_evaluations += 2 * EVIDENCE_STEPS.size + 1
-        big, tiny = int(np.argmin(np.abs(EVIDENCE_STEPS - 1e-5))), int(np.argmin(np.abs(EVIDENCE_STEPS - 1e-8)))
+        big, tiny = (
+            int(np.argmin(np.abs(EVIDENCE_STEPS - 1e-5))),
+            int(np.argmin(np.abs(EVIDENCE_STEPS - 1e-8))),
+        )
         slope_big = (values[0, big] - values[1, big]) / (2 * EVIDENCE_STEPS[big])
         slope_tiny = (values[0, tiny] - values[1, tiny]) / (2 * EVIDENCE_STEPS[tiny])
         ok = np.abs(slope_tiny - slope_big) <= 1e-3 * np.abs(slope_big) + 1e-6 * np.abs(f0) + 1e-300
         ok |= ~np.isfinite(slope_big)  # f is not finite along the probe: nothing to learn here
         if not np.all(ok):
-            return f0, "f does not resolve float64-sized steps (an internal cast to a narrower dtype)"
+            return (
+                f0,
+                "f does not resolve float64-sized steps (an internal cast to a narrower dtype)",
+            )
         return f0, None
 
     # -- randomness ------------------------------------------------------------
@@ -227,7 +267,9 @@ class Evaluator:
             if hasattr(fd.value_at, "trace"):  # reuses the jit's cached trace (~20 us, not ~1 ms)
                 jaxpr = fd.value_at.trace(self.spec, self.theta_device, self.dynamic).jaxpr
             else:
-                jaxpr = jax.make_jaxpr(lambda th: fd.value_at(self.spec, th, self.dynamic))(self.theta_device)
+                jaxpr = jax.make_jaxpr(lambda th: fd.value_at(self.spec, th, self.dynamic))(
+                    self.theta_device
+                )
         per_eval = self.n * np.dtype(self.theta_dtype).itemsize + _jaxpr_bytes(jaxpr.jaxpr)
         cpu = all(d.platform == "cpu" for d in self.theta_device.devices())
         budget = min(CPU_CHUNK_BUDGET_BYTES, CHUNK_BUDGET_BYTES) if cpu else CHUNK_BUDGET_BYTES
@@ -237,7 +279,9 @@ class Evaluator:
 
     def steps(self, eps: float | None) -> np.ndarray:
         """The step of every coordinate (see `_tolerance.steps`)."""
-        return _tolerance.steps(self.layout, self.theta, tuple(_real_dtype(d) for d in self.dtypes), eps)
+        return _tolerance.steps(
+            self.layout, self.theta, tuple(_real_dtype(d) for d in self.dtypes), eps
+        )
 
     def stencil(
         self,
@@ -256,9 +300,13 @@ class Evaluator:
           ValueError: a step is too small to change the coordinate in its dtype.
         """
         coords = np.asarray(coords, np.int64)
-        points = _tolerance.stencil_points(self.theta[coords], h, self.coord_dtype_codes[coords], self.real_dtypes)
+        points = _tolerance.stencil_points(
+            self.theta[coords], h, self.coord_dtype_codes[coords], self.real_dtypes
+        )
         if np.any(points[:, 2] <= points[:, 1]) or np.any(points[:, 3] <= points[:, 0]):
-            bad = int(coords[np.argmax((points[:, 2] <= points[:, 1]) | (points[:, 3] <= points[:, 0]))])
+            bad = int(
+                coords[np.argmax((points[:, 2] <= points[:, 1]) | (points[:, 3] <= points[:, 0]))]
+            )
             leaf, index, _ = self.layout.locate(bad)
             raise ValueError(
                 f"The finite-difference step at {leaf.path}{list(index)} is too small to change the value "
@@ -273,22 +321,41 @@ class Evaluator:
         per_call = n_chunks if progress is None else -(-n_chunks // PROGRESS_CALLS)
         n_chunks = -(-n_chunks // per_call) * per_call
         pad = n_chunks * batch - count
-        c = np.concatenate([coords, np.repeat(coords[:1], pad)]).astype(np.int32).reshape(n_chunks, batch)
-        p = np.concatenate([points, np.repeat(points[:1], pad, axis=0)]).astype(self.theta_dtype).reshape(n_chunks, batch, -1)
+        c = (
+            np.concatenate([coords, np.repeat(coords[:1], pad)])
+            .astype(np.int32)
+            .reshape(n_chunks, batch)
+        )
+        p = (
+            np.concatenate([points, np.repeat(points[:1], pad, axis=0)])
+            .astype(self.theta_dtype)
+            .reshape(n_chunks, batch, -1)
+        )
         with self.context():
             if n_chunks == 1:
-                values = fd.values_at_coordinates(self.spec, self.theta_device, self.dynamic, c[0], p[0])
+                values = fd.values_at_coordinates(
+                    self.spec, self.theta_device, self.dynamic, c[0], p[0]
+                )
                 if progress is not None:
                     jax.block_until_ready(values)
                     progress(count, count)
             elif progress is None:  # one call: the chunks loop inside the compiled kernel
-                values = _chunked_values_at_coordinates(self.spec, self.theta_device, self.dynamic, c, p, count)
+                values = _chunked_values_at_coordinates(
+                    self.spec, self.theta_device, self.dynamic, c, p, count
+                )
             else:  # about PROGRESS_CALLS calls of the same shape, reporting after each
                 outs = []
                 for start in range(0, n_chunks, per_call):
                     stop = start + per_call
                     outs.append(
-                        _chunked_values_at_coordinates(self.spec, self.theta_device, self.dynamic, c[start:stop], p[start:stop], per_call * batch)
+                        _chunked_values_at_coordinates(
+                            self.spec,
+                            self.theta_device,
+                            self.dynamic,
+                            c[start:stop],
+                            p[start:stop],
+                            per_call * batch,
+                        )
                     )
                     jax.block_until_ready(outs[-1])
                     progress(min(stop * batch, count), count)
@@ -313,7 +380,12 @@ class Evaluator:
 
 @ft.partial(jax.jit, static_argnums=(0, 5))
 def _chunked_values_at_coordinates(
-    spec: fd.EvalSpec, theta: jax.Array, dynamic: Any, coords: jax.Array, points: jax.Array, count: int
+    spec: fd.EvalSpec,
+    theta: jax.Array,
+    dynamic: Any,
+    coords: jax.Array,
+    points: jax.Array,
+    count: int,
 ) -> jax.Array:
     """`fd.values_at_coordinates` over chunks in a compiled loop: one dispatch, one chunk live.
 
@@ -325,16 +397,24 @@ def _chunked_values_at_coordinates(
     Returns:
       (count, K, m) function values.
     """
-    out = jax.lax.map(lambda chunk: fd.values_at_coordinates(spec, theta, dynamic, *chunk), (coords, points))
+    out = jax.lax.map(
+        lambda chunk: fd.values_at_coordinates(spec, theta, dynamic, *chunk), (coords, points)
+    )
     return out.reshape((-1,) + out.shape[2:])[:count]
 
 
 def _widen(value: Any) -> Any:
     """A fixed float array leaf in float64 (complex128); other leaves unchanged. Call under x64."""
     dtype = getattr(value, "dtype", None)
-    if dtype is None or jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or not jnp.issubdtype(dtype, jnp.inexact):
+    if (
+        dtype is None
+        or jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+        or not jnp.issubdtype(dtype, jnp.inexact)
+    ):
         return value
-    return jnp.asarray(value, jnp.complex128 if jnp.issubdtype(dtype, jnp.complexfloating) else jnp.float64)
+    return jnp.asarray(
+        value, jnp.complex128 if jnp.issubdtype(dtype, jnp.complexfloating) else jnp.float64
+    )
 
 
 def evidence_rows(layout: ArgLayout) -> int:

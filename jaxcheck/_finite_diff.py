@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from ._flatten import ArgLayout, call_flat, rebuild_args
 
@@ -41,7 +40,9 @@ def value_at(spec: EvalSpec, theta: jax.Array, dynamic: Any) -> jax.Array:
 
 
 @ft.partial(jax.jit, static_argnums=0)
-def values_at_coordinates(spec: EvalSpec, theta: jax.Array, dynamic: Any, coords: jax.Array, points: jax.Array) -> jax.Array:
+def values_at_coordinates(
+    spec: EvalSpec, theta: jax.Array, dynamic: Any, coords: jax.Array, points: jax.Array
+) -> jax.Array:
     """f with one coordinate replaced: out[j, k] = f(theta with theta[coords[j]] = points[j, k]).
 
     Args:
@@ -65,7 +66,9 @@ def values_at_coordinates(spec: EvalSpec, theta: jax.Array, dynamic: Any, coords
 
 
 @ft.partial(jax.jit, static_argnums=0)
-def values_along_directions(spec: EvalSpec, theta: jax.Array, dynamic: Any, directions: jax.Array, ts: jax.Array) -> jax.Array:
+def values_along_directions(
+    spec: EvalSpec, theta: jax.Array, dynamic: Any, directions: jax.Array, ts: jax.Array
+) -> jax.Array:
     """out[j, k] = f(theta + ts[k] * directions[j]).
 
     Args:
@@ -86,7 +89,9 @@ def values_along_directions(spec: EvalSpec, theta: jax.Array, dynamic: Any, dire
 
 
 @ft.partial(jax.jit, static_argnums=(0, 1, 2))
-def analytic_grad(f: Callable, has_aux: bool, layout: ArgLayout, diff_values: list, dynamic: Any) -> tuple[jax.Array, list]:
+def analytic_grad(
+    f: Callable, has_aux: bool, layout: ArgLayout, diff_values: list, dynamic: Any
+) -> tuple[jax.Array, list]:
     """`jax.grad` of the scalar f with respect to the differentiated leaves.
 
     Returns:

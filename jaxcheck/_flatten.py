@@ -107,7 +107,9 @@ class ArgLayout:
                     half = leaf.size // 2
                     part = "real" if local < half else "imag"
                     local = local % half
-                index = tuple(int(i) for i in np.unravel_index(local, leaf.shape)) if leaf.shape else ()
+                index = (
+                    tuple(int(i) for i in np.unravel_index(local, leaf.shape)) if leaf.shape else ()
+                )
                 return leaf, index, part
         raise IndexError(f"coordinate {coordinate} is outside theta (n={self.n})")
 
@@ -125,7 +127,9 @@ def _describe_dtype(x: Any) -> str:
     return str(getattr(x, "dtype", type(x).__name__))
 
 
-def normalize_argnums(argnums: int | Sequence[int] | None, n_args: int, name: str = "argnums") -> tuple[int, ...]:
+def normalize_argnums(
+    argnums: int | Sequence[int] | None, n_args: int, name: str = "argnums"
+) -> tuple[int, ...]:
     """Validates `argnums` like `jax.grad` does; `None` means every argument.
 
     Raises:
@@ -195,14 +199,20 @@ def build_layout(args: tuple, argnums: tuple[int, ...]) -> tuple[ArgLayout, list
         if not _is_array(leaf):
             static_slots.append((slot, _Static(leaf)))
             if differentiated and leaf is not None:
-                skipped.append(SkippedLeaf(path_str, (), type(leaf).__name__, "not an array (passed through unchanged)"))
+                skipped.append(
+                    SkippedLeaf(
+                        path_str, (), type(leaf).__name__, "not an array (passed through unchanged)"
+                    )
+                )
             continue
         dtype = leaf.dtype
         is_key = _is_key(leaf)
         inexact = not is_key and jnp.issubdtype(dtype, jnp.inexact)
         if differentiated and inexact:
             shape = tuple(int(s) for s in np.shape(leaf))
-            size = int(np.prod(shape, dtype=np.int64)) * (2 if jnp.issubdtype(dtype, jnp.complexfloating) else 1)
+            size = int(np.prod(shape, dtype=np.int64)) * (
+                2 if jnp.issubdtype(dtype, jnp.complexfloating) else 1
+            )
             diff.append(DiffLeaf(path_str, argnum, slot, shape, np.dtype(dtype), offset, size))
             diff_values.append(leaf)
             offset += size
@@ -210,8 +220,14 @@ def build_layout(args: tuple, argnums: tuple[int, ...]) -> tuple[ArgLayout, list
         dynamic_slots.append(slot)
         dynamic_values.append(leaf)
         if differentiated:
-            reason = "PRNG key (held fixed)" if is_key else f"{_describe_dtype(leaf)} is not a floating-point dtype (held fixed)"
-            skipped.append(SkippedLeaf(path_str, tuple(np.shape(leaf)), _describe_dtype(leaf), reason))
+            reason = (
+                "PRNG key (held fixed)"
+                if is_key
+                else f"{_describe_dtype(leaf)} is not a floating-point dtype (held fixed)"
+            )
+            skipped.append(
+                SkippedLeaf(path_str, tuple(np.shape(leaf)), _describe_dtype(leaf), reason)
+            )
     if not diff:
         names = ", ".join(f"args[{a}]" for a in argnums)
         raise ValueError(
@@ -267,12 +283,16 @@ def unravel(layout: ArgLayout, theta: jax.Array, dtypes: Sequence[Any]) -> list[
         if leaf.is_complex:
             half = leaf.size // 2
             real_dtype = jnp.finfo(dtype).dtype
-            block = jax.lax.complex(block[:half].astype(real_dtype), block[half:].astype(real_dtype))
+            block = jax.lax.complex(
+                block[:half].astype(real_dtype), block[half:].astype(real_dtype)
+            )
         out.append(block.astype(dtype).reshape(leaf.shape))
     return out
 
 
-def rebuild_args(layout: ArgLayout, diff_values: Sequence[Any], dynamic_values: Sequence[Any]) -> tuple:
+def rebuild_args(
+    layout: ArgLayout, diff_values: Sequence[Any], dynamic_values: Sequence[Any]
+) -> tuple:
     """Traced: the user's `args` tuple from differentiated and fixed leaves."""
     slots: list[Any] = [None] * layout.n_slots
     for leaf, value in zip(layout.diff, diff_values):
@@ -299,7 +319,14 @@ def ravel_output(out: PyTree) -> jax.Array:
     return jnp.concatenate([p.astype(dtype) for p in parts])
 
 
-def call_flat(f: Callable, has_aux: bool, layout: ArgLayout, theta: jax.Array, dtypes: Sequence[Any], dynamic_values: Sequence[Any]) -> jax.Array:
+def call_flat(
+    f: Callable,
+    has_aux: bool,
+    layout: ArgLayout,
+    theta: jax.Array,
+    dtypes: Sequence[Any],
+    dynamic_values: Sequence[Any],
+) -> jax.Array:
     """Traced: f at theta, as a real output vector."""
     args = rebuild_args(layout, unravel(layout, theta, dtypes), dynamic_values)
     out = f(*args)

@@ -73,6 +73,8 @@ def format_report(result: Any, color: bool = False) -> str:
     lines = text.split("\n")
     out = []
     for i, line in enumerate(lines):
-        is_header = i + 1 < len(lines) and lines[i + 1].strip().startswith("--")  # a table's column names
+        is_header = i + 1 < len(lines) and lines[i + 1].strip().startswith(
+            "--"
+        )  # a table's column names
         out.append(line if is_header else _paint(line, i == 0))
     return "\n".join(out)

@@ -15,7 +15,15 @@ from . import _summary, _tolerance
 from ._engine import Evaluator
 from ._errors import GradCheckError
 from ._finite_diff import analytic_grad
-from ._flatten import ArgLayout, build_layout, check_args, normalize_argnums, rebuild_args, ravel_leaves, unravel_host
+from ._flatten import (
+    ArgLayout,
+    build_layout,
+    check_args,
+    normalize_argnums,
+    ravel_leaves,
+    rebuild_args,
+    unravel_host,
+)
 from ._result import GradCheckResult
 from ._taylor import evidence
 
@@ -54,9 +62,17 @@ def validate_options(
         if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
             raise TypeError(f"`{name}` must be a float or None; got {type(value).__name__}.")
         if not np.isfinite(value) or value < 0 or (name == "eps" and value == 0):
-            raise ValueError(f"`{name}` must be a finite {'positive' if name == 'eps' else 'non-negative'} number; got {value!r}.")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
-        raise ValueError(f"`batch_size` must be a positive int or None (automatic); got {batch_size!r}.")
+            raise ValueError(
+                f"`{name}` must be a finite {'positive' if name == 'eps' else 'non-negative'} number; got {value!r}."
+            )
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise ValueError(
+            f"`batch_size` must be a positive int or None (automatic); got {batch_size!r}."
+        )
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"`seed` must be an int; got {type(seed).__name__}.")
     if not isinstance(has_aux, bool):
@@ -72,14 +88,18 @@ def _scalar_value(f: Callable, args: tuple, has_aux: bool) -> np.ndarray:
         out = out[0]
     leaves = jtu.tree_leaves(out)
     if len(leaves) != 1 or np.shape(leaves[0]) != ():
-        desc = type(out).__name__ if len(leaves) != 1 else f"an array of shape {np.shape(leaves[0])}"
+        desc = (
+            type(out).__name__ if len(leaves) != 1 else f"an array of shape {np.shape(leaves[0])}"
+        )
         raise ValueError(
             f"`f` must return a scalar (shape ()); it returned {desc}. Reduce it (e.g. with `jnp.sum`) "
             "or use `jaxcheck.check_vjp` for vector-valued functions."
         )
     value = np.asarray(jax.device_get(leaves[0]))
     if not jnp.issubdtype(value.dtype, jnp.floating):
-        raise ValueError(f"`f` must return a real floating-point scalar; it returned dtype {value.dtype}.")
+        raise ValueError(
+            f"`f` must return a real floating-point scalar; it returned dtype {value.dtype}."
+        )
     return value.astype(np.float64).reshape(1)
 
 
@@ -105,7 +125,14 @@ def _call_jitted(fn: Callable, layout: ArgLayout, diff_values: list, dynamic: li
     return fn(*rebuild_args(layout, diff_values, dynamic))
 
 
-def _user_gradient(grad_fn: Callable, args: tuple, argnums: int | Sequence[int], layout: ArgLayout, diff_values: list, dynamic: list) -> list:
+def _user_gradient(
+    grad_fn: Callable,
+    args: tuple,
+    argnums: int | Sequence[int],
+    layout: ArgLayout,
+    diff_values: list,
+    dynamic: list,
+) -> list:
     """Calls the user's `grad_fn(*args)` and checks its structure, shapes and dtypes.
 
     Returns:
@@ -118,7 +145,11 @@ def _user_gradient(grad_fn: Callable, args: tuple, argnums: int | Sequence[int],
         raise TypeError(f"`grad_fn` must be callable or None; got {type(grad_fn).__name__}.")
     try:
         out = _call_jitted(grad_fn, layout, diff_values, dynamic)
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError, jax.errors.TracerBoolConversionError):
+    except (
+        jax.errors.ConcretizationTypeError,
+        jax.errors.TracerArrayConversionError,
+        jax.errors.TracerBoolConversionError,
+    ):
         out = grad_fn(*args)  # not jittable: call it as the user would
     single = isinstance(argnums, (int, np.integer))
     nums = layout.argnums
@@ -144,9 +175,13 @@ def _user_gradient(grad_fn: Callable, args: tuple, argnums: int | Sequence[int],
         g = per_arg[leaf.argnum][leaf.slot - first_slot[leaf.argnum]]
         where = f"`grad_fn` output at {leaf.path}"
         if g is None or not hasattr(g, "shape"):
-            raise TypeError(f"{where} must be an array of shape {leaf.shape}; got {type(g).__name__}.")
+            raise TypeError(
+                f"{where} must be an array of shape {leaf.shape}; got {type(g).__name__}."
+            )
         if tuple(g.shape) != leaf.shape:
-            raise ValueError(f"{where} has shape {tuple(g.shape)}, but the parameter has shape {leaf.shape}.")
+            raise ValueError(
+                f"{where} has shape {tuple(g.shape)}, but the parameter has shape {leaf.shape}."
+            )
         if np.dtype(g.dtype) != leaf.dtype:
             raise TypeError(
                 f"{where} has dtype {g.dtype}, but the parameter has dtype {leaf.dtype}. "
@@ -158,10 +193,14 @@ def _user_gradient(grad_fn: Callable, args: tuple, argnums: int | Sequence[int],
 
 def _theta_vector(layout: ArgLayout, grads: list) -> np.ndarray:
     """Gradient leaves as a real theta-coordinate vector (complex: JAX convention -> d/dRe, d/dIm)."""
-    return ravel_leaves(layout, [np.conj(np.asarray(g)) if np.iscomplexobj(g) else g for g in jax.device_get(grads)])
+    return ravel_leaves(
+        layout, [np.conj(np.asarray(g)) if np.iscomplexobj(g) else g for g in jax.device_get(grads)]
+    )
 
 
-def _as_pytree(layout: ArgLayout, flat: np.ndarray, argnums: int | Sequence[int], args: tuple) -> PyTree:
+def _as_pytree(
+    layout: ArgLayout, flat: np.ndarray, argnums: int | Sequence[int], args: tuple
+) -> PyTree:
     """Theta-coordinate vector -> pytree shaped like the differentiated arguments (others None)."""
     pieces = unravel_host(layout, flat)
     slots: list[Any] = [None] * layout.n_slots
@@ -179,7 +218,9 @@ def _step_policy(eps: float | None, dtype: np.dtype) -> str:
     return f"h_i = {_tolerance.relative_step(dtype):.2e} * max(|x_i|, rms of its leaf) ({dtype} eps**(1/3)); stencil at +-h, +-2h"
 
 
-def _finite_differences(ev: Evaluator, h: np.ndarray, batch_size: int | None, progress: Callable | None) -> st.Estimates:
+def _finite_differences(
+    ev: Evaluator, h: np.ndarray, batch_size: int | None, progress: Callable | None
+) -> st.Estimates:
     """Runs the full stencil over every coordinate; returns host (numpy) `Estimates` of shape (n, 1)."""
     values, points = ev.stencil(np.arange(ev.n), h, batch_size, progress)
     values = np.asarray(jax.device_get(values), np.float64)
@@ -289,7 +330,9 @@ def check_grad(
       'passed'
     """
     start = time.perf_counter()
-    validate_options(f=f, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, has_aux=has_aux)
+    validate_options(
+        f=f, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, has_aux=has_aux
+    )
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
     args = check_args(args)
@@ -297,8 +340,18 @@ def check_grad(
         from ._probe import check_grad_probe, grad_mode
 
         if grad_mode(mode, args, argnums) == "probe":
-            kw = dict(argnums=argnums, grad_fn=grad_fn, has_aux=has_aux, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size)
-            return check_grad_probe(f, args, **kw, seed=seed, reference=reference, progress=progress, start=start)
+            kw = dict(
+                argnums=argnums,
+                grad_fn=grad_fn,
+                has_aux=has_aux,
+                eps=eps,
+                rtol=rtol,
+                atol=atol,
+                batch_size=batch_size,
+            )
+            return check_grad_probe(
+                f, args, **kw, seed=seed, reference=reference, progress=progress, start=start
+            )
     nums = normalize_argnums(argnums, len(args))
     layout, diff_values, dynamic = build_layout(args, nums)
     value = deterministic_value(f, args, has_aux)
@@ -313,7 +366,10 @@ def check_grad(
     native_dtype = np.result_type(*[jnp.finfo(leaf.dtype).dtype for leaf in layout.diff])
     tol = _tolerance.default_tolerance(native_dtype)
     if rtol is not None or atol is not None:
-        tol = _tolerance.Tolerance(rtol=tol.rtol if rtol is None else float(rtol), atol=None if atol is None else float(atol))
+        tol = _tolerance.Tolerance(
+            rtol=tol.rtol if rtol is None else float(rtol),
+            atol=None if atol is None else float(atol),
+        )
     numeric = np.asarray(est.numeric, np.float64)[:, 0]
     atol_vec = _element_atol(layout, ev.theta, numeric, tol, native_dtype)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -339,9 +395,14 @@ def check_grad(
     leaves = _summary.sort_worst_first(leaves)
     status, reason = _summary.overall(leaves)
     if not np.all(np.isfinite(value)):
-        status, reason = "inconclusive", f"f(*args) = {value[0]}: the function itself is not finite at this point"
+        status, reason = (
+            "inconclusive",
+            f"f(*args) = {value[0]}: the function itself is not finite at this point",
+        )
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.nan_to_num(np.abs(analytic - numeric) / np.asarray(tolerance, np.float64), nan=np.inf)
+        ratio = np.nan_to_num(
+            np.abs(analytic - numeric) / np.asarray(tolerance, np.float64), nan=np.inf
+        )
     worst = int(np.argmax(ratio))
     taylor, sweep = evidence(ev, analytic, tol.rtol, worst, float(numeric[worst]), float(h[worst]))
     return GradCheckResult(
@@ -352,7 +413,8 @@ def check_grad(
         leaves=leaves,
         skipped=layout.skipped,
         taylor=taylor,
-        reference=ev.reference.description + "; 4-point central differences (+-h, +-2h) with Richardson extrapolation",
+        reference=ev.reference.description
+        + "; 4-point central differences (+-h, +-2h) with Richardson extrapolation",
         reference_fallback=ev.reference.fallback,
         step_policy=_step_policy(eps, ev.reference.dtype),
         eps=None if eps is None else float(eps),
@@ -373,7 +435,13 @@ def _local_index(layout: ArgLayout, offset: int, k: int) -> tuple[tuple[int, ...
     return index, part
 
 
-def _element_atol(layout: ArgLayout, theta: np.ndarray, numeric: np.ndarray, tol: _tolerance.Tolerance, native_dtype: np.dtype) -> np.ndarray:
+def _element_atol(
+    layout: ArgLayout,
+    theta: np.ndarray,
+    numeric: np.ndarray,
+    tol: _tolerance.Tolerance,
+    native_dtype: np.dtype,
+) -> np.ndarray:
     """Absolute tolerance per coordinate: the user's atol, or rtol * leaf max + rounding floor."""
     if tol.atol is not None:
         return np.full(numeric.shape, tol.atol)
@@ -388,7 +456,9 @@ def _element_atol(layout: ArgLayout, theta: np.ndarray, numeric: np.ndarray, tol
     return out
 
 
-def _zero_is_resolved(analytic: np.ndarray, numeric: np.ndarray, tolerance: np.ndarray, resolved: np.ndarray) -> np.ndarray:
+def _zero_is_resolved(
+    analytic: np.ndarray, numeric: np.ndarray, tolerance: np.ndarray, resolved: np.ndarray
+) -> np.ndarray:
     """Marks numerically-zero elements as resolved when a spurious gradient would show.
 
     An element whose analytic and numeric values are both within tolerance of zero is
@@ -402,7 +472,9 @@ def _zero_is_resolved(analytic: np.ndarray, numeric: np.ndarray, tolerance: np.n
     return resolved | (near_zero & visible)
 
 
-def assert_grad_correct(f: Callable, args: tuple, *, allow_inconclusive: bool = False, **kwargs: Any) -> GradCheckResult:
+def assert_grad_correct(
+    f: Callable, args: tuple, *, allow_inconclusive: bool = False, **kwargs: Any
+) -> GradCheckResult:
     """Asserts that `check_grad(f, args, **kwargs)` passes.
 
     Args:

@@ -29,7 +29,7 @@ DEFAULT_PROBES = 4
 
 
 def resolve_mode(mode: str, n: int, m: int) -> str:
-    """"full" or "probe" for `mode` ("auto", "full", "probe") and a Jacobian of n inputs x m outputs."""
+    """ "full" or "probe" for `mode` ("auto", "full", "probe") and a Jacobian of n inputs x m outputs."""
     if mode != "auto":
         return mode
     return "full" if n * m <= FULL_MAX_ENTRIES and n <= FULL_MAX_INPUTS else "probe"
@@ -43,7 +43,9 @@ def _real_view(leaves: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([p.astype(np.float64) for p in parts]) if parts else np.zeros(0)
 
 
-def _outputs(f: Callable, args: tuple, has_aux: bool) -> tuple[jk.OutLayout, tuple[int, ...], tuple[SkippedLeaf, ...], np.ndarray]:
+def _outputs(
+    f: Callable, args: tuple, has_aux: bool
+) -> tuple[jk.OutLayout, tuple[int, ...], tuple[SkippedLeaf, ...], np.ndarray]:
     """Evaluates f twice (eagerly), classifies its output leaves and checks determinism.
 
     Returns:
@@ -72,10 +74,21 @@ def _outputs(f: Callable, args: tuple, has_aux: bool) -> tuple[jk.OutLayout, tup
         arr = None if is_key else np.asarray(jax.device_get(leaf))
         if arr is None or not np.issubdtype(arr.dtype, np.inexact):
             desc = str(dtype) if dtype is not None else type(leaf).__name__
-            skipped.append(SkippedLeaf(path_str, tuple(np.shape(leaf)), desc, f"{desc} output has no derivative (not checked)"))
+            skipped.append(
+                SkippedLeaf(
+                    path_str,
+                    tuple(np.shape(leaf)),
+                    desc,
+                    f"{desc} output has no derivative (not checked)",
+                )
+            )
             continue
         if arr.size == 0:
-            skipped.append(SkippedLeaf(path_str, tuple(arr.shape), str(arr.dtype), "empty output (nothing to check)"))
+            skipped.append(
+                SkippedLeaf(
+                    path_str, tuple(arr.shape), str(arr.dtype), "empty output (nothing to check)"
+                )
+            )
             continue
         again = np.asarray(jax.device_get(second[pos][1]))
         if not np.array_equal(arr, again, equal_nan=True):
@@ -98,14 +111,19 @@ def _outputs(f: Callable, args: tuple, has_aux: bool) -> tuple[jk.OutLayout, tup
     return tuple(outs), tuple(keep), tuple(skipped), _real_view(values)
 
 
-def _tolerance_for(layout: Any, outs: jk.OutLayout, rtol: float | None, atol: float | None) -> tuple[_tolerance.Tolerance, np.dtype]:
+def _tolerance_for(
+    layout: Any, outs: jk.OutLayout, rtol: float | None, atol: float | None
+) -> tuple[_tolerance.Tolerance, np.dtype]:
     """The dtype whose rounding the analytic side is allowed (the coarser of inputs and outputs) and its `Tolerance`."""
     dtype_in = np.dtype(np.result_type(*[leaf.real_dtype for leaf in layout.diff]))
     dtype_out = np.dtype(np.result_type(*[np.finfo(o.dtype).dtype for o in outs]))
     dtype = dtype_in if np.finfo(dtype_in).eps >= np.finfo(dtype_out).eps else dtype_out
     tol = _tolerance.default_tolerance(dtype)
     if rtol is not None or atol is not None:
-        tol = _tolerance.Tolerance(rtol=tol.rtol if rtol is None else float(rtol), atol=None if atol is None else float(atol))
+        tol = _tolerance.Tolerance(
+            rtol=tol.rtol if rtol is None else float(rtol),
+            atol=None if atol is None else float(atol),
+        )
     return tol, dtype
 
 
@@ -127,7 +145,9 @@ def setup(
 ) -> Problem:
     """Validates the options and builds the `Problem` (layout, outputs, reference evaluator)."""
     start = time.perf_counter()
-    validate_options(f=f, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, has_aux=has_aux)
+    validate_options(
+        f=f, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, has_aux=has_aux
+    )
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
     if isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer)) or n_probes < 1:
@@ -163,7 +183,10 @@ def setup(
 
 def _require_forward_mode(p: Problem) -> None:
     try:
-        jax.eval_shape(lambda v: jk.jvp_products(p.sel, p.layout, p.outs, p.diff_values, p.dynamic, v), jax.ShapeDtypeStruct((1, p.n), jnp.float32))
+        jax.eval_shape(
+            lambda v: jk.jvp_products(p.sel, p.layout, p.outs, p.diff_values, p.dynamic, v),
+            jax.ShapeDtypeStruct((1, p.n), jnp.float32),
+        )
     except TypeError as error:
         if "custom_vjp" in str(error):
             raise TypeError(
@@ -177,16 +200,22 @@ def _hints(p: Problem, blocks: tuple[BlockReport, ...], problem: str | None) -> 
     out = []
     what = "bwd rule / VJP" if p.kind == "vjp" else "JVP rule"
     if problem:
-        out.append(f"make the {what} linear in its cotangent: every term it returns must be multiplied by the incoming cotangent.")
+        out.append(
+            f"make the {what} linear in its cotangent: every term it returns must be multiplied by the incoming cotangent."
+        )
     for b in blocks:
         bad = [e for e in b.elements if e.kind == "mismatch"]
         if b.status != "failed":
             continue
         if not bad:
             if b.worst is None:
-                out.append(f"random probes of {b.path} disagree, but no single entry was narrowed down: the error is spread thinly; rerun with `mode='full'` on a smaller input.")
+                out.append(
+                    f"random probes of {b.path} disagree, but no single entry was narrowed down: the error is spread thinly; rerun with `mode='full'` on a smaller input."
+                )
             else:
-                out.append(f"{b.path} has NaN/Inf in its analytic derivative: check divisions and sqrt/log at the boundary.")
+                out.append(
+                    f"{b.path} has NaN/Inf in its analytic derivative: check divisions and sqrt/log at the boundary."
+                )
             continue
         ratios = [e.analytic / e.numeric for e in bad if e.numeric != 0 and np.isfinite(e.numeric)]
         pattern = ""
@@ -204,12 +233,23 @@ def _hints(p: Problem, blocks: tuple[BlockReport, ...], problem: str | None) -> 
         out.append(f"check the {what} for {b.path} at entry {bad[0].where}{pattern}.")
     if any(b.status == "inconclusive" for b in blocks):
         if p.ev.reference.dtype != np.float64:
-            out.append("enable float64 evaluation (`reference='float64'`, or run with jax_enable_x64) so finite differences resolve smaller derivatives.")
-        out.append("check at a point away from kinks/discontinuities, or pass a larger `eps` if f is noisy.")
+            out.append(
+                "enable float64 evaluation (`reference='float64'`, or run with jax_enable_x64) so finite differences resolve smaller derivatives."
+            )
+        out.append(
+            "check at a point away from kinks/discontinuities, or pass a larger `eps` if f is noisy."
+        )
     return tuple(out)
 
 
-def finish(p: Problem, blocks: list[BlockReport], mode: str, relative_error: float, source: str, problem: str | None = None) -> JacobianCheckResult:
+def finish(
+    p: Problem,
+    blocks: list[BlockReport],
+    mode: str,
+    relative_error: float,
+    source: str,
+    problem: str | None = None,
+) -> JacobianCheckResult:
     """Assembles the `JacobianCheckResult` from block reports."""
     ordered = sort_blocks(blocks)
     status, reason = _summary.overall(ordered, noun="blocks")
@@ -220,7 +260,10 @@ def finish(p: Problem, blocks: list[BlockReport], mode: str, relative_error: flo
     if not np.all(np.isfinite(p.ev.f0)):
         status, reason = "inconclusive", "f(*args) is not finite at this point"
     ev = p.ev
-    reference = ev.reference.description + "; 4-point central differences (+-h, +-2h) with Richardson extrapolation"
+    reference = (
+        ev.reference.description
+        + "; 4-point central differences (+-h, +-2h) with Richardson extrapolation"
+    )
     if mode == "probe":
         reference += ", along random directions per input leaf, contracted with random cotangents per output leaf"
     return JacobianCheckResult(
@@ -247,7 +290,9 @@ def finish(p: Problem, blocks: list[BlockReport], mode: str, relative_error: flo
     )
 
 
-def _check(kind: str, f: Callable, args: tuple, mode: str, n_probes: int, **options: Any) -> JacobianCheckResult:
+def _check(
+    kind: str, f: Callable, args: tuple, mode: str, n_probes: int, **options: Any
+) -> JacobianCheckResult:
     p = setup(kind, f, args, mode=mode, n_probes=n_probes, **options)
     resolved = resolve_mode(mode, p.n, p.m)
     if resolved == "probe":
@@ -328,7 +373,21 @@ def check_vjp(
       >>> jaxcheck.check_vjp(jnp.sin, (jnp.arange(3.0),)).status
       'passed'
     """
-    return _check("vjp", f, args, mode, n_probes, argnums=argnums, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, reference=reference, has_aux=has_aux)
+    return _check(
+        "vjp",
+        f,
+        args,
+        mode,
+        n_probes,
+        argnums=argnums,
+        eps=eps,
+        rtol=rtol,
+        atol=atol,
+        batch_size=batch_size,
+        seed=seed,
+        reference=reference,
+        has_aux=has_aux,
+    )
 
 
 def check_jvp(
@@ -356,14 +415,30 @@ def check_jvp(
       >>> jaxcheck.check_jvp(jnp.sin, (jnp.arange(3.0),)).status
       'passed'
     """
-    return _check("jvp", f, args, mode, n_probes, argnums=argnums, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, reference=reference, has_aux=has_aux)
+    return _check(
+        "jvp",
+        f,
+        args,
+        mode,
+        n_probes,
+        argnums=argnums,
+        eps=eps,
+        rtol=rtol,
+        atol=atol,
+        batch_size=batch_size,
+        seed=seed,
+        reference=reference,
+        has_aux=has_aux,
+    )
 
 
 check_vjp.__doc__ = check_vjp.__doc__.replace("{args}", _ARGS_DOC)  # type: ignore[union-attr]
 check_jvp.__doc__ = check_jvp.__doc__.replace("{args}", _ARGS_DOC)  # type: ignore[union-attr]
 
 
-def assert_vjp_correct(f: Callable, args: tuple, *, allow_inconclusive: bool = False, **kwargs: Any) -> JacobianCheckResult:
+def assert_vjp_correct(
+    f: Callable, args: tuple, *, allow_inconclusive: bool = False, **kwargs: Any
+) -> JacobianCheckResult:
     """Asserts that `check_vjp(f, args, **kwargs)` passes.
 
     Raises:
@@ -376,7 +451,9 @@ def assert_vjp_correct(f: Callable, args: tuple, *, allow_inconclusive: bool = F
     return result
 
 
-def assert_jvp_correct(f: Callable, args: tuple, *, allow_inconclusive: bool = False, **kwargs: Any) -> JacobianCheckResult:
+def assert_jvp_correct(
+    f: Callable, args: tuple, *, allow_inconclusive: bool = False, **kwargs: Any
+) -> JacobianCheckResult:
     """Asserts that `check_jvp(f, args, **kwargs)` passes.
 
     Raises:

@@ -27,12 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _stencil as st
 from . import _jacobian_kernels as jk
 from ._engine import Evaluator
 from ._flatten import ArgLayout, SkippedLeaf
 from ._jacobian_result import BlockReport, JacobianElement
-from ._summary import MAX_ELEMENTS, _KIND, status_from_counts
+from ._summary import _KIND, MAX_ELEMENTS, status_from_counts
 from ._tolerance import Tolerance
 
 # One tile of entries (k input coordinates x m outputs) is compared at a time; a few
@@ -84,7 +83,9 @@ class Problem:
             self.out_ids[sl] = k
             block = f0[sl]
             rms = float(np.sqrt(np.mean(np.square(block)))) if block.size else 0.0
-            self.out_scale[sl] = np.maximum(np.abs(block), rms if rms > 0 and np.isfinite(rms) else 1.0)
+            self.out_scale[sl] = np.maximum(
+                np.abs(block), rms if rms > 0 and np.isfinite(rms) else 1.0
+            )
         self.scales = coordinate_scales(self.layout, self.ev.theta)
         self.floor_in = floor_atol(self.tol_dtype, 1.0, self.scales)
         self.h = self.ev.steps(self.eps)
@@ -110,7 +111,12 @@ class Problem:
             return int(min(self.batch_size, count))
         # Up to 4x the evaluator's own (conservative) stencil batch: fewer, larger tiles amortise
         # the per-tile dispatch; memory stays bounded by TILE_ENTRIES and 4x CHUNK_BUDGET_BYTES.
-        k = min(4 * self.ev.auto_batch_size(4), TILE_ENTRIES // max(1, m_tile), TILE_ENTRIES * 4 // max(1, self.n), MAX_TILE)
+        k = min(
+            4 * self.ev.auto_batch_size(4),
+            TILE_ENTRIES // max(1, m_tile),
+            TILE_ENTRIES * 4 // max(1, self.n),
+            MAX_TILE,
+        )
         k = int(2 ** int(np.floor(np.log2(max(1, k)))))
         return min(k, int(2 ** int(np.ceil(np.log2(max(1, count))))))
 
@@ -119,7 +125,14 @@ class Problem:
         return int(max(1, r))
 
     def call_analytic(self, kernel: Callable, index: np.ndarray) -> jax.Array:
-        return kernel(self.sel, self.layout, self.outs, self.diff_values, self.dynamic, jnp.asarray(index, jnp.int32))
+        return kernel(
+            self.sel,
+            self.layout,
+            self.outs,
+            self.diff_values,
+            self.dynamic,
+            jnp.asarray(index, jnp.int32),
+        )
 
 
 def _padded_chunks(index: np.ndarray, size: int):
@@ -135,7 +148,20 @@ def _padded_chunks(index: np.ndarray, size: int):
 class BlockAccumulator:
     """Per-(input leaf, output leaf) statistics, merged tile by tile on the host."""
 
-    SUMS = ("ssd", "ssa", "ssn", "n", "n_failed", "n_anf", "n_ref_nf", "n_kink_out", "n_nonsmooth", "n_unres", "mass", "mass_unres")
+    SUMS = (
+        "ssd",
+        "ssa",
+        "ssn",
+        "n",
+        "n_failed",
+        "n_anf",
+        "n_ref_nf",
+        "n_kink_out",
+        "n_nonsmooth",
+        "n_unres",
+        "mass",
+        "mass_unres",
+    )
     CAND = ("key", "i", "j", "a", "num", "tol", "code", "block")
 
     def __init__(self, p: Problem):
@@ -154,7 +180,11 @@ class BlockAccumulator:
     def flush(self) -> None:
         pending, self.pending = self.pending, []
         for stats, coords, col_map in jax.device_get(pending):
-            self._add({k: np.asarray(v, np.float64)[: coords.size] for k, v in stats.items()}, coords, np.asarray(col_map))
+            self._add(
+                {k: np.asarray(v, np.float64)[: coords.size] for k, v in stats.items()},
+                coords,
+                np.asarray(col_map),
+            )
 
     def _add(self, t: dict, coords: np.ndarray, col_map: np.ndarray) -> None:
         rows = self.p.in_ids[coords][:, None] * np.ones((1, self.p.n_out), np.int64)
@@ -288,14 +318,27 @@ class _Tiles:
       rows: (rows plan) the output indices of the tile's columns; valid_rows: how many are real.
     """
 
-    def __init__(self, p: Problem, host: bool, leaf_max: Any, rows: np.ndarray | None = None, valid_rows: int | None = None):
+    def __init__(
+        self,
+        p: Problem,
+        host: bool,
+        leaf_max: Any,
+        rows: np.ndarray | None = None,
+        valid_rows: int | None = None,
+    ):
         self.p, self.host, self.rows = p, host, rows
-        self.out_ids = p.out_ids if rows is None else np.where(np.arange(rows.size) < valid_rows, p.out_ids[rows], p.n_out)
+        self.out_ids = (
+            p.out_ids
+            if rows is None
+            else np.where(np.arange(rows.size) < valid_rows, p.out_ids[rows], p.n_out)
+        )
         self.f0, self.out_scale = p.ev.f0, p.out_scale
         if rows is not None:
             self.f0, self.out_scale = self.f0[rows], self.out_scale[rows]
         self.leaf_max = leaf_max
-        self.out_slices = None if rows is not None else tuple((o.offset, o.offset + o.size) for o in p.outs)
+        self.out_slices = (
+            None if rows is not None else tuple((o.offset, o.offset + o.size) for o in p.outs)
+        )
         self.dev: dict | None = None
 
     def _device(self, dtype: Any) -> dict:
@@ -311,7 +354,9 @@ class _Tiles:
             }
         return self.dev
 
-    def stats(self, values: jax.Array, points: np.ndarray, c: np.ndarray, analytic: jax.Array) -> dict:
+    def stats(
+        self, values: jax.Array, points: np.ndarray, c: np.ndarray, analytic: jax.Array
+    ) -> dict:
         p = self.p
         if self.host:
             values = np.asarray(values)
@@ -329,7 +374,10 @@ class _Tiles:
             d = self._device(dtype)
             if d["rows"] is not None:
                 values = jnp.take(values, d["rows"], axis=2)
-            rowdata = np.concatenate([points, p.ev.theta[c][:, None], p.floor_in[c][:, None], p.in_ids[c][:, None]], axis=1)
+            rowdata = np.concatenate(
+                [points, p.ev.theta[c][:, None], p.floor_in[c][:, None], p.in_ids[c][:, None]],
+                axis=1,
+            )
             return jk.tile_stats(
                 values, d["f0"], jnp.asarray(rowdata, dtype), analytic, d["out_scale"], d["leaf_max"], d["out_ids"], d["scalars"],
                 p.n_out, self.out_slices,
@@ -358,7 +406,9 @@ def check_columns(
         values, points = p.ev.stencil(c, p.h[c], batch_size=k)
         analytic = p.call_analytic(kernel, c)
         if jv is not None:
-            jv.add_columns_times(analytic, np.where(np.arange(k)[:, None] < valid, freivalds[c], 0.0))
+            jv.add_columns_times(
+                analytic, np.where(np.arange(k)[:, None] < valid, freivalds[c], 0.0)
+            )
         acc.push(tiles.stats(values, points, c, analytic), c, valid, col_map)
     acc.flush()
     return None if jv is None else jv.result()
@@ -391,7 +441,9 @@ class _Accumulate:
             np.maximum.at(self.value, ids[ok], a[ok])
         else:
             with jax.enable_x64(True):
-                self.value = jk.columns_leaf_max(self.value, cols, jnp.asarray(ids, jnp.int32), n_leaves)
+                self.value = jk.columns_leaf_max(
+                    self.value, cols, jnp.asarray(ids, jnp.int32), n_leaves
+                )
 
     def result(self) -> np.ndarray:
         return np.asarray(jax.device_get(self.value), np.float64)
@@ -402,7 +454,9 @@ def columns_leaf_max(p: Problem, coords: np.ndarray, kernel: Callable) -> np.nda
     k = p.tile_size(p.m, len(coords))
     acc = _Accumulate(_on_host(len(coords) * p.m), (p.n_in, p.m))
     for c, valid in _padded_chunks(np.asarray(coords, np.int64), k):
-        acc.add_leaf_max(p.call_analytic(kernel, c), np.where(np.arange(k) < valid, p.in_ids[c], -1), p.n_in)
+        acc.add_leaf_max(
+            p.call_analytic(kernel, c), np.where(np.arange(k) < valid, p.in_ids[c], -1), p.n_in
+        )
     return acc.result()
 
 
@@ -411,7 +465,10 @@ def _rows_summary(J: Any, V: Any, layout: ArgLayout, xp: Any = jnp) -> tuple:
     ok = xp.isfinite(J)
     Jc = xp.where(ok, J, 0).astype(V.dtype)
     absJ = xp.abs(Jc)
-    leaf_max = xp.stack([xp.max(absJ[:, l.offset : l.offset + l.size], axis=1, initial=0.0) for l in layout.diff], axis=0)
+    leaf_max = xp.stack(
+        [xp.max(absJ[:, l.offset : l.offset + l.size], axis=1, initial=0.0) for l in layout.diff],
+        axis=0,
+    )
     return leaf_max, Jc @ V, absJ @ xp.abs(V)
 
 
@@ -456,7 +513,9 @@ def check_rows(p: Problem, coords: np.ndarray, rows_all: np.ndarray, acc: BlockA
     host = _on_host(len(coords) * rows_all.size)
     for rows, valid_rows in _padded_chunks(np.asarray(rows_all, np.int64), r):
         J = p.call_analytic(jk.vjp_rows, rows)  # (r, n)
-        tiles = _Tiles(p, host, _leaf_max_of_rows(p, host, J), rows, valid_rows)  # per-leaf maxima (L_in, r)
+        tiles = _Tiles(
+            p, host, _leaf_max_of_rows(p, host, J), rows, valid_rows
+        )  # per-leaf maxima (L_in, r)
         for c, valid in _padded_chunks(np.asarray(coords, np.int64), k):
             values, points = p.ev.stencil(c, p.h[c], batch_size=k)
             analytic = _take_columns(J, jnp.asarray(c, jnp.int32))
@@ -469,9 +528,13 @@ def _take_columns(J: jax.Array, c: jax.Array) -> jax.Array:
     return jnp.take(J, c, axis=1).T
 
 
-def _vjp_linear_enough(p: Problem, jv_rows: np.ndarray, ajv: np.ndarray, jv_cols: np.ndarray) -> str | None:
+def _vjp_linear_enough(
+    p: Problem, jv_rows: np.ndarray, ajv: np.ndarray, jv_cols: np.ndarray
+) -> str | None:
     """Why the transposed-VJP columns cannot be trusted, or None."""
-    J0 = p.call_analytic(jk.vjp_rows, np.full(p.row_size(), p.m))  # index m: the zero cotangent (same kernel shape)
+    J0 = p.call_analytic(
+        jk.vjp_rows, np.full(p.row_size(), p.m)
+    )  # index m: the zero cotangent (same kernel shape)
     if not np.all(np.asarray(J0) == 0):
         return "the VJP at a zero cotangent is not zero (the bwd rule has a term that does not scale with the cotangent)"
     eps = float(np.finfo(p.tol_dtype).eps)
@@ -509,12 +572,20 @@ def run_full(p: Problem) -> tuple[BlockAccumulator, str, str | None]:
         jv_cols = check_columns(p, coords, acc, jk.vjp_columns, leaf_max, freivalds=V)
         note = _vjp_linear_enough(p, jv_rows, ajv, jv_cols)
         if note is None:
-            return acc, (
-                "VJP: rows e_j^T J (jax.vjp, vmapped over output basis vectors) for the tolerances, and columns "
-                "from jax.linear_transpose of the same VJP, verified against the rows on 2 random vectors"
-            ), None
+            return (
+                acc,
+                (
+                    "VJP: rows e_j^T J (jax.vjp, vmapped over output basis vectors) for the tolerances, and columns "
+                    "from jax.linear_transpose of the same VJP, verified against the rows on 2 random vectors"
+                ),
+                None,
+            )
         acc = BlockAccumulator(p)
     else:
         note = f"the VJP cannot be transposed ({note})"
     check_rows(p, coords, np.arange(p.m), acc)
-    return acc, "VJP rows e_j^T J (jax.vjp, vmapped over output basis vectors; finite differences re-run per row chunk)", note
+    return (
+        acc,
+        "VJP rows e_j^T J (jax.vjp, vmapped over output basis vectors; finite differences re-run per row chunk)",
+        note,
+    )

@@ -74,7 +74,9 @@ class OutLeaf:
             half = self.size // 2
             part = "real" if local < half else "imag"
             local %= half
-        return (tuple(int(i) for i in np.unravel_index(local, self.shape)) if self.shape else ()), part
+        return (
+            tuple(int(i) for i in np.unravel_index(local, self.shape)) if self.shape else ()
+        ), part
 
 
 OutLayout = tuple[OutLeaf, ...]
@@ -135,14 +137,28 @@ def _in_dtype(layout: ArgLayout) -> Any:
 
 
 @ft.partial(jax.jit, static_argnums=(0, 1, 2))
-def vjp_products(sel: OutputSelect, layout: ArgLayout, outs: OutLayout, diff_values: list, dynamic: Any, U: jax.Array) -> jax.Array:
+def vjp_products(
+    sel: OutputSelect,
+    layout: ArgLayout,
+    outs: OutLayout,
+    diff_values: list,
+    dynamic: Any,
+    U: jax.Array,
+) -> jax.Array:
     """J^T u for each row u of U (b, m): (b, n), through `jax.vjp` (so custom_vjp bwd rules run)."""
     lin, u_dtype = _vjp_linear(sel, layout, outs, diff_values, dynamic)
     return jax.vmap(lin)(U.astype(u_dtype))
 
 
 @ft.partial(jax.jit, static_argnums=(0, 1, 2))
-def vjp_rows(sel: OutputSelect, layout: ArgLayout, outs: OutLayout, diff_values: list, dynamic: Any, rows: jax.Array) -> jax.Array:
+def vjp_rows(
+    sel: OutputSelect,
+    layout: ArgLayout,
+    outs: OutLayout,
+    diff_values: list,
+    dynamic: Any,
+    rows: jax.Array,
+) -> jax.Array:
     """Rows `rows` (r,) of J from VJPs at output basis vectors: (r, n)."""
     m = sum(o.size for o in outs)
     lin, u_dtype = _vjp_linear(sel, layout, outs, diff_values, dynamic)
@@ -150,17 +166,34 @@ def vjp_rows(sel: OutputSelect, layout: ArgLayout, outs: OutLayout, diff_values:
 
 
 @ft.partial(jax.jit, static_argnums=(0, 1, 2))
-def vjp_rows_summary(sel: OutputSelect, layout: ArgLayout, outs: OutLayout, diff_values: list, dynamic: Any, rows: jax.Array, V: jax.Array):
+def vjp_rows_summary(
+    sel: OutputSelect,
+    layout: ArgLayout,
+    outs: OutLayout,
+    diff_values: list,
+    dynamic: Any,
+    rows: jax.Array,
+    V: jax.Array,
+):
     """For rows `rows` (r,) of J (from VJPs): per-input-leaf max |J| (r, L_in), J V and |J| |V| (r, p)."""
     J = vjp_rows(sel, layout, outs, diff_values, dynamic, rows)
     absJ = jnp.where(jnp.isfinite(J), jnp.abs(J), 0)
-    leaf_max = jnp.stack([jnp.max(absJ[:, l.offset : l.offset + l.size], axis=1) for l in layout.diff], axis=1)
+    leaf_max = jnp.stack(
+        [jnp.max(absJ[:, l.offset : l.offset + l.size], axis=1) for l in layout.diff], axis=1
+    )
     V = V.astype(J.dtype)
     return leaf_max, J @ V, absJ @ jnp.abs(V)
 
 
 @ft.partial(jax.jit, static_argnums=(0, 1, 2))
-def vjp_columns(sel: OutputSelect, layout: ArgLayout, outs: OutLayout, diff_values: list, dynamic: Any, coords: jax.Array) -> jax.Array:
+def vjp_columns(
+    sel: OutputSelect,
+    layout: ArgLayout,
+    outs: OutLayout,
+    diff_values: list,
+    dynamic: Any,
+    coords: jax.Array,
+) -> jax.Array:
     """Columns `coords` (k,) of J, as the transpose of the (linear) real-view VJP: (k, m).
 
     `jax.linear_transpose` does not check linearity (an affine or cotangent-ignoring bwd
@@ -180,24 +213,42 @@ def _jvp_linear(sel, layout, outs, diff_values, dynamic) -> Callable:
 
 
 @ft.partial(jax.jit, static_argnums=(0, 1, 2))
-def jvp_products(sel: OutputSelect, layout: ArgLayout, outs: OutLayout, diff_values: list, dynamic: Any, V: jax.Array) -> jax.Array:
+def jvp_products(
+    sel: OutputSelect,
+    layout: ArgLayout,
+    outs: OutLayout,
+    diff_values: list,
+    dynamic: Any,
+    V: jax.Array,
+) -> jax.Array:
     """J v for each row v of V (b, n): (b, m), through `jax.linearize` (custom_jvp rules run)."""
     lin = _jvp_linear(sel, layout, outs, diff_values, dynamic)
     return jax.vmap(lin)(V.astype(_in_dtype(layout)))
 
 
 @ft.partial(jax.jit, static_argnums=(0, 1, 2))
-def jvp_columns(sel: OutputSelect, layout: ArgLayout, outs: OutLayout, diff_values: list, dynamic: Any, coords: jax.Array) -> jax.Array:
+def jvp_columns(
+    sel: OutputSelect,
+    layout: ArgLayout,
+    outs: OutLayout,
+    diff_values: list,
+    dynamic: Any,
+    coords: jax.Array,
+) -> jax.Array:
     """Columns `coords` (k,) of J from JVPs at input basis vectors: (k, m)."""
     lin = _jvp_linear(sel, layout, outs, diff_values, dynamic)
     return jax.vmap(lin)(_basis(coords, layout.n, _in_dtype(layout)))
 
 
 @ft.partial(jax.jit, static_argnums=(3,))
-def columns_leaf_max(acc: jax.Array, cols: jax.Array, leaf_ids: jax.Array, n_leaves: int) -> jax.Array:
+def columns_leaf_max(
+    acc: jax.Array, cols: jax.Array, leaf_ids: jax.Array, n_leaves: int
+) -> jax.Array:
     """acc (L_in, m) updated with the max |cols| (k, m) of each input leaf (leaf_ids (k,), -1 = padding)."""
     a = jnp.where(jnp.isfinite(cols), jnp.abs(cols), 0).astype(acc.dtype)
-    seg = jax.ops.segment_max(a, jnp.where(leaf_ids < 0, n_leaves, leaf_ids), num_segments=n_leaves + 1)[:n_leaves]
+    seg = jax.ops.segment_max(
+        a, jnp.where(leaf_ids < 0, n_leaves, leaf_ids), num_segments=n_leaves + 1
+    )[:n_leaves]
     return jnp.maximum(acc, seg)
 
 
@@ -211,7 +262,20 @@ def columns_times(acc: jax.Array, cols: jax.Array, V: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------------
 # Traced, jitted: one tile of Jacobian entries vs finite differences.
 
-SUM_NAMES = ("ssd", "ssa", "ssn", "n", "n_failed", "n_anf", "n_ref_nf", "n_kink_out", "n_nonsmooth", "n_unres", "mass", "mass_unres")
+SUM_NAMES = (
+    "ssd",
+    "ssa",
+    "ssn",
+    "n",
+    "n_failed",
+    "n_anf",
+    "n_ref_nf",
+    "n_kink_out",
+    "n_nonsmooth",
+    "n_unres",
+    "mass",
+    "mass_unres",
+)
 STAT_NAMES = SUM_NAMES + ("maxd", "key", "j", "a", "num", "tol", "code")
 
 
@@ -219,8 +283,12 @@ def element_key(code: jax.Array, diff: jax.Array, tolerance: jax.Array, xp: Any 
     """Worst-first ordering key in [0, 3]: failing (2) > non-finite reference or kink outside (1) > rest,
     then |a - n| / tolerance (mapped r -> r / (1 + r), NaN and Inf -> 1)."""
     failing = (code == st.FAIL) | (code == st.ANALYTIC_NONFINITE)
-    rank = xp.where(failing, 2.0, xp.where((code == st.REF_NONFINITE) | (code == st.FAIL_NONSMOOTH), 1.0, 0.0))
-    ratio = xp.where(tolerance > 0, diff / xp.where(tolerance > 0, tolerance, 1), xp.where(diff > 0, xp.inf, 0.0))
+    rank = xp.where(
+        failing, 2.0, xp.where((code == st.REF_NONFINITE) | (code == st.FAIL_NONSMOOTH), 1.0, 0.0)
+    )
+    ratio = xp.where(
+        tolerance > 0, diff / xp.where(tolerance > 0, tolerance, 1), xp.where(diff > 0, xp.inf, 0.0)
+    )
     squashed = xp.where(xp.isfinite(ratio), ratio / (1 + ratio), 1.0)
     return rank + squashed
 
@@ -270,7 +338,9 @@ def _tile_stats(
     dtype = values.dtype
     est = combine(values, f0, points, x0)
     a = analytic.astype(dtype)
-    atol = floor_in[:, None].astype(dtype) * out_scale[None, :].astype(dtype) + rtol * leaf_max[in_ids].astype(dtype)
+    atol = floor_in[:, None].astype(dtype) * out_scale[None, :].astype(dtype) + rtol * leaf_max[
+        in_ids
+    ].astype(dtype)
     atol = xp.where(user_atol >= 0, user_atol, atol)
     asm = assess(est, a, rtol, atol, safety)
     num, code = est.numeric, asm.code
@@ -298,19 +368,22 @@ def _tile_stats(
     if xp is jnp:
         # Materialise the per-entry values once: otherwise XLA fuses the whole comparison into
         # each of the reductions below and recomputes it for every one of them.
-        per_elem, key, a, num, tolerance, code = jax.lax.optimization_barrier((per_elem, key, a, num, asm.tolerance, code))
+        per_elem, key, a, num, tolerance, code = jax.lax.optimization_barrier(
+            (per_elem, key, a, num, asm.tolerance, code)
+        )
     else:
         tolerance = asm.tolerance
     out: dict[str, list] = {name: [] for name in STAT_NAMES}
     rows = xp.arange(a.shape[0])
     for o in range(n_out):
-        if out_slices is not None:  # the columns plan: output leaf o is a static slice of the tile's columns
+        # The columns plan: output leaf o is a static slice of the tile's columns; the
+        # rows plan masks the tile's columns by output leaf.
+        if out_slices is not None:
             lo, hi = out_slices[o]
-            part = lambda x: x[:, lo:hi]  # noqa: E731
-            fill = 0.0
-        else:  # the rows plan: mask the tile's columns by output leaf
+            part = ft.partial(_columns_slice, lo=lo, hi=hi)
+        else:
             mask = (out_ids == o)[None, :]
-            part = lambda x, fill=0.0: xp.where(mask, x, fill)  # noqa: E731
+            part = ft.partial(_masked, mask=mask, xp=xp)
             lo = 0
         for name, x in per_elem.items():
             out[name].append(xp.max(part(x), axis=1) if name == "maxd" else xp.sum(part(x), axis=1))
@@ -322,7 +395,12 @@ def _tile_stats(
     out = {name: xp.stack(v, axis=1) for name, v in out.items() if v}
     r = rows[:, None]
     out["j"] = j.astype(dtype)
-    out["a"], out["num"], out["tol"], out["code"] = a[r, j], num[r, j], tolerance[r, j], code[r, j].astype(dtype)
+    out["a"], out["num"], out["tol"], out["code"] = (
+        a[r, j],
+        num[r, j],
+        tolerance[r, j],
+        code[r, j].astype(dtype),
+    )
     return out
 
 
@@ -330,23 +408,74 @@ tile_stats_host = ft.partial(_tile_stats, xp=np)
 
 
 @ft.partial(jax.jit, static_argnums=(8, 9))
-def tile_stats(values, f0, rowdata, analytic, out_scale, leaf_max, out_ids, scalars, n_out: int, out_slices: Any = None) -> dict[str, jax.Array]:
+def _columns_slice(x: Any, *, lo: int, hi: int) -> Any:
+    return x[:, lo:hi]
+
+
+def _masked(x: Any, *, mask: Any, xp: Any) -> Any:
+    return xp.where(mask, x, 0.0)
+
+
+def tile_stats(
+    values,
+    f0,
+    rowdata,
+    analytic,
+    out_scale,
+    leaf_max,
+    out_ids,
+    scalars,
+    n_out: int,
+    out_slices: Any = None,
+) -> dict[str, jax.Array]:
     """`_tile_stats` on device, with the per-row inputs packed into one transfer.
 
     Args:
       rowdata: (k, 7) columns: the 4 stencil points, x0, floor_in, input leaf id.
       scalars: (3,) rtol, safety, user_atol.
     """
-    points, x0, floor_in, in_ids = rowdata[:, :4], rowdata[:, 4], rowdata[:, 5], rowdata[:, 6].astype(jnp.int32)
+    points, x0, floor_in, in_ids = (
+        rowdata[:, :4],
+        rowdata[:, 4],
+        rowdata[:, 5],
+        rowdata[:, 6].astype(jnp.int32),
+    )
     rtol, safety, user_atol = scalars[0], scalars[1], scalars[2]
-    return _tile_stats(values, f0, points, x0, analytic, floor_in, out_scale, leaf_max, in_ids, out_ids, rtol, safety, user_atol, n_out, out_slices, jnp)
+    return _tile_stats(
+        values,
+        f0,
+        points,
+        x0,
+        analytic,
+        floor_in,
+        out_scale,
+        leaf_max,
+        in_ids,
+        out_ids,
+        rtol,
+        safety,
+        user_atol,
+        n_out,
+        out_slices,
+        jnp,
+    )
 
 
 # ----------------------------------------------------------------------------------
 # Traced, jitted: probes <u, J v> from directional finite differences.
 
 
-def _probe_assess(values: Any, f0: Any, ts: Any, U: Any, analytic: Any, atol: Any, rtol: Any, safety: Any, xp: Any = jnp) -> tuple:
+def _probe_assess(
+    values: Any,
+    f0: Any,
+    ts: Any,
+    U: Any,
+    analytic: Any,
+    atol: Any,
+    rtol: Any,
+    safety: Any,
+    xp: Any = jnp,
+) -> tuple:
     """Compares analytic <u_q, J v_b> with finite differences of f along v_b, contracted with u_q.
 
     Treats the direction as one coordinate t: the stencil values f(theta + t v) at
@@ -372,12 +501,18 @@ def _probe_assess(values: Any, f0: Any, ts: Any, U: Any, analytic: Any, atol: An
     Uf = U.astype(dtype)
     used = (Uf != 0).astype(dtype)
     # Non-finite values poison only the cotangents that see them (0 * NaN would poison all).
-    bad = ((~xp.all(xp.isfinite(values), axis=1) | ~xp.isfinite(f0)[None, :]).astype(dtype) @ used.T) > 0
+    bad = (
+        (~xp.all(xp.isfinite(values), axis=1) | ~xp.isfinite(f0)[None, :]).astype(dtype) @ used.T
+    ) > 0
     clean = xp.where(xp.isfinite(values), values, 0)
     vu = xp.einsum("bkm,qm->bkq", clean, Uf)
     est = combine(vu, Uf @ xp.where(xp.isfinite(f0), f0, 0), points, x0)
     noise = xp.where(xp.isfinite(full.noise), full.noise, 0) @ xp.abs(Uf).T
-    est = est._replace(numeric=xp.where(bad, xp.nan, est.numeric), fd_error=est.fd_error - est.noise + noise, noise=noise)
+    est = est._replace(
+        numeric=xp.where(bad, xp.nan, est.numeric),
+        fd_error=est.fd_error - est.noise + noise,
+        noise=noise,
+    )
     asm = assess(est, analytic.astype(dtype), rtol, atol.astype(dtype), safety)
     return est.numeric, asm.code, asm.tolerance, asm.resolved
 

@@ -107,7 +107,9 @@ class BlockReport:
 def sort_blocks(blocks: list[BlockReport]) -> tuple[BlockReport, ...]:
     """Failed blocks first, then inconclusive, then passed; within a status by relative error."""
     rank = {"failed": 0, "inconclusive": 1, "passed": 2}
-    return tuple(sorted(blocks, key=lambda b: (rank[b.status], -np.nan_to_num(b.relative_error, nan=np.inf))))
+    return tuple(
+        sorted(blocks, key=lambda b: (rank[b.status], -np.nan_to_num(b.relative_error, nan=np.inf)))
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -170,7 +172,9 @@ class JacobianCheckResult:
         for b in self.blocks:
             if b.input_path == input_path and b.output_path == output_path:
                 return b
-        raise KeyError(f"no block {input_path!r} -> {output_path!r}; blocks are {[b.path for b in self.blocks]}")
+        raise KeyError(
+            f"no block {input_path!r} -> {output_path!r}; blocks are {[b.path for b in self.blocks]}"
+        )
 
     @property
     def failed_blocks(self) -> tuple[BlockReport, ...]:
@@ -205,11 +209,17 @@ def format_jacobian_result(r: JacobianCheckResult) -> list[str]:
     """The report's lines: verdict, block table, worst entries, settings, hints."""
     lines = [f"{r.status.upper()}: check_{r.kind}({r.name}): {r.reason}"]
     over = "probe values" if r.mode == "probe" else "Jacobian entries"
-    lines.append(f"  relative error ||a-n||/(||a||+||n||) = {_sci(r.relative_error)} over all {over}")
+    lines.append(
+        f"  relative error ||a-n||/(||a||+||n||) = {_sci(r.relative_error)} over all {over}"
+    )
     rows = []
     for b in r.blocks:
         w = b.worst
-        counted = f"{b.n_failed}/{b.n_checked}" if r.mode == "full" else f"{b.n_probes_failed}/{b.n_probes}"
+        counted = (
+            f"{b.n_failed}/{b.n_checked}"
+            if r.mode == "full"
+            else f"{b.n_probes_failed}/{b.n_probes}"
+        )
         rows.append(
             [
                 b.path,
@@ -226,7 +236,21 @@ def format_jacobian_result(r: JacobianCheckResult) -> list[str]:
         )
     failed_header = "failed" if r.mode == "full" else "probes failed"
     lines.append("")
-    lines += _table(["block", "status", "arrays", "rel.err", "worst", "analytic", "numeric", "tolerance", failed_header, "kinks"], rows)
+    lines += _table(
+        [
+            "block",
+            "status",
+            "arrays",
+            "rel.err",
+            "worst",
+            "analytic",
+            "numeric",
+            "tolerance",
+            failed_header,
+            "kinks",
+        ],
+        rows,
+    )
     for b in r.blocks:
         bad = [e for e in b.elements if e.kind not in ("nonsmooth", "within-tolerance")]
         if b.status == "passed" or not bad:
@@ -236,7 +260,17 @@ def format_jacobian_result(r: JacobianCheckResult) -> list[str]:
         lines += ["", f"  {b.path}: {b.reason}"]
         lines += _table(
             ["input -> output", "analytic", "numeric", "|error|", "tolerance", "finding"],
-            [[e.where, _num(e.analytic), _num(e.numeric), _sci(e.abs_error), _sci(e.tolerance), e.kind] for e in bad],
+            [
+                [
+                    e.where,
+                    _num(e.analytic),
+                    _num(e.numeric),
+                    _sci(e.abs_error),
+                    _sci(e.tolerance),
+                    e.kind,
+                ]
+                for e in bad
+            ],
             indent="    ",
         )
     lines.append("")
@@ -251,10 +285,14 @@ def format_jacobian_result(r: JacobianCheckResult) -> list[str]:
     if tol.atol is not None:
         atol = f"{tol.atol:.1e} per entry"
     elif r.mode == "probe":
-        atol = "per probe (rtol * rms of the analytic product's terms + rounding floor, in quadrature)"
+        atol = (
+            "per probe (rtol * rms of the analytic product's terms + rounding floor, in quadrature)"
+        )
     else:
         atol = "per entry (rtol * row max over the input leaf + rounding floor)"
-    lines.append(f"  tolerance: {tol.safety:g} x estimated FD error + rtol {tol.rtol:.1e} x |numeric| + atol {atol}")
+    lines.append(
+        f"  tolerance: {tol.safety:g} x estimated FD error + rtol {tol.rtol:.1e} x |numeric| + atol {atol}"
+    )
     lines.append(
         f"  mode {r.mode}, seed {r.seed}, {r.n_inputs} inputs x {r.n_outputs} outputs (real coordinates), "
         f"{r.n_evaluations} evaluations, {r.seconds:.2f} s"

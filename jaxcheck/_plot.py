@@ -64,7 +64,14 @@ def _panel_errors(ax: Any, result: Any) -> None:
     unit, rows = _rows(result)
     ax.set_title(f"(a) relative error per {unit}  ||a-n|| / (||a||+||n||)", fontsize=9)
     if not rows:
-        ax.text(0.5, 0.5, "no per-leaf errors recorded in this result", ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no per-leaf errors recorded in this result",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
         ax.set_axis_off()
         return
     hidden = max(0, len(rows) - MAX_BARS)
@@ -80,7 +87,9 @@ def _panel_errors(ax: Any, result: Any) -> None:
             bar.set_hatch("//")
             bar.set_edgecolor("black")
         note = "nan" if not np.isfinite(value) else ("0" if value <= 0 else f"{value:.1e}")
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " " + note, va="center", fontsize=7)
+        ax.text(
+            bar.get_width(), bar.get_y() + bar.get_height() / 2, " " + note, va="center", fontsize=7
+        )
     pad = max(0.0, (3 - len(rows)) / 2)  # keep one or two bars from filling the panel
     ax.set_ylim(-0.75 - pad, len(rows) - 0.25 + pad)
     ax.set_yticks(y)
@@ -89,12 +98,29 @@ def _panel_errors(ax: Any, result: Any) -> None:
     ax.set_xlim(lo, 30.0)
     for value, text in GUIDES:
         ax.axvline(value, color="#9e9e9e", linestyle=":", linewidth=1)
-        ax.text(value, 0.995, " " + text, transform=ax.get_xaxis_transform(), ha="left", va="top", fontsize=7, color="#616161")
+        ax.text(
+            value,
+            0.995,
+            " " + text,
+            transform=ax.get_xaxis_transform(),
+            ha="left",
+            va="top",
+            fontsize=7,
+            color="#616161",
+        )
     ax.tick_params(axis="x", labelsize=7)
     handles = [
-        _patch(STATUS_COLORS[s], s) for s in ("passed", "failed", "inconclusive") if any(r[2] == s for r in rows)
+        _patch(STATUS_COLORS[s], s)
+        for s in ("passed", "failed", "inconclusive")
+        if any(r[2] == s for r in rows)
     ]
-    ax.legend(handles=handles, fontsize=7, loc="lower right", title="verdict (per-element tolerance)", title_fontsize=7)
+    ax.legend(
+        handles=handles,
+        fontsize=7,
+        loc="lower right",
+        title="verdict (per-element tolerance)",
+        title_fontsize=7,
+    )
     note = "dotted: rule-of-thumb guides, not the pass test"
     if hidden:
         note += f"; {hidden} more {'leaves' if unit == 'leaf' else 'blocks'} not shown"
@@ -111,7 +137,14 @@ def _panel_sweep(ax: Any, result: Any) -> None:
     sweep = getattr(result, "step_sweep", None)
     if sweep is None:
         ax.set_title("(b) finite-difference error vs step", fontsize=9)
-        ax.text(0.5, 0.5, "no step sweep recorded for this check", ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no step sweep recorded for this check",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
         ax.set_axis_off()
         return
     steps = np.asarray(sweep.steps, np.float64)
@@ -120,20 +153,50 @@ def _panel_sweep(ax: Any, result: Any) -> None:
     def positive(x: np.ndarray) -> np.ndarray:
         return np.where(np.isfinite(x) & (x > 0), x, np.nan)  # gaps instead of clipping zeros
 
-    where = f"{sweep.path}[{','.join(str(i) for i in sweep.index)}]" + (f".{sweep.part}" if sweep.part else "")
-    ax.set_title(f"(b) worst element {where}: central difference vs step ({sweep.dtype})", fontsize=9)
+    where = f"{sweep.path}[{','.join(str(i) for i in sweep.index)}]" + (
+        f".{sweep.part}" if sweep.part else ""
+    )
+    ax.set_title(
+        f"(b) worst element {where}: central difference vs step ({sweep.dtype})", fontsize=9
+    )
     err_numeric = positive(np.abs(estimates - sweep.numeric))
     err_analytic = positive(np.abs(estimates - sweep.analytic))
-    ax.loglog(steps, err_numeric, "o-", ms=3, color="#1565c0", label="|estimate(h) - numeric|  (FD error)")
+    ax.loglog(
+        steps, err_numeric, "o-", ms=3, color="#1565c0", label="|estimate(h) - numeric|  (FD error)"
+    )
     ax.loglog(steps, err_analytic, "s--", ms=3, color="#c62828", label="|estimate(h) - analytic|")
     if np.all(np.isnan(err_numeric)) and np.all(np.isnan(err_analytic)):
         finite = np.isfinite(estimates)
-        why = "every estimate equals the reference exactly (zero error)" if finite.all() else f"{int((~finite).sum())} of {finite.size} estimates are NaN/Inf"
-        ax.text(0.5, 0.5, f"nothing to draw on log axes:\n{why}", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        why = (
+            "every estimate equals the reference exactly (zero error)"
+            if finite.all()
+            else f"{int((~finite).sum())} of {finite.size} estimates are NaN/Inf"
+        )
+        ax.text(
+            0.5,
+            0.5,
+            f"nothing to draw on log axes:\n{why}",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=8,
+        )
     gap = abs(sweep.analytic - sweep.numeric)
     if np.isfinite(gap) and gap > 0:
-        ax.axhline(gap, color="#c62828", linestyle=":", linewidth=1, label=f"|analytic - numeric| = {gap:.2g}")
-    ax.axvline(sweep.chosen_step, color="#424242", linestyle="-.", linewidth=1, label=f"step used h = {sweep.chosen_step:.2g}")
+        ax.axhline(
+            gap,
+            color="#c62828",
+            linestyle=":",
+            linewidth=1,
+            label=f"|analytic - numeric| = {gap:.2g}",
+        )
+    ax.axvline(
+        sweep.chosen_step,
+        color="#424242",
+        linestyle="-.",
+        linewidth=1,
+        label=f"step used h = {sweep.chosen_step:.2g}",
+    )
     ax.set_xlabel("step h", fontsize=8)
     ax.set_ylabel("absolute error of the derivative estimate", fontsize=8)
     ax.tick_params(labelsize=7)
@@ -172,7 +235,9 @@ def plot_result(result: Any, path: Any = None, *, dpi: int = 120) -> Any:
     _panel_sweep(ax_sweep, source)
     title = _first_line(result)
     if source is not result:
-        title += "\n" + _first_line(source, prefix="(panels: the finite-difference check ", suffix=")")
+        title += "\n" + _first_line(
+            source, prefix="(panels: the finite-difference check ", suffix=")"
+        )
     fig.suptitle(title, fontsize=9)
     if path is not None:
         fig.savefig(path, dpi=dpi)

@@ -33,7 +33,6 @@ moves f by ~|f| / 10**6), hiding any one wrong element from every probe.
 """
 
 import dataclasses
-import functools as ft
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -44,8 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _finite_diff as fd
-from . import _jacobian_kernels as jk
 from . import _jacobian_full as jf
+from . import _jacobian_kernels as jk
 from . import _stencil as st
 from . import _summary, _tolerance
 from ._engine import Evaluator
@@ -67,7 +66,9 @@ MAX_NARROWED = 4  # failing blocks (leaves) narrowed per check, worst first
 WHOLE_LEAF_MAX = 1024
 WHOLE_BLOCK_MAX = 2**22
 MAX_ROWS = 16  # directions per vmapped evaluation (fixed, so the kernel compiles once)
-TS = np.asarray([-2.0, -1.0, 1.0, 2.0])  # stencil in units of the direction (which carries the step)
+TS = np.asarray(
+    [-2.0, -1.0, 1.0, 2.0]
+)  # stencil in units of the direction (which carries the step)
 
 
 @dataclasses.dataclass
@@ -82,12 +83,16 @@ class Round:
 
     def key(self) -> np.ndarray:
         with np.errstate(all="ignore"):
-            return jk.element_key(self.code, np.abs(self.analytic - self.numeric), self.tolerance, np)
+            return jk.element_key(
+                self.code, np.abs(self.analytic - self.numeric), self.tolerance, np
+            )
 
 
 def _cotangent_block(seed: int, path: str, count: int, size: int) -> np.ndarray:
     """Standard-normal cotangents for one output leaf, seeded from (seed, its path)."""
-    rng = np.random.Generator(np.random.PCG64([int(seed) & 0xFFFFFFFF, zlib.crc32(f"cotangent:{path}".encode())]))
+    rng = np.random.Generator(
+        np.random.PCG64([int(seed) & 0xFFFFFFFF, zlib.crc32(f"cotangent:{path}".encode())])
+    )
     return rng.standard_normal((count, size))
 
 
@@ -100,7 +105,9 @@ class Prober:
       grad: For kind "grad": the analytic gradient (n,) and check_grad's per-element atol (n,).
     """
 
-    def __init__(self, p: jf.Problem, n_probes: int, grad: tuple[np.ndarray, np.ndarray] | None = None):
+    def __init__(
+        self, p: jf.Problem, n_probes: int, grad: tuple[np.ndarray, np.ndarray] | None = None
+    ):
         self.p, self.P = p, int(n_probes)
         # Directions carry the step: Z * h (P, n), restricted per probe to a leaf or a part of one.
         self.Zh = p.ev.random_directions(self.P, "probe") * p.h
@@ -112,7 +119,11 @@ class Prober:
             f0 = p.ev.f0[sl]
             rms = float(np.sqrt(np.mean(np.square(f0)))) if p.m > 1 else 1.0
             scale = rms if rms > 0 and np.isfinite(rms) else 1.0
-            z = _cotangent_block(p.seed, leaf.path, self.Pu, leaf.size) if p.m > 1 else np.ones((1, 1))
+            z = (
+                _cotangent_block(p.seed, leaf.path, self.Pu, leaf.size)
+                if p.m > 1
+                else np.ones((1, 1))
+            )
             U[o * self.Pu : (o + 1) * self.Pu, sl] = z / scale
         self.U = U
         self.grad = grad
@@ -131,7 +142,14 @@ class Prober:
         """J^T u for each row of U (q, m), in chunks of MAX_ROWS: host (q, n) in the analytic dtype."""
         out = []
         for chunk, valid in jf._padded_chunks(np.arange(U.shape[0]), MAX_ROWS):
-            Y = jk.vjp_products(self.p.sel, self.p.layout, self.p.outs, self.p.diff_values, self.p.dynamic, jnp.asarray(U[chunk]))
+            Y = jk.vjp_products(
+                self.p.sel,
+                self.p.layout,
+                self.p.outs,
+                self.p.diff_values,
+                self.p.dynamic,
+                jnp.asarray(U[chunk]),
+            )
             out.append(np.asarray(Y)[:valid])
         return np.concatenate(out)
 
@@ -140,11 +158,22 @@ class Prober:
         spec = np.asarray(specs, np.int64).reshape(-1, 3)
         if self._zh.get(dtype) is None:
             self._zh[dtype] = jnp.asarray(self.Zh, dtype)
-        return _masked_rows(self._zh[dtype], jnp.asarray(spec[:, 2], jnp.int32), jnp.asarray(spec[:, 0]), jnp.asarray(spec[:, 1]))
+        return _masked_rows(
+            self._zh[dtype],
+            jnp.asarray(spec[:, 2], jnp.int32),
+            jnp.asarray(spec[:, 0]),
+            jnp.asarray(spec[:, 1]),
+        )
 
     # -- one round ----------------------------------------------------------------
 
-    def round(self, specs: Sequence[tuple[int, int, int]], U: np.ndarray, Y: np.ndarray | None, u_groups: np.ndarray) -> Round:
+    def round(
+        self,
+        specs: Sequence[tuple[int, int, int]],
+        U: np.ndarray,
+        Y: np.ndarray | None,
+        u_groups: np.ndarray,
+    ) -> Round:
         """Compares every direction in `specs` with every cotangent row of U (q, m).
 
         Host-side sums run over each direction's own coordinates [lo, hi) only, so a round
@@ -181,14 +210,21 @@ class Prober:
             W = self._jvp(specs)  # (b, m)
             A = W @ U64.T
             d_groups = np.unique(np.asarray(specs)[:, :2], axis=0, return_inverse=True)[1].ravel()
-            atol += p.tol.rtol * np.sqrt(_group_mean(np.square(W) @ np.square(U64.T), d_groups, axis=0))
+            atol += p.tol.rtol * np.sqrt(
+                _group_mean(np.square(W) @ np.square(U64.T), d_groups, axis=0)
+            )
         if p.tol.atol is not None:
             atol = p.tol.atol * norms[:, None] * np.linalg.norm(U64, axis=1)[None, :]
-        parts = [self._assess([specs[i] for i in c], U, A[c], atol[c], valid) for c, valid in _row_chunks(b, self.rows)]
+        parts = [
+            self._assess([specs[i] for i in c], U, A[c], atol[c], valid)
+            for c, valid in _row_chunks(b, self.rows)
+        ]
         self.n_probes_run += b * q
         numeric, code, tolerance, resolved = (np.concatenate(x) for x in zip(*parts))
         # Report per unit step: the directions carry h_i = rel * scale_i (or the user's eps).
-        unit = np.asarray([p.h[lo] / (p.scales[lo] if p.eps is None else 1.0) for lo, _, _ in specs])[:, None]
+        unit = np.asarray(
+            [p.h[lo] / (p.scales[lo] if p.eps is None else 1.0) for lo, _, _ in specs]
+        )[:, None]
         return Round(A / unit, numeric / unit, code, tolerance / unit, resolved)
 
     def _jvp(self, specs: Sequence[tuple[int, int, int]]) -> np.ndarray:
@@ -196,18 +232,29 @@ class Prober:
         dtype = jnp.result_type(*[leaf.real_dtype for leaf in self.p.layout.diff])
         for c, valid in _row_chunks(len(specs), self.rows):
             D = self._device_directions([specs[i] for i in c], dtype)
-            W = jk.jvp_products(self.p.sel, self.p.layout, self.p.outs, self.p.diff_values, self.p.dynamic, D)
+            W = jk.jvp_products(
+                self.p.sel, self.p.layout, self.p.outs, self.p.diff_values, self.p.dynamic, D
+            )
             out.append(np.asarray(W, np.float64)[:valid])
         return np.concatenate(out)
 
-    def _assess(self, specs: Sequence[tuple[int, int, int]], U: np.ndarray, A: np.ndarray, atol: np.ndarray, valid: int) -> tuple:
+    def _assess(
+        self,
+        specs: Sequence[tuple[int, int, int]],
+        U: np.ndarray,
+        A: np.ndarray,
+        atol: np.ndarray,
+        valid: int,
+    ) -> tuple:
         ev, p = self.p.ev, self.p
         cache_key = tuple(tuple(int(x) for x in s) for s in specs)
         values = self._values.get(cache_key)
         if values is None:
             with ev.context():
                 D = self._device_directions(specs, ev.theta_dtype)
-                values = fd.values_along_directions(ev.spec, ev.theta_device, ev.dynamic, D, jnp.asarray(TS, ev.theta_dtype))
+                values = fd.values_along_directions(
+                    ev.spec, ev.theta_device, ev.dynamic, D, jnp.asarray(TS, ev.theta_dtype)
+                )
             ev.n_evaluations += valid * TS.size
             if self.keep_values:
                 self._values[cache_key] = values
@@ -216,7 +263,14 @@ class Prober:
             dtype = values.dtype.type
             with np.errstate(all="ignore"):
                 out = jk.probe_assess_host(
-                    values, p.ev.f0.astype(dtype), TS.astype(dtype), U, A, atol, dtype(p.tol.rtol), dtype(p.tol.safety)
+                    values,
+                    p.ev.f0.astype(dtype),
+                    TS.astype(dtype),
+                    U,
+                    A,
+                    atol,
+                    dtype(p.tol.rtol),
+                    dtype(p.tol.safety),
                 )
         else:
             with ev.context():
@@ -231,7 +285,12 @@ class Prober:
 
     def top_level(self) -> tuple[Round, list[tuple[int, int, int]]]:
         """P directions per input leaf against all cotangents."""
-        specs = [(leaf.offset, leaf.offset + leaf.size, k) for leaf in self.p.layout.diff if leaf.size for k in range(self.P)]
+        specs = [
+            (leaf.offset, leaf.offset + leaf.size, k)
+            for leaf in self.p.layout.diff
+            if leaf.size
+            for k in range(self.P)
+        ]
         groups = np.repeat(np.arange(self.p.n_out), self.Pu)
         return self.round(specs, self.U, self.Y, groups), specs
 
@@ -250,8 +309,12 @@ class Prober:
         lo, hi = leaf.offset, leaf.offset + leaf.size
         qs = self.q_rows(o)
         U, Y = self.U[qs], None if self.Y is None else self.Y[qs]
-        best = np.argsort(-top.key()[np.ix_(top_rows, qs)].max(axis=1), kind="stable")[:NARROW_PROBES]
-        parent = tuple(x[np.ix_(top_rows[best], qs)] for x in (top.analytic, top.numeric, top.tolerance))
+        best = np.argsort(-top.key()[np.ix_(top_rows, qs)].max(axis=1), kind="stable")[
+            :NARROW_PROBES
+        ]
+        parent = tuple(
+            x[np.ix_(top_rows[best], qs)] for x in (top.analytic, top.numeric, top.tolerance)
+        )
         limit = self.final_coords()
         while hi - lo > limit:
             mid = (lo + hi) // 2
@@ -285,7 +348,13 @@ class Prober:
         return olo, ohi
 
     def final_coords(self) -> int:
-        m_final = 1 if self.p.kind == "grad" else min(self.p.m, NARROW_OUTPUTS) if self.p.kind == "vjp" else self.p.m
+        m_final = (
+            1
+            if self.p.kind == "grad"
+            else min(self.p.m, NARROW_OUTPUTS)
+            if self.p.kind == "vjp"
+            else self.p.m
+        )
         return int(max(1, min(NARROW_COORDS, jf.TILE_ENTRIES // max(1, m_final))))
 
 
@@ -328,7 +397,11 @@ def _probe_counts(res: Round, rows: np.ndarray, cols: np.ndarray) -> dict[str, A
     mass = np.abs(np.where(np.isfinite(n), n, 0.0))
     unresolved = ~resolved & ~failing
     total = float(mass.sum())
-    share = float(mass[unresolved].sum()) / total if total > 0 else float(unresolved.sum()) / max(1, code.size)
+    share = (
+        float(mass[unresolved].sum()) / total
+        if total > 0
+        else float(unresolved.sum()) / max(1, code.size)
+    )
     if not np.any(a):
         share = 0.0  # an exactly-zero analytic block (f does not depend on the leaf) within noise of zero
     status, reason = _summary.status_from_counts(
@@ -358,7 +431,9 @@ def _probe_counts(res: Round, rows: np.ndarray, cols: np.ndarray) -> dict[str, A
 
 
 def _leaf_rows(specs: list[tuple[int, int, int]], leaf: Any) -> np.ndarray:
-    return np.asarray([r for r, s in enumerate(specs) if s[0] == leaf.offset and leaf.size], np.int64)
+    return np.asarray(
+        [r for r, s in enumerate(specs) if s[0] == leaf.offset and leaf.size], np.int64
+    )
 
 
 # ----------------------------------------------------------------------------------
@@ -378,7 +453,11 @@ def run_probe(p: jf.Problem, n_probes: int) -> tuple[list[BlockReport], float, s
     narrowed = {io: _narrow_block(pr, *io, top) for _, io in failing[:MAX_NARROWED]}
     for (i, o), c in counts.items():
         size = p.layout.diff[i].size
-        if c["status"] == "inconclusive" and size <= WHOLE_LEAF_MAX and size * p.outs[o].size <= WHOLE_BLOCK_MAX:
+        if (
+            c["status"] == "inconclusive"
+            and size <= WHOLE_LEAF_MAX
+            and size * p.outs[o].size <= WHOLE_BLOCK_MAX
+        ):
             narrowed[i, o] = _narrow_block(pr, i, o, top, whole=True)
     blocks = []
     for (i, o), c in counts.items():
@@ -399,7 +478,11 @@ def _narrow_block(pr: Prober, i: int, o: int, top: tuple, whole: bool = False) -
     """
     p = pr.p
     leaf, out = p.layout.diff[i], p.outs[o]
-    lo, hi = (leaf.offset, leaf.offset + leaf.size) if whole else pr.narrow_inputs(i, o, top[0], top[1][i])
+    lo, hi = (
+        (leaf.offset, leaf.offset + leaf.size)
+        if whole
+        else pr.narrow_inputs(i, o, top[0], top[1][i])
+    )
     coords = np.arange(lo, hi)
     acc = jf.BlockAccumulator(p)
     if p.kind == "jvp":
@@ -429,15 +512,32 @@ def _probe_block(p: jf.Problem, i: int, o: int, c: dict, narrowed: Any) -> Block
         n_probes_failed=c["n_failed"],
     )
     if narrowed is None:
-        reason = c["reason"] if c["status"] != "failed" else f"{c['reason']} (not narrowed: only the {MAX_NARROWED} worst blocks are)"
+        reason = (
+            c["reason"]
+            if c["status"] != "failed"
+            else f"{c['reason']} (not narrowed: only the {MAX_NARROWED} worst blocks are)"
+        )
         return jf.make_block(p, i, o, reason=reason, worst=None, n_checked=0, n_failed=0, **fields)
     sub, (lo, hi), (olo, ohi), whole = narrowed
     leaf = p.layout.diff[i]
     if whole:
-        fields.update(status=sub.status, n_nonsmooth=sub.n_nonsmooth, n_nonfinite=sub.n_nonfinite, n_unresolved=sub.n_unresolved)
+        fields.update(
+            status=sub.status,
+            n_nonsmooth=sub.n_nonsmooth,
+            n_nonfinite=sub.n_nonfinite,
+            n_unresolved=sub.n_unresolved,
+        )
         reason = f"probes: {c['reason']}; so checked entry by entry: {sub.reason}"
         return jf.make_block(
-            p, i, o, reason=reason, worst=sub.worst, n_checked=sub.n_checked, n_failed=sub.n_failed, elements=sub.elements, **fields
+            p,
+            i,
+            o,
+            reason=reason,
+            worst=sub.worst,
+            n_checked=sub.n_checked,
+            n_failed=sub.n_failed,
+            elements=sub.elements,
+            **fields,
         )
     where_in = _range_str(p, lo, hi, lambda k: p.layout.locate(k)[1])
     where_out = _range_str(p, olo, ohi, lambda j: p.out_leaf(j)[1])
@@ -446,7 +546,15 @@ def _probe_block(p: jf.Problem, i: int, o: int, c: dict, narrowed: Any) -> Block
         f"{sub.n_failed} of {sub.n_checked} entries there out of tolerance"
     )
     return jf.make_block(
-        p, i, o, reason=reason, worst=sub.worst, n_checked=sub.n_checked, n_failed=sub.n_failed, elements=sub.elements, **fields
+        p,
+        i,
+        o,
+        reason=reason,
+        worst=sub.worst,
+        n_checked=sub.n_checked,
+        n_failed=sub.n_failed,
+        elements=sub.elements,
+        **fields,
     )
 
 
@@ -455,7 +563,7 @@ def _probe_block(p: jf.Problem, i: int, o: int, c: dict, narrowed: Any) -> Block
 
 
 def grad_mode(mode: str, args: tuple, argnums: int | Sequence[int]) -> str:
-    """"full" or "probe" for `check_grad(mode=...)`: "auto" probes above GRAD_FULL_MAX coordinates."""
+    """ "full" or "probe" for `check_grad(mode=...)`: "auto" probes above GRAD_FULL_MAX coordinates."""
     from ._flatten import build_layout, normalize_argnums
 
     if mode != "auto":
@@ -492,11 +600,22 @@ def check_grad_probe(
     """
     from ._finite_diff import analytic_grad
     from ._flatten import build_layout, check_args, normalize_argnums
-    from ._grad import _as_pytree, _element_atol, _step_policy, _theta_vector, _user_gradient, deterministic_value, function_name, validate_options
+    from ._grad import (
+        _as_pytree,
+        _element_atol,
+        _step_policy,
+        _theta_vector,
+        _user_gradient,
+        deterministic_value,
+        function_name,
+        validate_options,
+    )
     from ._taylor import evidence
 
     start = time.perf_counter() if start is None else start
-    validate_options(f=f, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, has_aux=has_aux)
+    validate_options(
+        f=f, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, has_aux=has_aux
+    )
     args = check_args(args)
     nums = normalize_argnums(argnums, len(args))
     layout, diff_values, dynamic = build_layout(args, nums)
@@ -510,11 +629,18 @@ def check_grad_probe(
     native_dtype = np.dtype(np.result_type(*[leaf.real_dtype for leaf in layout.diff]))
     tol = _tolerance.default_tolerance(native_dtype)
     if rtol is not None or atol is not None:
-        tol = _tolerance.Tolerance(rtol=tol.rtol if rtol is None else float(rtol), atol=None if atol is None else float(atol))
+        tol = _tolerance.Tolerance(
+            rtol=tol.rtol if rtol is None else float(rtol),
+            atol=None if atol is None else float(atol),
+        )
     # check_grad's per-element atol, with the analytic leaf maximum standing in for the numeric
     # one and the rounding floor taken in the reference's precision (see the module docstring).
     atol_vec = _element_atol(layout, ev.theta, analytic, tol, np.dtype(ev.reference.dtype))
-    out_dtype = np.dtype(np.asarray(value).dtype) if np.issubdtype(np.asarray(value).dtype, np.floating) else native_dtype
+    out_dtype = (
+        np.dtype(np.asarray(value).dtype)
+        if np.issubdtype(np.asarray(value).dtype, np.floating)
+        else native_dtype
+    )
     p = jf.Problem(
         kind="grad",
         name=function_name(f),
@@ -535,10 +661,14 @@ def check_grad_probe(
     pr = Prober(p, n_probes, grad=(analytic, atol_vec))
     res, specs = pr.top_level()
     counts = [_probe_counts(res, _leaf_rows(specs, leaf), np.arange(1)) for leaf in layout.diff]
-    failing = sorted(((c["key"], i) for i, c in enumerate(counts) if c["status"] == "failed"), reverse=True)
+    failing = sorted(
+        ((c["key"], i) for i, c in enumerate(counts) if c["status"] == "failed"), reverse=True
+    )
     leaves, worst, worst_numeric = [], None, float("nan")
     top = (res, {i: _leaf_rows(specs, leaf) for i, leaf in enumerate(layout.diff)})
-    narrowed = {i: _narrow_grad_leaf(pr, i, analytic, atol_vec, top) for _, i in failing[:MAX_NARROWED]}
+    narrowed = {
+        i: _narrow_grad_leaf(pr, i, analytic, atol_vec, top) for _, i in failing[:MAX_NARROWED]
+    }
     for i, c in enumerate(counts):
         if c["status"] == "inconclusive" and layout.diff[i].size <= WHOLE_LEAF_MAX:
             narrowed[i] = _narrow_grad_leaf(pr, i, analytic, atol_vec, top, whole=True)
@@ -550,7 +680,10 @@ def check_grad_probe(
     leaves = _summary.sort_worst_first(leaves)
     status, reason = _summary.overall(leaves)
     if not np.all(np.isfinite(value)):
-        status, reason = "inconclusive", f"f(*args) = {value[0]}: the function itself is not finite at this point"
+        status, reason = (
+            "inconclusive",
+            f"f(*args) = {value[0]}: the function itself is not finite at this point",
+        )
     if worst is None:
         worst = int(np.argmax(np.abs(np.where(np.isfinite(analytic), analytic, 0))))
         worst_numeric = float(analytic[worst])
@@ -581,7 +714,9 @@ def check_grad_probe(
     )
 
 
-def _narrow_grad_leaf(pr: Prober, i: int, analytic: np.ndarray, atol_vec: np.ndarray, top: tuple, whole: bool = False) -> tuple:
+def _narrow_grad_leaf(
+    pr: Prober, i: int, analytic: np.ndarray, atol_vec: np.ndarray, top: tuple, whole: bool = False
+) -> tuple:
     """Narrows leaf i to a few coordinates (or takes all of it, `whole`) and checks them one by one.
 
     Returns:
@@ -589,13 +724,19 @@ def _narrow_grad_leaf(pr: Prober, i: int, analytic: np.ndarray, atol_vec: np.nda
     """
     p = pr.p
     leaf = p.layout.diff[i]
-    lo, hi = (leaf.offset, leaf.offset + leaf.size) if whole else pr.narrow_inputs(i, 0, top[0], top[1][i])
+    lo, hi = (
+        (leaf.offset, leaf.offset + leaf.size)
+        if whole
+        else pr.narrow_inputs(i, 0, top[0], top[1][i])
+    )
     coords = np.arange(lo, hi)
     values, points = p.ev.stencil(coords, p.h[coords], batch_size=p.batch_size)
     values = np.asarray(jax.device_get(values))
     with np.errstate(all="ignore"):
         est = st.combine_host(values, p.ev.f0.astype(values.dtype), points, p.ev.theta[coords])
-        asm = st.assess_host(est, analytic[coords][:, None], p.tol.rtol, atol_vec[coords][:, None], p.tol.safety)
+        asm = st.assess_host(
+            est, analytic[coords][:, None], p.tol.rtol, atol_vec[coords][:, None], p.tol.safety
+        )
     numeric = np.asarray(est.numeric, np.float64)[:, 0]
     code, tolerance, resolved = (np.asarray(x)[:, 0] for x in asm)
     sub = _summary.summarize_leaf(
@@ -610,12 +751,16 @@ def _narrow_grad_leaf(pr: Prober, i: int, analytic: np.ndarray, atol_vec: np.nda
         index_of=lambda k: p.layout.locate(int(coords[k]))[1:],
     )
     with np.errstate(all="ignore"):
-        ratio = np.nan_to_num(np.abs(analytic[coords] - numeric) / np.asarray(tolerance, np.float64), nan=np.inf)
+        ratio = np.nan_to_num(
+            np.abs(analytic[coords] - numeric) / np.asarray(tolerance, np.float64), nan=np.inf
+        )
     k = int(np.argmax(ratio))
     return sub, int(coords[k]), float(numeric[k]), whole
 
 
-def _grad_leaf_report(p: jf.Problem, leaf: Any, c: dict, narrowed: Any, res: Round, rows: np.ndarray) -> LeafReport:
+def _grad_leaf_report(
+    p: jf.Problem, leaf: Any, c: dict, narrowed: Any, res: Round, rows: np.ndarray
+) -> LeafReport:
     if narrowed is None:
         r = rows[int(np.argmax(res.key()[rows, 0]))] if rows.size else 0
         reason = c["reason"]
@@ -642,7 +787,8 @@ def _grad_leaf_report(p: jf.Problem, leaf: Any, c: dict, narrowed: Any, res: Rou
     sub, _, _, whole = narrowed
     if whole:
         return dataclasses.replace(
-            sub, reason=f"probes: {c['reason']} (directional derivatives <g, v>); so checked element by element: {sub.reason}"
+            sub,
+            reason=f"probes: {c['reason']} (directional derivatives <g, v>); so checked element by element: {sub.reason}",
         )
     return dataclasses.replace(
         sub,

@@ -119,13 +119,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     try:
         paths = save_report(error, Path(directory), report_name(item.nodeid, call.when))
     except OSError as problem:
-        report.sections.append(("jaxcheck", f"could not save the jaxcheck report to {directory}: {problem}"))
+        report.sections.append(
+            ("jaxcheck", f"could not save the jaxcheck report to {directory}: {problem}")
+        )
         return
     if paths:
         # On the item, so the teardown report carries them (JUnit XML reads that one).
         item.user_properties.extend((PROPERTY, str(p)) for p in paths)
         if call.when == "teardown":  # that report already exists
-            report.user_properties = list(report.user_properties) + [(PROPERTY, str(p)) for p in paths]
+            report.user_properties = list(report.user_properties) + [
+                (PROPERTY, str(p)) for p in paths
+            ]
         report.sections.append(("jaxcheck", "report saved: " + ", ".join(str(p) for p in paths)))
 
 
@@ -137,7 +141,11 @@ class _Saved:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "teardown":  # the last report of a test carries all its properties
-            self.paths += [str(value) for key, value in getattr(report, "user_properties", ()) if key == PROPERTY]
+            self.paths += [
+                str(value)
+                for key, value in getattr(report, "user_properties", ())
+                if key == PROPERTY
+            ]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.paths:

@@ -137,7 +137,14 @@ class TaylorReport:
 
 def shape_str(dtype: str, shape: tuple[int, ...]) -> str:
     """Equinox-style array summary: f32[8,3]."""
-    short = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16", "complex64": "c64", "complex128": "c128"}
+    short = {
+        "float32": "f32",
+        "float64": "f64",
+        "float16": "f16",
+        "bfloat16": "bf16",
+        "complex64": "c64",
+        "complex128": "c128",
+    }
     return f"{short.get(dtype, dtype)}[{','.join(str(s) for s in shape)}]"
 
 
@@ -225,7 +232,9 @@ class GradCheckResult:
         for leaf in self.leaves:
             if leaf.path == path:
                 return leaf
-        raise KeyError(f"no differentiated leaf {path!r}; leaves are {[l.path for l in self.leaves]}")
+        raise KeyError(
+            f"no differentiated leaf {path!r}; leaves are {[l.path for l in self.leaves]}"
+        )
 
     @property
     def failed_leaves(self) -> tuple[LeafReport, ...]:
@@ -237,7 +246,11 @@ class GradCheckResult:
         def plain(obj: Any) -> Any:
             if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
                 # Only the top-level gradient pytrees are left out; element/sweep values are kept.
-                return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if obj is not self or f.name not in ("analytic", "numeric")}
+                return {
+                    f.name: plain(getattr(obj, f.name))
+                    for f in dataclasses.fields(obj)
+                    if obj is not self or f.name not in ("analytic", "numeric")
+                }
             if isinstance(obj, (list, tuple)):
                 return [plain(x) for x in obj]
             if isinstance(obj, float) and not np.isfinite(obj):
@@ -267,7 +280,9 @@ class GradCheckResult:
 def format_grad_result(r: GradCheckResult) -> list[str]:
     """The report's lines: verdict, leaf table, worst elements, evidence, settings, hints."""
     lines = [f"{r.status.upper()}: check_grad({r.name}): {r.reason}"]
-    lines.append(f"  relative error ||a-n||/(||a||+||n||) = {_sci(r.relative_error)} over all leaves")
+    lines.append(
+        f"  relative error ||a-n||/(||a||+||n||) = {_sci(r.relative_error)} over all leaves"
+    )
     rows = []
     for leaf in r.leaves:
         rows.append(
@@ -285,7 +300,21 @@ def format_grad_result(r: GradCheckResult) -> list[str]:
             ]
         )
     lines.append("")
-    lines += _table(["leaf", "status", "array", "rel.err", "worst", "analytic", "numeric", "tolerance", "failed", "kinks"], rows)
+    lines += _table(
+        [
+            "leaf",
+            "status",
+            "array",
+            "rel.err",
+            "worst",
+            "analytic",
+            "numeric",
+            "tolerance",
+            "failed",
+            "kinks",
+        ],
+        rows,
+    )
     for leaf in r.leaves:
         bad = [e for e in leaf.elements if e.kind not in ("nonsmooth", "within-tolerance")]
         if leaf.status == "passed" or not bad:
@@ -293,13 +322,25 @@ def format_grad_result(r: GradCheckResult) -> list[str]:
         lines += ["", f"  {leaf.path}: {leaf.reason}"]
         lines += _table(
             ["index", "analytic", "numeric", "|error|", "tolerance", "finding"],
-            [[_index_str(e.index, e.part), _num(e.analytic), _num(e.numeric), _sci(e.abs_error), _sci(e.tolerance), e.kind] for e in bad],
+            [
+                [
+                    _index_str(e.index, e.part),
+                    _num(e.analytic),
+                    _num(e.numeric),
+                    _sci(e.abs_error),
+                    _sci(e.tolerance),
+                    e.kind,
+                ]
+                for e in bad
+            ],
             indent="    ",
         )
     lines.append("")
     for t in r.taylor:
         slope = "-" if t.slope is None else f"{t.slope:.2f}"
-        lines.append(f"  taylor args[{t.argnum}]: remainder slope {slope} over {t.n_points} steps ({t.verdict}; 2 = right, 1 = wrong)")
+        lines.append(
+            f"  taylor args[{t.argnum}]: remainder slope {slope} over {t.n_points} steps ({t.verdict}; 2 = right, 1 = wrong)"
+        )
     for s in r.skipped:
         lines.append(f"  skipped {s.path} ({shape_str(s.dtype, s.shape)}): {s.reason}")
     lines.append(f"  reference: {r.reference}")
@@ -308,8 +349,12 @@ def format_grad_result(r: GradCheckResult) -> list[str]:
     lines.append(f"  steps: {r.step_policy}")
     tol = r.tolerance
     atol = "per leaf (rtol * leaf max + rounding floor)" if tol.atol is None else f"{tol.atol:.1e}"
-    lines.append(f"  tolerance: {tol.safety:g} x estimated FD error + rtol {tol.rtol:.1e} x |numeric| + atol {atol}")
-    lines.append(f"  mode {r.mode}, seed {r.seed}, {r.n_evaluations} evaluations, {r.seconds:.2f} s")
+    lines.append(
+        f"  tolerance: {tol.safety:g} x estimated FD error + rtol {tol.rtol:.1e} x |numeric| + atol {atol}"
+    )
+    lines.append(
+        f"  mode {r.mode}, seed {r.seed}, {r.n_evaluations} evaluations, {r.seconds:.2f} s"
+    )
     for hint in r.hints:
         lines.append(f"  try: {hint}")
     return lines

@@ -53,7 +53,9 @@ def first_line(error: BaseException) -> str:
     """The informative line of an exception message (the last one after a nested traceback)."""
     lines = [l.strip() for l in str(error).splitlines() if l.strip()]
     if any(l.startswith("Traceback (most recent call last)") for l in lines):
-        lines = [l for l in lines if not l.startswith(("File ", "Traceback", "^", "~"))][-1:] or lines
+        lines = [l for l in lines if not l.startswith(("File ", "Traceback", "^", "~"))][
+            -1:
+        ] or lines
     text = lines[0] if lines else "(no message)"
     return text if len(text) <= 400 else text[:397] + "..."
 
@@ -86,7 +88,9 @@ def guarded(label: str, fn: Callable, *args: Any, inputs: Any = None) -> Any:
         raise
     except Exception as error:  # noqa: BLE001 - user code may raise anything
         shown = args if inputs is None else inputs
-        raise RuleError(f"{label} raised {type(error).__name__}: {first_line(error)} [called with {describe(shown)}]") from error
+        raise RuleError(
+            f"{label} raised {type(error).__name__}: {first_line(error)} [called with {describe(shown)}]"
+        ) from error
 
 
 def jit_or_eager(fn: Callable, jitted: Callable | None = None) -> Callable:
@@ -114,14 +118,18 @@ def validate_rule(f: Any, kind: str) -> None:
     Raises:
       TypeError: `f` is a plain function, the other kind of rule, or has no rule defined.
     """
-    want, other = (jax.custom_vjp, jax.custom_jvp) if kind == "vjp" else (jax.custom_jvp, jax.custom_vjp)
+    want, other = (
+        (jax.custom_vjp, jax.custom_jvp) if kind == "vjp" else (jax.custom_jvp, jax.custom_vjp)
+    )
     other_fn = f"check_custom_{'jvp' if kind == 'vjp' else 'vjp'}"
     if isinstance(f, other):
-        raise TypeError(f"`f` is a `jax.{other.__name__}` function ({function_name(f.fun)}); use `jaxcheck.{other_fn}` to check its rule.")
+        raise TypeError(
+            f"`f` is a `jax.{other.__name__}` function ({function_name(f.fun)}); use `jaxcheck.{other_fn}` to check its rule."
+        )
     if not isinstance(f, want):
         hint = ""
         if hasattr(f, "__wrapped__") or type(f).__name__ == "PjitFunction":
-            hint = " It looks like a jitted function: pass the undecorated `jax.{0}` object itself, not `jax.jit` of it.".format(want.__name__)
+            hint = f" It looks like a jitted function: pass the undecorated `jax.{want.__name__}` object itself, not `jax.jit` of it."
         raise TypeError(
             f"`f` must be a `jax.{want.__name__}` function; got {type(f).__name__} {function_name(f) if callable(f) else ''!s}.{hint} "
             "For a plain function use `jaxcheck.check_grad` (scalar output) to check `jax.grad` against finite differences."
@@ -129,10 +137,14 @@ def validate_rule(f: Any, kind: str) -> None:
     rule = (f.fwd, f.bwd) if kind == "vjp" else (f.jvp,)
     if not all(rule):
         define = "f.defvjp(fwd, bwd)" if kind == "vjp" else "@f.defjvp"
-        raise TypeError(f"`f` ({function_name(f.fun)}) has no rule defined yet: call `{define}` before checking it.")
+        raise TypeError(
+            f"`f` ({function_name(f.fun)}) has no rule defined yet: call `{define}` before checking it."
+        )
 
 
-def validate_common(f: Any, order: int, mode: str, eps: Any, rtol: Any, atol: Any, seed: Any) -> None:
+def validate_common(
+    f: Any, order: int, mode: str, eps: Any, rtol: Any, atol: Any, seed: Any
+) -> None:
     validate_options(f=f, eps=eps, rtol=rtol, atol=atol, seed=seed)
     if isinstance(order, bool) or order not in (1, 2):
         raise ValueError(f"`order` must be 1 or 2 (check second derivatives too); got {order!r}.")
@@ -152,7 +164,9 @@ class Held:
 
 
 def _is_inexact_array(x: Any) -> bool:
-    if not (hasattr(x, "dtype") and hasattr(x, "shape")) or jax.dtypes.issubdtype(x.dtype, jax.dtypes.extended):
+    if not (hasattr(x, "dtype") and hasattr(x, "shape")) or jax.dtypes.issubdtype(
+        x.dtype, jax.dtypes.extended
+    ):
         return False
     return bool(jnp.issubdtype(x.dtype, jnp.inexact))
 
@@ -177,7 +191,9 @@ def out_leaves(out: PyTree, prefix: str = "out") -> tuple[tuple[OutLeaf, ...], A
     for path, x in flat:
         dtype = np.dtype(jnp.asarray(x).dtype) if not hasattr(x, "dtype") else np.dtype(x.dtype)
         shape = tuple(np.shape(x))
-        size = int(np.prod(shape, dtype=np.int64)) * (2 if np.issubdtype(dtype, np.complexfloating) else 1)
+        size = int(np.prod(shape, dtype=np.int64)) * (
+            2 if np.issubdtype(dtype, np.complexfloating) else 1
+        )
         leaves.append(OutLeaf(prefix + jtu.keystr(path), shape, dtype, offset, size))
         offset += size
     return tuple(leaves), treedef
@@ -191,7 +207,11 @@ def locate(leaves: Sequence[OutLeaf], k: int) -> tuple[OutLeaf, tuple[int, ...],
             if np.issubdtype(leaf.dtype, np.complexfloating):
                 half = leaf.size // 2
                 part, local = ("real" if local < half else "imag"), local % half
-            return leaf, tuple(int(i) for i in np.unravel_index(local, leaf.shape)) if leaf.shape else (), part
+            return (
+                leaf,
+                tuple(int(i) for i in np.unravel_index(local, leaf.shape)) if leaf.shape else (),
+                part,
+            )
     raise IndexError(k)
 
 
@@ -209,15 +229,21 @@ class Target:
         nondiff = set()
         for i in f.nondiff_argnums:
             if not -n <= i < n:
-                raise ValueError(f"`f` declares nondiff_argnums={tuple(f.nondiff_argnums)} but `args` has only {n} argument(s).")
+                raise ValueError(
+                    f"`f` declares nondiff_argnums={tuple(f.nondiff_argnums)} but `args` has only {n} argument(s)."
+                )
             nondiff.add(int(i) % n)
         self.nondiff = tuple(sorted(nondiff))
         self.diff_pos = tuple(i for i in range(n) if i not in nondiff)
 
         def to_array(x: Any) -> Any:
-            return jnp.asarray(x) if isinstance(x, (float, complex)) and not isinstance(x, bool) else x
+            return (
+                jnp.asarray(x) if isinstance(x, (float, complex)) and not isinstance(x, bool) else x
+            )
 
-        self.args = tuple(a if i in nondiff else jtu.tree_map(to_array, a) for i, a in enumerate(args))
+        self.args = tuple(
+            a if i in nondiff else jtu.tree_map(to_array, a) for i, a in enumerate(args)
+        )
         flat, self.treedef = jtu.tree_flatten_with_path(self.args)
         self.paths = ["args" + jtu.keystr(p) for p, _ in flat]
         self.leaves = [x for _, x in flat]
@@ -228,7 +254,9 @@ class Target:
             if self.argnum_of[slot] in nondiff or not _is_inexact_array(x):
                 continue
             if not bool(np.all(np.isfinite(np.asarray(x)))):
-                self.held.append((self.paths[slot], "holds NaN/Inf: no derivative there, held fixed"))
+                self.held.append(
+                    (self.paths[slot], "holds NaN/Inf: no derivative there, held fixed")
+                )
                 continue
             self.free_slots.append(slot)
         self.free_paths = [self.paths[s] for s in self.free_slots]
@@ -261,24 +289,41 @@ class Target:
         """`args` with nondiff arguments and held leaves replaced by static `Held` placeholders."""
         held = {p for p, _ in self.held}
         slots = [
-            Held(self.paths[s]) if (self.argnum_of[s] in self.nondiff or self.paths[s] in held) else x
+            Held(self.paths[s])
+            if (self.argnum_of[s] in self.nondiff or self.paths[s] in held)
+            else x
             for s, x in enumerate(self.leaves)
         ]
         return jtu.tree_unflatten(self.treedef, slots)
 
     def unmirror(self, args: tuple) -> tuple:
         leaves = self.treedef.flatten_up_to(args)
-        return jtu.tree_unflatten(self.treedef, [self.leaves[s] if isinstance(x, Held) else x for s, x in enumerate(leaves)])
+        return jtu.tree_unflatten(
+            self.treedef,
+            [self.leaves[s] if isinstance(x, Held) else x for s, x in enumerate(leaves)],
+        )
 
     def notes(self) -> tuple[str, ...]:
         out = []
         if self.nondiff:
-            out.append(f"nondiff_argnums={self.nondiff}: " + ", ".join(f"args[{i}]" for i in self.nondiff) + " held fixed")
+            out.append(
+                f"nondiff_argnums={self.nondiff}: "
+                + ", ".join(f"args[{i}]" for i in self.nondiff)
+                + " held fixed"
+            )
         for path, reason in self.held:
             out.append(f"{path} {reason}")
-        fixed = [self.paths[s] for s, x in enumerate(self.leaves) if self.argnum_of[s] not in self.nondiff and hasattr(x, "dtype") and not _is_inexact_array(x)]
+        fixed = [
+            self.paths[s]
+            for s, x in enumerate(self.leaves)
+            if self.argnum_of[s] not in self.nondiff
+            and hasattr(x, "dtype")
+            and not _is_inexact_array(x)
+        ]
         if fixed:
-            out.append(f"non-float leaves held fixed: {', '.join(fixed[:6])}{' ...' if len(fixed) > 6 else ''}")
+            out.append(
+                f"non-float leaves held fixed: {', '.join(fixed[:6])}{' ...' if len(fixed) > 6 else ''}"
+            )
         return tuple(out)
 
 
@@ -312,7 +357,9 @@ def leaf_normal(seed: int, salt: str, path: str, shape: tuple[int, ...], dtype: 
     dtype = np.dtype(dtype)
     rng = _rng(seed, f"{salt}:{path}")
     if np.issubdtype(dtype, np.complexfloating):
-        z = rng.standard_normal(shape, np.float32).astype(np.float64) + 1j * rng.standard_normal(shape, np.float32).astype(np.float64)
+        z = rng.standard_normal(shape, np.float32).astype(np.float64) + 1j * rng.standard_normal(
+            shape, np.float32
+        ).astype(np.float64)
         return (z / np.sqrt(2)).astype(dtype)
     if not np.issubdtype(dtype, np.floating):
         return np.zeros(shape, jax.dtypes.float0)
@@ -328,7 +375,10 @@ def uniform_scalar(seed: int, salt: str) -> float:
 
 def random_free(target: Target, seed: int, salt: str) -> list[np.ndarray]:
     """A tangent for the free leaves."""
-    return [leaf_normal(seed, salt, p, tuple(np.shape(x)), d) for p, x, d in zip(target.free_paths, target.free_values, target.free_dtypes)]
+    return [
+        leaf_normal(seed, salt, p, tuple(np.shape(x)), d)
+        for p, x, d in zip(target.free_paths, target.free_values, target.free_dtypes)
+    ]
 
 
 def random_out(outs: Sequence[OutLeaf], seed: int, salt: str) -> list[np.ndarray]:
@@ -341,7 +391,10 @@ def batch_point(target: Target, seed: int) -> list[np.ndarray]:
     out = []
     for p, x, d in zip(target.free_paths, target.free_values, target.free_dtypes):
         x = np.asarray(x)
-        pts = [x] + [(x * (1 + 0.05 * leaf_normal(seed, f"batch{b}", p, x.shape, np.float64))).astype(d) for b in range(1, BATCH)]
+        pts = [x] + [
+            (x * (1 + 0.05 * leaf_normal(seed, f"batch{b}", p, x.shape, np.float64))).astype(d)
+            for b in range(1, BATCH)
+        ]
         out.append(np.stack(pts))
     return out
 
@@ -355,24 +408,41 @@ def skipped(name: str, why: str) -> CheckReport:
 
 
 def error_report(name: str, error: RuleError, hint: str = "") -> CheckReport:
-    return CheckReport(name=name, status="error", message=str(error), details=(hint,) if hint else ())
+    return CheckReport(
+        name=name, status="error", message=str(error), details=(hint,) if hint else ()
+    )
 
 
 def _stack(trees: Sequence[Any]) -> Any:
     return jtu.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 
-def vmap_check(pair_fn: Callable, jitted: Callable, xs: list[np.ndarray], ws: list[Any], paths: Sequence[str], dtypes: Sequence[Any], what: str, kw: dict) -> CheckReport:
+def vmap_check(
+    pair_fn: Callable,
+    jitted: Callable,
+    xs: list[np.ndarray],
+    ws: list[Any],
+    paths: Sequence[str],
+    dtypes: Sequence[Any],
+    what: str,
+    kw: dict,
+) -> CheckReport:
     """`vmap(pair_fn)` over BATCH (point, w) examples vs a loop over them (`jitted`, the same jitted
     function the jit check uses, so only batching differs; eager when it cannot be traced)."""
-    vmapped = jax.vmap(pair_fn)  # jitted when possible (one compilation); eager vmap when the rule cannot be traced
-    batched = guarded(f"jax.vmap of the {what}", jit_or_eager(vmapped), [jnp.asarray(x) for x in xs], _stack(ws))
+    vmapped = jax.vmap(
+        pair_fn
+    )  # jitted when possible (one compilation); eager vmap when the rule cannot be traced
+    batched = guarded(
+        f"jax.vmap of the {what}", jit_or_eager(vmapped), [jnp.asarray(x) for x in xs], _stack(ws)
+    )
     flat_b = jtu.tree_leaves(batched)
     single_fn = jit_or_eager(pair_fn, jitted)
     for b in range(BATCH):
         point = [jnp.asarray(x[b]) for x in xs]
         single = jtu.tree_leaves(guarded(f"the {what}", single_fn, point, ws[b]))
-        bad = compare_trees([np.asarray(l)[b] for l in flat_b], single, paths, dtypes, TRANSFORM_ULPS, **kw)
+        bad = compare_trees(
+            [np.asarray(l)[b] for l in flat_b], single, paths, dtypes, TRANSFORM_ULPS, **kw
+        )
         if bad:
             return mismatch_report(
                 "vmap",
@@ -380,22 +450,50 @@ def vmap_check(pair_fn: Callable, jitted: Callable, xs: list[np.ndarray], ws: li
                 bad,
                 names=("vmapped", "looped"),
                 argument_of=argument_of,
-                extra=(f"batch of {BATCH}: element 0 is the given point, 1-2 are seeded perturbations x*(1 + 0.05 z); {what} inputs seeded likewise",),
+                extra=(
+                    f"batch of {BATCH}: element 0 is the given point, 1-2 are seeded perturbations x*(1 + 0.05 z); {what} inputs seeded likewise",
+                ),
             )
-    return CheckReport(name="vmap", status="passed", message=f"jax.vmap of the {what} over {BATCH} examples equals a loop")
+    return CheckReport(
+        name="vmap",
+        status="passed",
+        message=f"jax.vmap of the {what} over {BATCH} examples equals a loop",
+    )
 
 
-def jit_check(pair_fn: Callable, jitted_fn: Callable, free: list, w: Any, paths: Sequence[str], dtypes: Sequence[Any], what: str, kw: dict) -> CheckReport:
+def jit_check(
+    pair_fn: Callable,
+    jitted_fn: Callable,
+    free: list,
+    w: Any,
+    paths: Sequence[str],
+    dtypes: Sequence[Any],
+    what: str,
+    kw: dict,
+) -> CheckReport:
     """`jitted_fn` (= `jax.jit(pair_fn)`) vs the eager call."""
     eager = jtu.tree_leaves(guarded(f"the eager {what}", pair_fn, free, w))
     jitted = jtu.tree_leaves(guarded(f"jax.jit of the {what}", jitted_fn, free, w))
     bad = compare_trees(jitted, eager, paths, dtypes, TRANSFORM_ULPS, **kw)
     if bad:
-        return mismatch_report("jit", f"jax.jit of the {what} differs from the eager {what} at {{where}}", bad, names=("jitted", "eager"), argument_of=argument_of)
-    return CheckReport(name="jit", status="passed", message=f"jax.jit of the {what} equals the eager {what}")
+        return mismatch_report(
+            "jit",
+            f"jax.jit of the {what} differs from the eager {what} at {{where}}",
+            bad,
+            names=("jitted", "eager"),
+            argument_of=argument_of,
+        )
+    return CheckReport(
+        name="jit", status="passed", message=f"jax.jit of the {what} equals the eager {what}"
+    )
 
 
-def run_checks(state: Any, names: tuple[str, ...], methods: dict[str, Callable[[], CheckReport]], report_order: tuple[str, ...]) -> list[CheckReport]:
+def run_checks(
+    state: Any,
+    names: tuple[str, ...],
+    methods: dict[str, Callable[[], CheckReport]],
+    report_order: tuple[str, ...],
+) -> list[CheckReport]:
     """Runs the named checks in `names` order, reports them in `report_order`.
 
     A `RuleError` becomes an "error" report; after a fatal problem (`state.fatal`) the rest

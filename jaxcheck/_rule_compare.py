@@ -61,7 +61,10 @@ def ravel_host(leaves: Sequence[Any]) -> np.ndarray:
 
 def ravel_tangent(tree: PyTree) -> np.ndarray:
     """Host `ravel_output`: float0 leaves (tangents of integer outputs) count as zeros."""
-    leaves = [np.zeros(np.shape(x)) if getattr(x, "dtype", None) == jax.dtypes.float0 else x for x in jtu.tree_leaves(tree)]
+    leaves = [
+        np.zeros(np.shape(x)) if getattr(x, "dtype", None) == jax.dtypes.float0 else x
+        for x in jtu.tree_leaves(tree)
+    ]
     return ravel_host(leaves)
 
 
@@ -87,14 +90,27 @@ def compare_leaf(
         return None  # tangents/cotangents of integer values carry no information
     a, e = _as_host(actual), _as_host(expected)
     if a.shape != e.shape:
-        return Mismatch(path, None, None, None, 0.0, a.size, e.size, f"shape {a.shape} where {e.shape} was expected")
+        return Mismatch(
+            path,
+            None,
+            None,
+            None,
+            0.0,
+            a.size,
+            e.size,
+            f"shape {a.shape} where {e.shape} was expected",
+        )
     if e.size == 0:
         return None
     dtype = np.dtype(dtype)
     eps = float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.inexact) else 0.0
     s = np.abs(e) if scale is None else np.asarray(scale, np.float64)
     finite_s = s[np.isfinite(s)]
-    tol = ulps * eps * (np.where(np.isfinite(s), s, 0.0) + (float(finite_s.max()) if finite_s.size else 0.0))
+    tol = (
+        ulps
+        * eps
+        * (np.where(np.isfinite(s), s, 0.0) + (float(finite_s.max()) if finite_s.size else 0.0))
+    )
     if noise is not None:
         noise = np.where(np.isfinite(noise), noise, 0.0)
         tol = tol + 4.0 * (noise + float(np.sqrt(np.mean(np.square(noise)))))
@@ -112,16 +128,32 @@ def compare_leaf(
     k = int(np.argmax(ratio))
     index = tuple(int(i) for i in np.unravel_index(k, e.shape)) if e.shape else ()
     val = lambda z: complex(z) if np.iscomplexobj(z) else float(z)  # noqa: E731
-    return Mismatch(path, index, val(a.reshape(-1)[k]), val(e.reshape(-1)[k]), float(tol.reshape(-1)[k]), int(bad.sum()), int(e.size))
+    return Mismatch(
+        path,
+        index,
+        val(a.reshape(-1)[k]),
+        val(e.reshape(-1)[k]),
+        float(tol.reshape(-1)[k]),
+        int(bad.sum()),
+        int(e.size),
+    )
 
 
-def compare_trees(actual: Sequence[Any], expected: Sequence[Any], paths: Sequence[str], dtypes: Sequence[Any], ulps: float, **kw: Any) -> list[Mismatch]:
+def compare_trees(
+    actual: Sequence[Any],
+    expected: Sequence[Any],
+    paths: Sequence[str],
+    dtypes: Sequence[Any],
+    ulps: float,
+    **kw: Any,
+) -> list[Mismatch]:
     """`compare_leaf` over aligned leaf lists; returns the mismatches, worst leaf first."""
     out = []
     for a, e, p, d in zip(actual, expected, paths, dtypes):
         m = compare_leaf(a, e, p, d, ulps, **kw)
         if m is not None:
             out.append(m)
+
     def badness(m: Mismatch) -> float:
         if m.problem:
             return -np.inf
@@ -131,10 +163,20 @@ def compare_trees(actual: Sequence[Any], expected: Sequence[Any], paths: Sequenc
     return sorted(out, key=badness)
 
 
-def mismatch_report(name: str, message: str, mismatches: list[Mismatch], *, names: tuple[str, str] = ("actual", "expected"), argument_of: Callable[[str], str | None] | None = None, extra: Sequence[str] = ()) -> CheckReport:
+def mismatch_report(
+    name: str,
+    message: str,
+    mismatches: list[Mismatch],
+    *,
+    names: tuple[str, str] = ("actual", "expected"),
+    argument_of: Callable[[str], str | None] | None = None,
+    extra: Sequence[str] = (),
+) -> CheckReport:
     """A failed `CheckReport` for the worst mismatch, with every mismatching leaf in the details."""
     worst = mismatches[0]
-    message = message.replace("{where}", worst.path + ("[" + ",".join(map(str, worst.index)) + "]" if worst.index else ""))
+    message = message.replace(
+        "{where}", worst.path + ("[" + ",".join(map(str, worst.index)) + "]" if worst.index else "")
+    )
     details = tuple(m.line(*names) for m in mismatches[:8]) + tuple(extra)
     return CheckReport(
         name=name,
@@ -148,7 +190,7 @@ def mismatch_report(name: str, message: str, mismatches: list[Mismatch], *, name
 
 
 def argument_of(path: str) -> str | None:
-    """"args[1]['w']" -> "args[1]"; None for output paths."""
+    """ "args[1]['w']" -> "args[1]"; None for output paths."""
     if not path.startswith("args["):
         return None
     return path[: path.index("]") + 1]

@@ -64,7 +64,11 @@ class CheckReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data; nested results via their own `to_dict()`."""
-        data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "results"}
+        data = {
+            f.name: _plain(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name != "results"
+        }
         data["results"] = [r.to_dict() for r in self.results if hasattr(r, "to_dict")]
         return data
 
@@ -88,10 +92,16 @@ def overall_status(checks: tuple[CheckReport, ...]) -> tuple[str, str]:
         first = bad[0]
         where = f" at {first.where}" if first.where else ""
         names = ", ".join(c.name for c in bad)
-        return "failed", f"{len(bad)} of {len(checks)} checks failed ({names}); {first.name}{where}: {first.message}"
+        return (
+            "failed",
+            f"{len(bad)} of {len(checks)} checks failed ({names}); {first.name}{where}: {first.message}",
+        )
     unsure = [c for c in checks if c.status == "skipped" and c.inconclusive]
     if unsure:
-        return "inconclusive", f"{', '.join(c.name for c in unsure)} inconclusive: {unsure[0].message}"
+        return (
+            "inconclusive",
+            f"{', '.join(c.name for c in unsure)} inconclusive: {unsure[0].message}",
+        )
     ran = [c for c in checks if c.status == "passed"]
     skipped = [c.name for c in checks if c.status == "skipped"]
     extra = f" ({', '.join(skipped)} not applicable)" if skipped else ""
@@ -157,7 +167,11 @@ class RuleCheckResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (no arrays)."""
-        data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "checks"}
+        data = {
+            f.name: _plain(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name != "checks"
+        }
         data["checks"] = [c.to_dict() for c in self.checks]
         data["passed"] = self.passed
         data["schema_version"] = SCHEMA_VERSION

@@ -53,7 +53,13 @@ class Assessment(NamedTuple):
 
 
 def _combine(
-    values: jax.Array, f0: jax.Array, points: jax.Array, x0: jax.Array, eps: Any = None, noise_floor: Any = 0.0, xp: Any = jnp
+    values: jax.Array,
+    f0: jax.Array,
+    points: jax.Array,
+    x0: jax.Array,
+    eps: Any = None,
+    noise_floor: Any = 0.0,
+    xp: Any = jnp,
 ) -> Estimates:
     """Combines stencil values into derivative estimates.
 
@@ -84,12 +90,24 @@ def _combine(
     fscale = xp.maximum(fscale, xp.abs(f0)[None, :])
     noise = xp.maximum(NOISE_ULPS * eps * fscale, noise_floor) / d1
     slopes = xp.stack(
-        [(f0 - fm2) / (x0 - xm2), (f0 - fm1) / (x0 - xm1), (fp1 - f0) / (xp1 - x0), (fp2 - f0) / (xp2 - x0)]
+        [
+            (f0 - fm2) / (x0 - xm2),
+            (f0 - fm1) / (x0 - xm1),
+            (fp1 - f0) / (xp1 - x0),
+            (fp2 - f0) / (xp2 - x0),
+        ]
     )
     return Estimates(numeric, truncation + noise, noise, slopes)
 
 
-def _assess(est: Estimates, analytic: jax.Array, rtol: jax.Array, atol: jax.Array, safety: jax.Array, xp: Any = jnp) -> Assessment:
+def _assess(
+    est: Estimates,
+    analytic: jax.Array,
+    rtol: jax.Array,
+    atol: jax.Array,
+    safety: jax.Array,
+    xp: Any = jnp,
+) -> Assessment:
     """Classifies each analytic element against the finite-difference estimate.
 
     Tolerance per element: `safety * fd_error + rtol * |numeric| + atol`.
@@ -123,8 +141,12 @@ def _assess(est: Estimates, analytic: jax.Array, rtol: jax.Array, atol: jax.Arra
         & (xp.abs(jump1) > KINK_NOISE_FACTOR * 2 * est.noise)
         & (xp.abs(jump1) > tolerance)
     )
-    inside = (analytic >= xp.min(est.slopes, axis=0) - tolerance) & (analytic <= xp.max(est.slopes, axis=0) + tolerance)
-    ref_ok = xp.isfinite(numeric) & xp.isfinite(est.fd_error) & xp.all(xp.isfinite(est.slopes), axis=0)
+    inside = (analytic >= xp.min(est.slopes, axis=0) - tolerance) & (
+        analytic <= xp.max(est.slopes, axis=0) + tolerance
+    )
+    ref_ok = (
+        xp.isfinite(numeric) & xp.isfinite(est.fd_error) & xp.all(xp.isfinite(est.slopes), axis=0)
+    )
     code = xp.where(
         ~xp.isfinite(analytic),
         ANALYTIC_NONFINITE,
@@ -138,7 +160,9 @@ def _assess(est: Estimates, analytic: jax.Array, rtol: jax.Array, atol: jax.Arra
             ),
         ),
     ).astype(xp.int8)
-    resolved = safety * est.fd_error <= xp.maximum(0.5 * xp.abs(numeric), rtol * xp.abs(numeric) + atol)
+    resolved = safety * est.fd_error <= xp.maximum(
+        0.5 * xp.abs(numeric), rtol * xp.abs(numeric) + atol
+    )
     return Assessment(code, tolerance, resolved)
 
 
@@ -159,7 +183,9 @@ def _measured_noise(values: jax.Array, f0: jax.Array, xp: Any = jnp) -> jax.Arra
     fourth = fp2 - 4 * fp1 + 6 * center - 4 * fm1 + fm2
     s1 = fp1 - 2 * center + fm1
     s2 = fp2 - 2 * center + fm2
-    kink_like = (s1 * s2 > 0) & (xp.abs(s2) >= 1.6 * xp.abs(s1)) & (xp.abs(s2 - 4 * s1) > 0.5 * xp.abs(s1))
+    kink_like = (
+        (s1 * s2 > 0) & (xp.abs(s2) >= 1.6 * xp.abs(s1)) & (xp.abs(s2 - 4 * s1) > 0.5 * xp.abs(s1))
+    )
     usable = xp.isfinite(fourth) & ~kink_like
     usable = xp.where(xp.any(usable, axis=0, keepdims=True), usable, xp.isfinite(fourth))
     squares = xp.where(usable, fourth, 0.0) ** 2

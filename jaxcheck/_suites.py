@@ -132,12 +132,13 @@ _sin_wrong_residual = _unary_vjp(jnp.sin, jnp.sin, lambda y, g: (g * jnp.cos(y),
 _exp_output_residual = _unary_vjp(jnp.exp, jnp.exp, lambda y, g: (g * y,))
 _square_missing_factor = _unary_vjp(jnp.square, _ident, lambda x, g: (g * x,))
 _softplus_ok = _unary_vjp(jax.nn.softplus, _ident, lambda x, g: (g * jax.nn.sigmoid(x),))
-_softplus_flipped = _unary_vjp(
-    jax.nn.softplus, _ident, lambda x, g: (g * jax.nn.sigmoid(-x),))
+_softplus_flipped = _unary_vjp(jax.nn.softplus, _ident, lambda x, g: (g * jax.nn.sigmoid(-x),))
 _softplus_bump_1234 = _unary_vjp(
-    jax.nn.softplus, _ident, lambda x, g: (_bump_1234(g * jax.nn.sigmoid(x)),))
+    jax.nn.softplus, _ident, lambda x, g: (_bump_1234(g * jax.nn.sigmoid(x)),)
+)
 _relu_double_slope = _unary_vjp(
-    jax.nn.relu, _ident, lambda x, g: (jnp.where(x > 0, 2 * g, jnp.zeros_like(g)),))
+    jax.nn.relu, _ident, lambda x, g: (jnp.where(x > 0, 2 * g, jnp.zeros_like(g)),)
+)
 
 
 def _matvec_rule(transposed_da: bool, transposed_dx: bool) -> Callable:
@@ -163,62 +164,131 @@ _matvec_transposed_da = _matvec_rule(True, False)
 # Unary and matvec custom_vjp cases: loss = sum(w * op(x)) with fixed random w.
 
 
-def _unary_build(dtype, *, op: Callable, true_op: Callable | None, x_fn: Callable,
-                 seed: int) -> CaseSetup:
+def _unary_build(
+    dtype, *, op: Callable, true_op: Callable | None, x_fn: Callable, seed: int
+) -> CaseSetup:
     x = x_fn(seed, (16,), dtype)
     w = _weights(seed + 1, (16,), dtype)
     true_f = None if true_op is None else _weighted_sum(true_op, w)
-    return CaseSetup(f=_weighted_sum(op, w), args=(x,), kwargs={"argnums": 0},
-                     true_f=true_f)
+    return CaseSetup(f=_weighted_sum(op, w), args=(x,), kwargs={"argnums": 0}, true_f=true_f)
 
 
 def _matvec_build(dtype, *, op: Callable) -> CaseSetup:
     a = _normal(21, (6, 6), dtype)  # not symmetric
     x = _normal(22, (6,), dtype)
     w = _weights(23, (6,), dtype)
-    return CaseSetup(f=_weighted_sum(op, w), args=(a, x), kwargs={"argnums": (0, 1)},
-                     true_f=_weighted_sum(jnp.matmul, w))
+    return CaseSetup(
+        f=_weighted_sum(op, w),
+        args=(a, x),
+        kwargs={"argnums": (0, 1)},
+        true_f=_weighted_sum(jnp.matmul, w),
+    )
 
 
 def _bigvec_build(dtype, *, op: Callable) -> CaseSetup:
     x = _normal(31, (5000,), dtype)
     w = _weights(32, (5000,), dtype)
-    return CaseSetup(f=_weighted_sum(op, w), args=(x,), kwargs={"argnums": 0},
-                     true_f=_weighted_sum(jax.nn.softplus, w))
+    return CaseSetup(
+        f=_weighted_sum(op, w),
+        args=(x,),
+        kwargs={"argnums": 0},
+        true_f=_weighted_sum(jax.nn.softplus, w),
+    )
 
 
 def _vjp_cases() -> list[GradCase]:
     def unary(name, op, true_op, x_fn, seed, bad, note):
         build = ft.partial(_unary_build, op=op, true_op=true_op, x_fn=x_fn, seed=seed)
-        return GradCase(name=name, broken=bad, bad_path="args[0]" if bad else None,
-                        build=build, note=note)
+        return GradCase(
+            name=name, broken=bad, bad_path="args[0]" if bad else None, build=build, note=note
+        )
 
     normal = ft.partial(_normal, scale=1.5)
     return [
         unary("vjp/sin", _sin_ok, jnp.sin, normal, 11, False, "correct sin rule"),
-        unary("vjp/softplus", _softplus_ok, jax.nn.softplus, normal, 12, False,
-              "correct softplus rule"),
-        unary("vjp/exp_output_residual", _exp_output_residual, jnp.exp, normal, 13, False,
-              "exp saving its output as residual (correct for exp)"),
-        GradCase(name="vjp/matvec", broken=False, bad_path=None,
-                 build=ft.partial(_matvec_build, op=_matvec_ok), note="correct a @ x rule"),
-        unary("vjp/sin_sign_error", _sin_sign_error, jnp.sin, normal, 14, True,
-              "bwd returns -g*cos(x)"),
-        unary("vjp/square_missing_factor", _square_missing_factor, jnp.square, normal, 15,
-              True, "bwd of x**2 returns g*x: factor 2 dropped"),
-        unary("vjp/sin_ignores_cotangent", _sin_ignores_g, jnp.sin, normal, 16, True,
-              "bwd returns cos(x), as if g were 1"),
-        unary("vjp/sin_wrong_residual", _sin_wrong_residual, jnp.sin, normal, 17, True,
-              "fwd saves sin(x); bwd takes cos of the output instead of the input"),
-        GradCase(name="vjp/matvec_transposed", broken=True, bad_path="args[1]",
-                 build=ft.partial(_matvec_build, op=_matvec_transposed_dx),
-                 note="bwd of a @ x returns a @ g instead of a.T @ g"),
-        GradCase(name="bigvec/softplus", broken=False, bad_path=None,
-                 build=ft.partial(_bigvec_build, op=_softplus_ok),
-                 note="5000-element vector, correct rule"),
-        GradCase(name="bigvec/one_element", broken=True, bad_path="args[0]",
-                 bad_index=(1234,), build=ft.partial(_bigvec_build, op=_softplus_bump_1234),
-                 note="5000-element vector; bwd scales element 1234 by 1.5"),
+        unary(
+            "vjp/softplus",
+            _softplus_ok,
+            jax.nn.softplus,
+            normal,
+            12,
+            False,
+            "correct softplus rule",
+        ),
+        unary(
+            "vjp/exp_output_residual",
+            _exp_output_residual,
+            jnp.exp,
+            normal,
+            13,
+            False,
+            "exp saving its output as residual (correct for exp)",
+        ),
+        GradCase(
+            name="vjp/matvec",
+            broken=False,
+            bad_path=None,
+            build=ft.partial(_matvec_build, op=_matvec_ok),
+            note="correct a @ x rule",
+        ),
+        unary(
+            "vjp/sin_sign_error",
+            _sin_sign_error,
+            jnp.sin,
+            normal,
+            14,
+            True,
+            "bwd returns -g*cos(x)",
+        ),
+        unary(
+            "vjp/square_missing_factor",
+            _square_missing_factor,
+            jnp.square,
+            normal,
+            15,
+            True,
+            "bwd of x**2 returns g*x: factor 2 dropped",
+        ),
+        unary(
+            "vjp/sin_ignores_cotangent",
+            _sin_ignores_g,
+            jnp.sin,
+            normal,
+            16,
+            True,
+            "bwd returns cos(x), as if g were 1",
+        ),
+        unary(
+            "vjp/sin_wrong_residual",
+            _sin_wrong_residual,
+            jnp.sin,
+            normal,
+            17,
+            True,
+            "fwd saves sin(x); bwd takes cos of the output instead of the input",
+        ),
+        GradCase(
+            name="vjp/matvec_transposed",
+            broken=True,
+            bad_path="args[1]",
+            build=ft.partial(_matvec_build, op=_matvec_transposed_dx),
+            note="bwd of a @ x returns a @ g instead of a.T @ g",
+        ),
+        GradCase(
+            name="bigvec/softplus",
+            broken=False,
+            bad_path=None,
+            build=ft.partial(_bigvec_build, op=_softplus_ok),
+            note="5000-element vector, correct rule",
+        ),
+        GradCase(
+            name="bigvec/one_element",
+            broken=True,
+            bad_path="args[0]",
+            bad_index=(1234,),
+            build=ft.partial(_bigvec_build, op=_softplus_bump_1234),
+            note="5000-element vector; bwd scales element 1234 by 1.5",
+        ),
     ]
 
 
@@ -278,8 +348,10 @@ def mlp3_backprop(params, x, y, *, bug: str | None = None):
     d1 = (d2 @ params["layer2"]["W"].T) * (1 - a1**2)
     return {
         "layer1": {"W": x.T @ d1 + l2["layer1"], "b": jnp.sum(d1, axis=0)},
-        "layer2": {"W": a1.T @ d2 + l2["layer2"],
-                   "b": jnp.sum(da2 if bug == "bias" else d2, axis=0)},
+        "layer2": {
+            "W": a1.T @ d2 + l2["layer2"],
+            "b": jnp.sum(da2 if bug == "bias" else d2, axis=0),
+        },
         "layer3": {"W": a2.T @ d3 + l2["layer3"], "b": jnp.sum(d3, axis=0)},
     }
 
@@ -323,30 +395,53 @@ def mlp2_backprop(params, x, y, *, bug: str | None = None):
 
 def _mlp2_build(dtype, *, bug: str | None) -> CaseSetup:
     grad_fn = ft.partial(mlp2_backprop, bug=bug)
-    return CaseSetup(f=mlp2_loss, args=_mlp2_data(dtype),
-                     kwargs={"argnums": 0, "grad_fn": grad_fn})
+    return CaseSetup(f=mlp2_loss, args=_mlp2_data(dtype), kwargs={"argnums": 0, "grad_fn": grad_fn})
 
 
 def _mlp_cases() -> list[GradCase]:
     return [
-        GradCase(name="mlp/backprop", broken=False, bad_path=None,
-                 build=ft.partial(_mlp3_build, bug=None),
-                 note="3-layer tanh MLP, cross-entropy + L2, correct hand-written backprop"),
-        GradCase(name="mlp/autodiff", broken=False, bad_path=None,
-                 build=ft.partial(_mlp3_build, bug=None, use_grad_fn=False),
-                 note="3-layer tanh MLP checked through jax.grad"),
-        GradCase(name="mlp/missing_l2", broken=True, bad_path="args[0]['layer2']['W']",
-                 build=ft.partial(_mlp3_build, bug="missing_l2"),
-                 note="backprop omits the 2λW term of layer2's weights"),
-        GradCase(name="mlp/bias_bug", broken=True, bad_path="args[0]['layer2']['b']",
-                 build=ft.partial(_mlp3_build, bug="bias"),
-                 note="layer2's bias gradient misses the tanh derivative"),
-        GradCase(name="mlp_mse/backprop", broken=False, bad_path=None,
-                 build=ft.partial(_mlp2_build, bug=None),
-                 note="2-layer sigmoid MLP, MSE + L2, correct hand-written backprop"),
-        GradCase(name="mlp_mse/b2_factor", broken=True, bad_path="args[0]['b2']",
-                 build=ft.partial(_mlp2_build, bug="b2"),
-                 note="b2's gradient drops the factor 2 of the squared error"),
+        GradCase(
+            name="mlp/backprop",
+            broken=False,
+            bad_path=None,
+            build=ft.partial(_mlp3_build, bug=None),
+            note="3-layer tanh MLP, cross-entropy + L2, correct hand-written backprop",
+        ),
+        GradCase(
+            name="mlp/autodiff",
+            broken=False,
+            bad_path=None,
+            build=ft.partial(_mlp3_build, bug=None, use_grad_fn=False),
+            note="3-layer tanh MLP checked through jax.grad",
+        ),
+        GradCase(
+            name="mlp/missing_l2",
+            broken=True,
+            bad_path="args[0]['layer2']['W']",
+            build=ft.partial(_mlp3_build, bug="missing_l2"),
+            note="backprop omits the 2λW term of layer2's weights",
+        ),
+        GradCase(
+            name="mlp/bias_bug",
+            broken=True,
+            bad_path="args[0]['layer2']['b']",
+            build=ft.partial(_mlp3_build, bug="bias"),
+            note="layer2's bias gradient misses the tanh derivative",
+        ),
+        GradCase(
+            name="mlp_mse/backprop",
+            broken=False,
+            bad_path=None,
+            build=ft.partial(_mlp2_build, bug=None),
+            note="2-layer sigmoid MLP, MSE + L2, correct hand-written backprop",
+        ),
+        GradCase(
+            name="mlp_mse/b2_factor",
+            broken=True,
+            bad_path="args[0]['b2']",
+            build=ft.partial(_mlp2_build, bug="b2"),
+            note="b2's gradient drops the factor 2 of the squared error",
+        ),
     ]
 
 
@@ -369,8 +464,10 @@ def decay_backprop(params, t, data, *, bug: bool = False):
 
 
 def _decay_build(dtype, *, grad_fn: bool, bug: bool = False) -> CaseSetup:
-    params = {"amplitude": _uniform(140, (4,), dtype, 500.0, 1500.0),
-              "rate": _uniform(141, (4,), dtype, 5e-4, 1.5e-3)}
+    params = {
+        "amplitude": _uniform(140, (4,), dtype, 500.0, 1500.0),
+        "rate": _uniform(141, (4,), dtype, 5e-4, 1.5e-3),
+    }
     t = jnp.linspace(0, 2000, 16, dtype=dtype)
     a0 = _uniform(142, (4, 1), dtype, 500.0, 1500.0)
     k0 = _uniform(143, (4, 1), dtype, 5e-4, 1.5e-3)
@@ -382,15 +479,27 @@ def _decay_build(dtype, *, grad_fn: bool, bug: bool = False) -> CaseSetup:
 
 def _scaled_cases() -> list[GradCase]:
     return [
-        GradCase(name="scaled/autodiff", broken=False, bad_path=None,
-                 build=ft.partial(_decay_build, grad_fn=False),
-                 note="leaves of magnitude ~1e3 and ~1e-3, jax.grad"),
-        GradCase(name="scaled/backprop", broken=False, bad_path=None,
-                 build=ft.partial(_decay_build, grad_fn=True),
-                 note="leaves of magnitude ~1e3 and ~1e-3, correct hand-written gradient"),
-        GradCase(name="scaled/rate_sign", broken=True, bad_path="args[0]['rate']",
-                 build=ft.partial(_decay_build, grad_fn=True, bug=True),
-                 note="sign error on the ~1e-3 leaf's gradient only"),
+        GradCase(
+            name="scaled/autodiff",
+            broken=False,
+            bad_path=None,
+            build=ft.partial(_decay_build, grad_fn=False),
+            note="leaves of magnitude ~1e3 and ~1e-3, jax.grad",
+        ),
+        GradCase(
+            name="scaled/backprop",
+            broken=False,
+            bad_path=None,
+            build=ft.partial(_decay_build, grad_fn=True),
+            note="leaves of magnitude ~1e3 and ~1e-3, correct hand-written gradient",
+        ),
+        GradCase(
+            name="scaled/rate_sign",
+            broken=True,
+            bad_path="args[0]['rate']",
+            build=ft.partial(_decay_build, grad_fn=True, bug=True),
+            note="sign error on the ~1e-3 leaf's gradient only",
+        ),
     ]
 
 
@@ -423,9 +532,11 @@ def dropout_backprop(params, x, y, key, *, bug: bool = False):
 
 def dropout_data(dtype) -> tuple[PyTree, jax.Array, jax.Array, jax.Array]:
     """Returns `(params, x, y, key)` for `dropout_loss`."""
-    params = {"W1": _normal(150, (5, 16), dtype, 0.6),
-              "W2": _normal(151, (16, 3), dtype, 0.4),
-              "b2": _normal(152, (3,), dtype, 0.3)}
+    params = {
+        "W1": _normal(150, (5, 16), dtype, 0.6),
+        "W2": _normal(151, (16, 3), dtype, 0.4),
+        "b2": _normal(152, (3,), dtype, 0.3),
+    }
     x, y = _normal(153, (8, 5), dtype), _normal(154, (8, 3), dtype)
     return params, x, y, jax.random.key(155)
 
@@ -439,15 +550,27 @@ def _dropout_build(dtype, *, grad_fn: bool, bug: bool = False) -> CaseSetup:
 
 def _dropout_cases() -> list[GradCase]:
     return [
-        GradCase(name="dropout/autodiff", broken=False, bad_path=None,
-                 build=ft.partial(_dropout_build, grad_fn=False),
-                 note="dropout mask from a key argument held fixed, jax.grad"),
-        GradCase(name="dropout/backprop", broken=False, bad_path=None,
-                 build=ft.partial(_dropout_build, grad_fn=True),
-                 note="dropout, correct hand-written backprop"),
-        GradCase(name="dropout/missing_scale", broken=True, bad_path="args[0]['W1']",
-                 build=ft.partial(_dropout_build, grad_fn=True, bug=True),
-                 note="backprop through the mask forgets the 1/(1-p) scaling"),
+        GradCase(
+            name="dropout/autodiff",
+            broken=False,
+            bad_path=None,
+            build=ft.partial(_dropout_build, grad_fn=False),
+            note="dropout mask from a key argument held fixed, jax.grad",
+        ),
+        GradCase(
+            name="dropout/backprop",
+            broken=False,
+            bad_path=None,
+            build=ft.partial(_dropout_build, grad_fn=True),
+            note="dropout, correct hand-written backprop",
+        ),
+        GradCase(
+            name="dropout/missing_scale",
+            broken=True,
+            bad_path="args[0]['W1']",
+            build=ft.partial(_dropout_build, grad_fn=True, bug=True),
+            note="backprop through the mask forgets the 1/(1-p) scaling",
+        ),
     ]
 
 
@@ -456,25 +579,39 @@ def _dropout_cases() -> list[GradCase]:
 
 
 def _int_build(dtype, *, op: Callable) -> CaseSetup:
-    params = {"w": _normal(160, (16,), dtype),
-              "n": jax.random.randint(jax.random.key(161), (16,), 1, 4, jnp.int32)}
+    params = {
+        "w": _normal(160, (16,), dtype),
+        "n": jax.random.randint(jax.random.key(161), (16,), 1, 4, jnp.int32),
+    }
     v = _weights(162, (16,), dtype)
 
     def loss(p, true_op=op):
         return jnp.sum(v * p["n"].astype(p["w"].dtype) * true_op(p["w"]))
 
-    return CaseSetup(f=loss, args=(params,), kwargs={"argnums": 0},
-                     true_f=ft.partial(loss, true_op=jax.nn.softplus))
+    return CaseSetup(
+        f=loss,
+        args=(params,),
+        kwargs={"argnums": 0},
+        true_f=ft.partial(loss, true_op=jax.nn.softplus),
+    )
 
 
 def _int_cases() -> list[GradCase]:
     return [
-        GradCase(name="int/autodiff", broken=False, bad_path=None,
-                 build=ft.partial(_int_build, op=jax.nn.softplus),
-                 note="params {'w': float, 'n': int32 counts}; only 'w' is differentiable"),
-        GradCase(name="int/softplus_flipped", broken=True, bad_path="args[0]['w']",
-                 build=ft.partial(_int_build, op=_softplus_flipped),
-                 note="int leaf alongside a softplus rule returning g*sigmoid(-x)"),
+        GradCase(
+            name="int/autodiff",
+            broken=False,
+            bad_path=None,
+            build=ft.partial(_int_build, op=jax.nn.softplus),
+            note="params {'w': float, 'n': int32 counts}; only 'w' is differentiable",
+        ),
+        GradCase(
+            name="int/softplus_flipped",
+            broken=True,
+            bad_path="args[0]['w']",
+            build=ft.partial(_int_build, op=_softplus_flipped),
+            note="int leaf alongside a softplus rule returning g*sigmoid(-x)",
+        ),
     ]
 
 
@@ -492,31 +629,52 @@ def _kink_x(seed: int, dtype, where: str) -> jax.Array:
     return x
 
 
-def _kink_build(dtype, *, op: Callable, true_op: Callable | None, where: str,
-                seed: int) -> CaseSetup:
+def _kink_build(
+    dtype, *, op: Callable, true_op: Callable | None, where: str, seed: int
+) -> CaseSetup:
     w = _weights(seed + 2, (32,), dtype)
     true_f = None if true_op is None else _weighted_sum(true_op, w)
-    return CaseSetup(f=_weighted_sum(op, w), args=(_kink_x(seed, dtype, where),),
-                     kwargs={"argnums": 0}, true_f=true_f)
+    return CaseSetup(
+        f=_weighted_sum(op, w),
+        args=(_kink_x(seed, dtype, where),),
+        kwargs={"argnums": 0},
+        true_f=true_f,
+    )
 
 
 def _kink_cases() -> list[GradCase]:
     def case(name, op, true_op, where, seed, note):
         bad = true_op is not None
         return GradCase(
-            name=name, broken=bad, bad_path="args[0]" if bad else None, note=note,
+            name=name,
+            broken=bad,
+            bad_path="args[0]" if bad else None,
+            note=note,
             expect_nonsmooth=where == "at" and not bad,
-            build=ft.partial(_kink_build, op=op, true_op=true_op, where=where, seed=seed))
+            build=ft.partial(_kink_build, op=op, true_op=true_op, where=where, seed=seed),
+        )
 
     return [
         case("kink/relu_near", jax.nn.relu, None, "near", 170, "relu within 1e-3 of 0"),
         case("kink/relu_at", jax.nn.relu, None, "at", 173, "relu exactly at 0"),
         case("kink/abs_near", jnp.abs, None, "near", 176, "abs within 1e-3 of 0"),
         case("kink/abs_at", jnp.abs, None, "at", 179, "abs exactly at 0"),
-        case("kink/relu_double_slope", _relu_double_slope, jax.nn.relu, "smooth", 182,
-             "relu rule returning 2*g for x > 0, checked away from the kink"),
-        case("kink/relu_double_slope_at_kink", _relu_double_slope, jax.nn.relu, "at", 185,
-             "the same bug, with some points exactly at the kink"),
+        case(
+            "kink/relu_double_slope",
+            _relu_double_slope,
+            jax.nn.relu,
+            "smooth",
+            182,
+            "relu rule returning 2*g for x > 0, checked away from the kink",
+        ),
+        case(
+            "kink/relu_double_slope_at_kink",
+            _relu_double_slope,
+            jax.nn.relu,
+            "at",
+            185,
+            "the same bug, with some points exactly at the kink",
+        ),
     ]
 
 
@@ -551,46 +709,72 @@ def rnn_backprop(params, xs, v, *, bug: bool = False):
         return (params["W"].T @ dz, g), None
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    (_, grads), _ = lax.scan(step, (jnp.zeros_like(v), zeros), (hs, h_prev, xs),
-                             reverse=True)
+    (_, grads), _ = lax.scan(step, (jnp.zeros_like(v), zeros), (hs, h_prev, xs), reverse=True)
     return grads
 
 
-def _rnn_build(dtype, *, grad_fn: Callable | None = None,
-               matvec: Callable = jnp.matmul) -> CaseSetup:
-    params = {"W": _normal(190, (6, 6), dtype, 0.5),
-              "U": _normal(191, (6, 3), dtype, 0.6),
-              "b": _normal(192, (6,), dtype, 0.2)}
+def _rnn_build(
+    dtype, *, grad_fn: Callable | None = None, matvec: Callable = jnp.matmul
+) -> CaseSetup:
+    params = {
+        "W": _normal(190, (6, 6), dtype, 0.5),
+        "U": _normal(191, (6, 3), dtype, 0.6),
+        "b": _normal(192, (6,), dtype, 0.2),
+    }
     xs, v = _normal(193, (5, 3), dtype), _weights(194, (6,), dtype)
     kwargs: dict[str, Any] = {"argnums": 0}
     if grad_fn is not None:
         kwargs["grad_fn"] = grad_fn
     true_f = None if matvec is jnp.matmul else rnn_loss
-    return CaseSetup(f=ft.partial(rnn_loss, matvec=matvec), args=(params, xs, v),
-                     kwargs=kwargs, true_f=true_f)
+    return CaseSetup(
+        f=ft.partial(rnn_loss, matvec=matvec), args=(params, xs, v), kwargs=kwargs, true_f=true_f
+    )
 
 
 def _scan_cases() -> list[GradCase]:
     return [
-        GradCase(name="scan/rnn_autodiff", broken=False, bad_path=None,
-                 build=_rnn_build, note="5-step tanh RNN under lax.scan, jax.grad"),
-        GradCase(name="scan/rnn_backprop", broken=False, bad_path=None,
-                 build=ft.partial(_rnn_build, grad_fn=rnn_backprop),
-                 note="5-step tanh RNN, correct hand-written backprop through time"),
-        GradCase(name="scan/rnn_bias_not_accumulated", broken=True,
-                 bad_path="args[0]['b']",
-                 build=ft.partial(_rnn_build, grad_fn=ft.partial(rnn_backprop, bug=True)),
-                 note="BPTT overwrites the bias gradient each step instead of summing"),
-        GradCase(name="scan/rnn_transposed_dW", broken=True, bad_path="args[0]['W']",
-                 build=ft.partial(_rnn_build, matvec=_matvec_transposed_da),
-                 note="custom_vjp W @ h inside the scan body returns outer(h, g) for W"),
+        GradCase(
+            name="scan/rnn_autodiff",
+            broken=False,
+            bad_path=None,
+            build=_rnn_build,
+            note="5-step tanh RNN under lax.scan, jax.grad",
+        ),
+        GradCase(
+            name="scan/rnn_backprop",
+            broken=False,
+            bad_path=None,
+            build=ft.partial(_rnn_build, grad_fn=rnn_backprop),
+            note="5-step tanh RNN, correct hand-written backprop through time",
+        ),
+        GradCase(
+            name="scan/rnn_bias_not_accumulated",
+            broken=True,
+            bad_path="args[0]['b']",
+            build=ft.partial(_rnn_build, grad_fn=ft.partial(rnn_backprop, bug=True)),
+            note="BPTT overwrites the bias gradient each step instead of summing",
+        ),
+        GradCase(
+            name="scan/rnn_transposed_dW",
+            broken=True,
+            bad_path="args[0]['W']",
+            build=ft.partial(_rnn_build, matvec=_matvec_transposed_da),
+            note="custom_vjp W @ h inside the scan body returns outer(h, g) for W",
+        ),
     ]
 
 
 def grad_cases() -> tuple[GradCase, ...]:
     """Returns the main catalogue: MLPs, custom_vjp rules, scaling, keys, ints, kinks, scan."""
-    return tuple(_mlp_cases() + _vjp_cases() + _scaled_cases() + _dropout_cases()
-                 + _int_cases() + _kink_cases() + _scan_cases())
+    return tuple(
+        _mlp_cases()
+        + _vjp_cases()
+        + _scaled_cases()
+        + _dropout_cases()
+        + _int_cases()
+        + _kink_cases()
+        + _scan_cases()
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -672,14 +856,25 @@ def _scaled_vjp_bwd(op, factor, xs, g):
 _scaled_vjp.defvjp(_scaled_vjp_fwd, _scaled_vjp_bwd)
 
 
-def _elementwise_build(dtype, *, op: Callable, domains: tuple[_Domain, ...],
-                       argnum: int, factor: float | None, seed: int) -> CaseSetup:
+def _elementwise_build(
+    dtype,
+    *,
+    op: Callable,
+    domains: tuple[_Domain, ...],
+    argnum: int,
+    factor: float | None,
+    seed: int,
+) -> CaseSetup:
     xs = tuple(d.sample(seed + i, dtype) for i, d in enumerate(domains))
     w = _weights(seed + 7, (64,), dtype)
     if factor is None:
         return CaseSetup(f=_weighted_sum(op, w), args=xs, kwargs={"argnums": argnum})
-    return CaseSetup(f=_weighted_sum(ft.partial(_scaled_vjp, op, factor), w), args=xs,
-                     kwargs={"argnums": argnum}, true_f=_weighted_sum(op, w))
+    return CaseSetup(
+        f=_weighted_sum(ft.partial(_scaled_vjp, op, factor), w),
+        args=xs,
+        kwargs={"argnums": argnum},
+        true_f=_weighted_sum(op, w),
+    )
 
 
 def elementwise_op_cases(rel_bug: float | None) -> tuple[GradCase, ...]:
@@ -698,11 +893,21 @@ def elementwise_op_cases(rel_bug: float | None) -> tuple[GradCase, ...]:
         for argnum in range(len(domains)):
             full = f"lax/{name}" + (f"[{argnum}]" if argnum else "")
             build = ft.partial(
-                _elementwise_build, op=op, domains=domains, argnum=argnum,
+                _elementwise_build,
+                op=op,
+                domains=domains,
+                argnum=argnum,
                 factor=None if rel_bug is None else 1 + rel_bug,
-                seed=zlib.crc32(name.encode()) % 100_000)
+                seed=zlib.crc32(name.encode()) % 100_000,
+            )
             note = "true derivative" if rel_bug is None else f"VJP times (1 + {rel_bug:g})"
-            cases.append(GradCase(name=full, broken=rel_bug is not None, build=build,
-                                  bad_path=None if rel_bug is None else f"args[{argnum}]",
-                                  note=note))
+            cases.append(
+                GradCase(
+                    name=full,
+                    broken=rel_bug is not None,
+                    build=build,
+                    bad_path=None if rel_bug is None else f"args[{argnum}]",
+                    note=note,
+                )
+            )
     return tuple(cases)

@@ -55,7 +55,10 @@ def status_from_counts(
             reason += f" ({n_analytic_nonfinite} analytic NaN/Inf)"
         return "failed", reason
     if n_nonfinite:
-        return "inconclusive", f"finite differences are NaN/Inf at {n_nonfinite} of {n} {what} (f is not finite within a step)"
+        return (
+            "inconclusive",
+            f"finite differences are NaN/Inf at {n_nonfinite} of {n} {what} (f is not finite within a step)",
+        )
     if n_kink_outside:
         return "inconclusive", (
             f"{n_kink_outside} of {n} {what} sit at a kink where the analytic value lies outside "
@@ -112,7 +115,9 @@ def summarize_leaf(
     unresolved = ~resolved & ~failing
     n_unresolved = int(unresolved.sum())
     total = float(mass.sum())
-    share = float(mass[unresolved].sum()) / total if total > 0 else (n_unresolved / max(1, code.size))
+    share = (
+        float(mass[unresolved].sum()) / total if total > 0 else (n_unresolved / max(1, code.size))
+    )
     status, reason = status_from_counts(
         n=int(code.size),
         n_failed=n_failed,
@@ -166,7 +171,9 @@ def summarize_leaf(
 def sort_worst_first(leaves: list[LeafReport]) -> tuple[LeafReport, ...]:
     """Failed leaves first, then inconclusive, then passed; within a status by relative error."""
     rank = {"failed": 0, "inconclusive": 1, "passed": 2}
-    return tuple(sorted(leaves, key=lambda l: (rank[l.status], -np.nan_to_num(l.relative_error, nan=np.inf))))
+    return tuple(
+        sorted(leaves, key=lambda l: (rank[l.status], -np.nan_to_num(l.relative_error, nan=np.inf)))
+    )
 
 
 def overall(leaves: tuple[LeafReport, ...], noun: str = "leaves") -> tuple[str, str]:
@@ -175,10 +182,16 @@ def overall(leaves: tuple[LeafReport, ...], noun: str = "leaves") -> tuple[str, 
     inconclusive = [l for l in leaves if l.status == "inconclusive"]
     if failed:
         names = ", ".join(l.path for l in failed[:3]) + (" ..." if len(failed) > 3 else "")
-        return "failed", f"{len(failed)} of {len(leaves)} {noun} wrong: {names} ({failed[0].reason})"
+        return (
+            "failed",
+            f"{len(failed)} of {len(leaves)} {noun} wrong: {names} ({failed[0].reason})",
+        )
     if inconclusive:
         names = ", ".join(l.path for l in inconclusive[:3])
-        return "inconclusive", f"{len(inconclusive)} of {len(leaves)} {noun} inconclusive: {names} ({inconclusive[0].reason})"
+        return (
+            "inconclusive",
+            f"{len(inconclusive)} of {len(leaves)} {noun} inconclusive: {names} ({inconclusive[0].reason})",
+        )
     kinks = sum(l.n_nonsmooth for l in leaves)
     extra = f"; {kinks} element(s) at a kink accepted" if kinks else ""
     return "passed", f"all {len(leaves)} {noun} match finite differences{extra}"
@@ -190,7 +203,9 @@ def hints(leaves: tuple[LeafReport, ...], reference_is_float64: bool) -> tuple[s
     for leaf in leaves:
         bad = [e for e in leaf.elements if e.kind == "mismatch"]
         if leaf.status == "failed" and bad:
-            ratios = [e.analytic / e.numeric for e in bad if e.numeric != 0 and np.isfinite(e.numeric)]
+            ratios = [
+                e.analytic / e.numeric for e in bad if e.numeric != 0 and np.isfinite(e.numeric)
+            ]
             pattern = ""
             if ratios and np.allclose(ratios, ratios[0], rtol=1e-2):
                 q = ratios[0]
@@ -200,14 +215,24 @@ def hints(leaves: tuple[LeafReport, ...], reference_is_float64: bool) -> tuple[s
                     pattern = " (analytic is zero: a dropped term or a stop_gradient?)"
                 else:
                     pattern = f" (analytic / numeric = {q:.4g} everywhere: a constant factor?)"
-            out.append(f"check the derivative for {leaf.path} at element {list(bad[0].index)}{pattern}.")
+            out.append(
+                f"check the derivative for {leaf.path} at element {list(bad[0].index)}{pattern}."
+            )
         elif leaf.status == "failed":
-            out.append(f"{leaf.path} has NaN/Inf in its analytic derivative: check divisions and sqrt/log at the boundary.")
+            out.append(
+                f"{leaf.path} has NaN/Inf in its analytic derivative: check divisions and sqrt/log at the boundary."
+            )
     if any(l.status == "inconclusive" for l in leaves):
         if not reference_is_float64:
-            out.append("enable float64 evaluation (`reference='float64'`, or run with jax_enable_x64) so finite differences resolve smaller derivatives.")
+            out.append(
+                "enable float64 evaluation (`reference='float64'`, or run with jax_enable_x64) so finite differences resolve smaller derivatives."
+            )
         if any(l.status == "inconclusive" and l.n_nonfinite for l in leaves):
-            out.append("f is NaN/Inf within a step of the point: move away from the domain boundary, or pass a smaller absolute `eps`.")
+            out.append(
+                "f is NaN/Inf within a step of the point: move away from the domain boundary, or pass a smaller absolute `eps`."
+            )
         else:
-            out.append("check at a point away from kinks/discontinuities, or pass a larger `eps` if f is noisy.")
+            out.append(
+                "check at a point away from kinks/discontinuities, or pass a larger `eps` if f is noisy."
+            )
     return tuple(out)

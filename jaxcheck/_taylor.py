@@ -21,7 +21,14 @@ FIT_POINTS = 3
 FLOOR_ULPS = 64.0
 
 
-def evidence(evaluator: Evaluator, analytic: np.ndarray, analytic_rtol: float, worst: int, numeric_worst: float, chosen_step: float) -> tuple[tuple[TaylorReport, ...], StepSweep]:
+def evidence(
+    evaluator: Evaluator,
+    analytic: np.ndarray,
+    analytic_rtol: float,
+    worst: int,
+    numeric_worst: float,
+    chosen_step: float,
+) -> tuple[tuple[TaylorReport, ...], StepSweep]:
     """Runs the Taylor-remainder test per differentiated argument and the step sweep.
 
     Args:
@@ -43,7 +50,9 @@ def evidence(evaluator: Evaluator, analytic: np.ndarray, analytic_rtol: float, w
     for row, argnum in enumerate(argnums):
         for leaf in layout.diff:
             if leaf.argnum == argnum:
-                directions[row, leaf.offset : leaf.offset + leaf.size] = z[leaf.offset : leaf.offset + leaf.size]
+                directions[row, leaf.offset : leaf.offset + leaf.size] = z[
+                    leaf.offset : leaf.offset + leaf.size
+                ]
     directions[-2, worst] = scales[worst]
     directions[-1, worst] = -scales[worst]
     values = evaluator.along(directions, STEPS)[:, :, 0]  # (A + 2, K)
@@ -53,15 +62,21 @@ def evidence(evaluator: Evaluator, analytic: np.ndarray, analytic_rtol: float, w
     for row, argnum in enumerate(argnums):
         v = directions[row]
         remainder = np.abs(values[row] - f0 - STEPS * float(analytic @ v))
-        floor = FLOOR_ULPS * eps * np.maximum(abs(f0), np.abs(values[row])) + STEPS * analytic_rtol * float(np.abs(analytic) @ np.abs(v))
+        floor = FLOOR_ULPS * eps * np.maximum(
+            abs(f0), np.abs(values[row])
+        ) + STEPS * analytic_rtol * float(np.abs(analytic) @ np.abs(v))
         usable = np.isfinite(remainder) & (remainder > 4 * floor)
         idx = np.flatnonzero(usable)[-FIT_POINTS:]
         if idx.size < FIT_POINTS or np.any(np.diff(idx) != 1):
-            reports.append(TaylorReport(argnum=argnum, slope=None, n_points=int(idx.size), verdict="no-data"))
+            reports.append(
+                TaylorReport(argnum=argnum, slope=None, n_points=int(idx.size), verdict="no-data")
+            )
             continue
         slope = float(np.polyfit(np.log(STEPS[idx]), np.log(remainder[idx]), 1)[0])
         verdict = "consistent" if slope >= 1.8 else "inconsistent" if slope <= 1.2 else "unclear"
-        reports.append(TaylorReport(argnum=argnum, slope=slope, n_points=int(idx.size), verdict=verdict))
+        reports.append(
+            TaylorReport(argnum=argnum, slope=slope, n_points=int(idx.size), verdict=verdict)
+        )
     leaf, index, part = layout.locate(worst)
     steps = STEPS * scales[worst]
     estimates = (values[-2] - values[-1]) / (2 * steps)

@@ -40,7 +40,11 @@ _FLOOR_ULPS = 16.0
 
 def default_tolerance(dtype: np.dtype) -> Tolerance:
     """The default `Tolerance` for an analytic derivative computed in `dtype`."""
-    real = np.dtype(jnp.finfo(dtype).dtype) if np.issubdtype(dtype, np.complexfloating) else np.dtype(dtype)
+    real = (
+        np.dtype(jnp.finfo(dtype).dtype)
+        if np.issubdtype(dtype, np.complexfloating)
+        else np.dtype(dtype)
+    )
     rtol = _DEFAULT_RTOL.get(real)
     if rtol is None:  # bfloat16 and other narrow floats
         rtol = float(np.sqrt(jnp.finfo(real).eps))
@@ -74,11 +78,15 @@ def coordinate_scales(layout: ArgLayout, theta: np.ndarray) -> np.ndarray:
         block = theta[leaf.offset : leaf.offset + leaf.size]
         rms = float(np.sqrt(np.mean(np.square(block)))) if block.size else 0.0
         floor = rms if rms > 0 and np.isfinite(rms) else 1.0
-        scales[leaf.offset : leaf.offset + leaf.size] = np.maximum(scales[leaf.offset : leaf.offset + leaf.size], floor)
+        scales[leaf.offset : leaf.offset + leaf.size] = np.maximum(
+            scales[leaf.offset : leaf.offset + leaf.size], floor
+        )
     return scales
 
 
-def steps(layout: ArgLayout, theta: np.ndarray, leaf_dtypes: tuple[np.dtype, ...], eps: float | None) -> np.ndarray:
+def steps(
+    layout: ArgLayout, theta: np.ndarray, leaf_dtypes: tuple[np.dtype, ...], eps: float | None
+) -> np.ndarray:
     """Step per coordinate: `eps` if given (absolute), else relative_step(dtype) * scale.
 
     Args:
@@ -95,7 +103,13 @@ def steps(layout: ArgLayout, theta: np.ndarray, leaf_dtypes: tuple[np.dtype, ...
     return rel * coordinate_scales(layout, theta)
 
 
-def stencil_points(theta: np.ndarray, h: np.ndarray, dtype_codes: np.ndarray, dtypes: tuple[np.dtype, ...], offsets=(-2, -1, 1, 2)) -> np.ndarray:
+def stencil_points(
+    theta: np.ndarray,
+    h: np.ndarray,
+    dtype_codes: np.ndarray,
+    dtypes: tuple[np.dtype, ...],
+    offsets=(-2, -1, 1, 2),
+) -> np.ndarray:
     """The stencil's coordinate values, rounded to the dtype f is evaluated in.
 
     Rounding first and differencing the rounded values later keeps every step exact.

@@ -20,7 +20,7 @@ from jaxcheck._cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 USER_MODULE = textwrap.dedent(
-    '''
+    """
     import jax
     import jax.numpy as jnp
 
@@ -108,7 +108,7 @@ USER_MODULE = textwrap.dedent(
 
 
     CONSTANT = 3
-    '''
+    """
 )
 
 
@@ -156,7 +156,9 @@ def test_check_from_a_dotted_module_and_factory_in_the_same_module(capsys, user_
 
 
 def test_check_wrong_custom_vjp_exits_1_and_names_the_element(capsys, user_file):
-    code, out, _ = run(capsys, "check", f"{user_file}:sin_loss", "--args", f"{user_file}:small_x", "--points", "2")
+    code, out, _ = run(
+        capsys, "check", f"{user_file}:sin_loss", "--args", f"{user_file}:small_x", "--points", "2"
+    )
     assert code == 1
     assert "=== point 1/2" in out and "=== point 2/2" in out
     first, second = out.split("=== point 2/2")
@@ -168,7 +170,15 @@ def test_check_wrong_custom_vjp_exits_1_and_names_the_element(capsys, user_file)
 def test_points_json_wrapper(capsys, user_file, tmp_path):
     target = tmp_path / "out.json"
     code, _, err = run(
-        capsys, "check", f"{user_file}:sin_loss", "--args", f"{user_file}:small_x", "--points", "2", "--json", str(target)
+        capsys,
+        "check",
+        f"{user_file}:sin_loss",
+        "--args",
+        f"{user_file}:small_x",
+        "--points",
+        "2",
+        "--json",
+        str(target),
     )
     assert code == 1
     data = json.loads(target.read_text())
@@ -189,7 +199,17 @@ def test_inconclusive_exits_1_unless_allowed(capsys, user_file):
 
 def test_json_file_is_the_results_document(capsys, user_file, tmp_path):
     target = tmp_path / "result.json"
-    code, out, _ = run(capsys, "check", f"{user_file}:loss", "--args", f"{user_file}:make_args", "--json", str(target), "--seed", "3")
+    code, out, _ = run(
+        capsys,
+        "check",
+        f"{user_file}:loss",
+        "--args",
+        f"{user_file}:make_args",
+        "--json",
+        str(target),
+        "--seed",
+        "3",
+    )
     assert code == 0
     data = json.loads(target.read_text())
     assert data["kind"] == "grad" and data["status"] == "passed" and data["seed"] == 3
@@ -199,15 +219,27 @@ def test_json_file_is_the_results_document(capsys, user_file, tmp_path):
 def test_plot_file_is_a_png(capsys, user_file, tmp_path):
     pytest.importorskip("matplotlib")
     target = tmp_path / "fig.png"
-    code, _, err = run(capsys, "check", f"{user_file}:loss", "--args", f"{user_file}:make_args", "--plot", str(target))
+    code, _, err = run(
+        capsys,
+        "check",
+        f"{user_file}:loss",
+        "--args",
+        f"{user_file}:make_args",
+        "--plot",
+        str(target),
+    )
     assert code == 0, err
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_x64_builds_arguments_in_float64_and_is_scoped(capsys, user_file):
-    code, out, err = run(capsys, "check", f"{user_file}:vector_sum", "--args", f"{user_file}:make_x", "--x64")
+    code, out, err = run(
+        capsys, "check", f"{user_file}:vector_sum", "--args", f"{user_file}:make_x", "--x64"
+    )
     assert code == 2 and "has no attribute `vector_sum`" in err  # sanity: a typo is a usage error
-    code, out, err = run(capsys, "check", f"{user_file}:sin_loss", "--args", f"{user_file}:make_x", "--x64")
+    code, out, err = run(
+        capsys, "check", f"{user_file}:sin_loss", "--args", f"{user_file}:make_x", "--x64"
+    )
     assert code == 1  # x = 1 is where the rule is wrong
     assert "f64[3]" in out
     assert jnp.ones(1).dtype == jnp.float32  # the flag did not leak out of the run
@@ -217,14 +249,30 @@ def test_x64_builds_arguments_in_float64_and_is_scoped(capsys, user_file):
 
 @pytest.mark.parametrize("argnums, leaves", [("1", ["args[1]"]), ("0,1", ["args[0]", "args[1]"])])
 def test_argnums(capsys, user_file, argnums, leaves):
-    code, out, _ = run(capsys, "check", f"{user_file}:two_args_loss", "--args", f"{user_file}:two_args", "--argnums", argnums)
+    code, out, _ = run(
+        capsys,
+        "check",
+        f"{user_file}:two_args_loss",
+        "--args",
+        f"{user_file}:two_args",
+        "--argnums",
+        argnums,
+    )
     assert code == 0
     table = out.split("\n\n")[1]
     assert sorted(line.split()[0] for line in table.splitlines()[2:]) == leaves
 
 
 def test_color_always_colours_the_verdict(capsys, user_file):
-    code, out, _ = run(capsys, "check", f"{user_file}:loss", "--args", f"{user_file}:make_args", "--color", "always")
+    code, out, _ = run(
+        capsys,
+        "check",
+        f"{user_file}:loss",
+        "--args",
+        f"{user_file}:make_args",
+        "--color",
+        "always",
+    )
     assert code == 0
     assert out.startswith("\x1b[1m\x1b[32mPASSED\x1b[0m: check_grad(loss)")
 
@@ -244,7 +292,9 @@ class FakeResult:
         return {"kind": "fake", "status": self.status, "schema_version": 1}
 
 
-def test_kind_dispatches_to_the_named_check_with_its_supported_options(capsys, user_file, monkeypatch):
+def test_kind_dispatches_to_the_named_check_with_its_supported_options(
+    capsys, user_file, monkeypatch
+):
     calls = []
 
     def check_vjp(f, args, *, seed=0, eps=None):
@@ -252,23 +302,61 @@ def test_kind_dispatches_to_the_named_check_with_its_supported_options(capsys, u
         return FakeResult("failed")
 
     monkeypatch.setattr(jaxcheck, "check_vjp", check_vjp, raising=False)
-    code, out, _ = run(capsys, "check", f"{user_file}:vector", "--args", f"{user_file}:make_x", "--kind", "vjp", "--seed", "7", "--eps", "0.01")
+    code, out, _ = run(
+        capsys,
+        "check",
+        f"{user_file}:vector",
+        "--args",
+        f"{user_file}:make_x",
+        "--kind",
+        "vjp",
+        "--seed",
+        "7",
+        "--eps",
+        "0.01",
+    )
     assert code == 1 and out.startswith("FAILED: fake check")
     assert calls[0][0] == "vector" and calls[0][2:] == (7, 0.01)
-    code, _, err = run(capsys, "check", f"{user_file}:vector", "--args", f"{user_file}:make_x", "--kind", "vjp", "--argnums", "0")
+    code, _, err = run(
+        capsys,
+        "check",
+        f"{user_file}:vector",
+        "--args",
+        f"{user_file}:make_x",
+        "--kind",
+        "vjp",
+        "--argnums",
+        "0",
+    )
     assert code == 2
-    assert "--argnums is not supported by --kind vjp (`jaxcheck.check_vjp` has no `argnums` option)" in err
+    assert (
+        "--argnums is not supported by --kind vjp (`jaxcheck.check_vjp` has no `argnums` option)"
+        in err
+    )
 
 
 def test_kind_without_the_check_is_a_usage_error(capsys, user_file, monkeypatch):
     monkeypatch.delattr(jaxcheck, "check_jvp", raising=False)
-    code, _, err = run(capsys, "check", f"{user_file}:vector", "--args", f"{user_file}:make_x", "--kind", "jvp")
+    code, _, err = run(
+        capsys, "check", f"{user_file}:vector", "--args", f"{user_file}:make_x", "--kind", "jvp"
+    )
     assert code == 2
-    assert err.strip() == "jaxcheck: error: --kind jvp needs `jaxcheck.check_jvp`, which this version of jaxcheck does not provide."
+    assert (
+        err.strip()
+        == "jaxcheck: error: --kind jvp needs `jaxcheck.check_jvp`, which this version of jaxcheck does not provide."
+    )
 
 
 def test_unknown_kind(capsys, user_file):
-    code, _, err = run(capsys, "check", f"{user_file}:loss", "--args", f"{user_file}:make_args", "--kind", "hessian")
+    code, _, err = run(
+        capsys,
+        "check",
+        f"{user_file}:loss",
+        "--args",
+        f"{user_file}:make_args",
+        "--kind",
+        "hessian",
+    )
     assert code == 2
     assert "unknown --kind `hessian`; choose from grad, vjp, jvp, custom-vjp, custom-jvp." in err
 
@@ -277,18 +365,41 @@ def test_custom_vjp_kind_with_the_real_check(capsys, user_file, monkeypatch):
     if not hasattr(jaxcheck, "check_custom_vjp"):  # not re-exported yet: use the module directly
         module = pytest.importorskip("jaxcheck._custom_vjp")
         monkeypatch.setattr(jaxcheck, "check_custom_vjp", module.check_custom_vjp, raising=False)
-    code, out, _ = run(capsys, "check", f"{user_file}:scaled_sin", "--args", f"{user_file}:wrong_x", "--kind", "custom-vjp")
+    code, out, _ = run(
+        capsys,
+        "check",
+        f"{user_file}:scaled_sin",
+        "--args",
+        f"{user_file}:wrong_x",
+        "--kind",
+        "custom-vjp",
+    )
     assert code == 1
-    assert out.startswith("FAILED: check_custom_vjp(scaled_sin)") and "args[0][0]" in out.splitlines()[0]
+    assert (
+        out.startswith("FAILED: check_custom_vjp(scaled_sin)")
+        and "args[0][0]" in out.splitlines()[0]
+    )
 
 
 def test_vjp_kind_with_the_real_check(capsys, user_file, monkeypatch):
     if not hasattr(jaxcheck, "check_vjp"):  # not re-exported yet: use the module directly
         module = pytest.importorskip("jaxcheck._jacobian")
         monkeypatch.setattr(jaxcheck, "check_vjp", module.check_vjp, raising=False)
-    code, out, _ = run(capsys, "check", f"{user_file}:scaled_sin", "--args", f"{user_file}:wrong_x", "--kind", "vjp", "--argnums", "0")
+    code, out, _ = run(
+        capsys,
+        "check",
+        f"{user_file}:scaled_sin",
+        "--args",
+        f"{user_file}:wrong_x",
+        "--kind",
+        "vjp",
+        "--argnums",
+        "0",
+    )
     assert code == 1
-    assert out.startswith("FAILED: check_vjp(scaled_sin)") and "args[0] -> out" in out.splitlines()[0]
+    assert (
+        out.startswith("FAILED: check_vjp(scaled_sin)") and "args[0] -> out" in out.splitlines()[0]
+    )
 
 
 # --------------------------------------------------------------------------- check: input errors
@@ -297,20 +408,67 @@ def test_vjp_kind_with_the_real_check(capsys, user_file, monkeypatch):
 @pytest.mark.parametrize(
     "target, factory, message",
     [
-        ("no_such_module_xyz:loss", "no_such_module_xyz:make", "cannot find module `no_such_module_xyz`"),
+        (
+            "no_such_module_xyz:loss",
+            "no_such_module_xyz:make",
+            "cannot find module `no_such_module_xyz`",
+        ),
         ("{dir}/missing.py:loss", "make", "no such file: `{dir}/missing.py`."),
-        ("{file}:lsos", "make_args", "module `{file}` has no attribute `lsos` (MODULE:FUNCTION {file}:lsos). Did you mean `loss`?"),
-        ("{file}:CONSTANT", "make_args", "MODULE:FUNCTION {file}:CONSTANT is a int, not a function."),
+        (
+            "{file}:lsos",
+            "make_args",
+            "module `{file}` has no attribute `lsos` (MODULE:FUNCTION {file}:lsos). Did you mean `loss`?",
+        ),
+        (
+            "{file}:CONSTANT",
+            "make_args",
+            "MODULE:FUNCTION {file}:CONSTANT is a int, not a function.",
+        ),
         ("{file}:loss", "nope", "module `{file}` has no attribute `nope` (--args nope)."),
-        ("loss", "make_args", "MODULE:FUNCTION must look like MODULE:NAME (e.g. `model.py:loss` or `mypkg.model:loss`); got `loss`."),
-        ("{file}:loss", "raises", "the factory `{file}:raises()` raised ValueError: boom from the factory"),
-        ("{file}:loss", "not_tuple", "the factory `{file}:not_tuple()` must return a tuple of arguments for `f(*args)`; got dict."),
-        ("{file}:loss", "with_string", "the factory `{file}:with_string()` returned a str at args[1]; arguments must be pytrees of arrays"),
-        ("{file}:loss", "needs_seed", "the factory `{file}:needs_seed` cannot be called with no arguments"),
-        ("{file}:vector", "make_x", "check_grad: `f` must return a scalar (shape ()); it returned an array of shape (3,)."),
+        (
+            "loss",
+            "make_args",
+            "MODULE:FUNCTION must look like MODULE:NAME (e.g. `model.py:loss` or `mypkg.model:loss`); got `loss`.",
+        ),
+        (
+            "{file}:loss",
+            "raises",
+            "the factory `{file}:raises()` raised ValueError: boom from the factory",
+        ),
+        (
+            "{file}:loss",
+            "not_tuple",
+            "the factory `{file}:not_tuple()` must return a tuple of arguments for `f(*args)`; got dict.",
+        ),
+        (
+            "{file}:loss",
+            "with_string",
+            "the factory `{file}:with_string()` returned a str at args[1]; arguments must be pytrees of arrays",
+        ),
+        (
+            "{file}:loss",
+            "needs_seed",
+            "the factory `{file}:needs_seed` cannot be called with no arguments",
+        ),
+        (
+            "{file}:vector",
+            "make_x",
+            "check_grad: `f` must return a scalar (shape ()); it returned an array of shape (3,).",
+        ),
     ],
-    ids=["missing-module", "missing-file", "missing-function", "not-callable", "missing-factory", "no-colon",
-         "factory-raises", "not-a-tuple", "non-array-leaf", "factory-needs-seed", "check-misuse"],
+    ids=[
+        "missing-module",
+        "missing-file",
+        "missing-function",
+        "not-callable",
+        "missing-factory",
+        "no-colon",
+        "factory-raises",
+        "not-a-tuple",
+        "non-array-leaf",
+        "factory-needs-seed",
+        "check-misuse",
+    ],
 )
 def test_input_errors_are_one_line_and_exit_2(capsys, user_file, target, factory, message):
     fmt = {"file": str(user_file), "dir": str(user_file.parent)}
@@ -330,7 +488,9 @@ def test_module_that_fails_to_import(capsys, tmp_path):
 
 
 def test_points_with_a_factory_that_takes_no_seed(capsys, user_file):
-    code, _, err = run(capsys, "check", f"{user_file}:loss", "--args", f"{user_file}:make_args", "--points", "2")
+    code, _, err = run(
+        capsys, "check", f"{user_file}:loss", "--args", f"{user_file}:make_args", "--points", "2"
+    )
     assert code == 2
     assert "--points calls the factory as" in err and "add a `seed` parameter" in err
 
@@ -339,7 +499,9 @@ def test_unexpected_errors_exit_2_and_offer_the_traceback(capsys, user_file):
     argv = ["check", f"{user_file}:crashes", "--args", f"{user_file}:make_x"]
     code, _, err = run(capsys, *argv)
     assert code == 2
-    assert "RuntimeError: kaboom inside the user function (rerun with --traceback for details)" in err
+    assert (
+        "RuntimeError: kaboom inside the user function (rerun with --traceback for details)" in err
+    )
     code, _, err = run(capsys, *argv, "--traceback")
     assert code == 2
     assert "Traceback (most recent call last)" in err and "kaboom" in err
@@ -351,7 +513,10 @@ def test_unexpected_errors_exit_2_and_offer_the_traceback(capsys, user_file):
         (["check", "m:f"], "the following arguments are required: --args"),
         (["check", "m:f", "--args", "m:g", "--mode", "fastest"], "invalid choice: 'fastest'"),
         (["check", "m:f", "--args", "m:g", "--points", "0"], "expected a positive integer; got 0"),
-        (["check", "m:f", "--args", "m:g", "--argnums", "a"], "expected integers like `0` or `0,1`; got 'a'"),
+        (
+            ["check", "m:f", "--args", "m:g", "--argnums", "a"],
+            "expected integers like `0` or `0,1`; got 'a'",
+        ),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
     ids=["missing-args", "bad-mode", "bad-points", "bad-argnums", "bad-command"],
@@ -370,7 +535,11 @@ def test_no_command_prints_help_and_exits_2(capsys):
 def test_help_documents_the_exit_codes(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    assert "exit codes:" in out and "unless --allow-inconclusive" in out and "behaved as designed" in out
+    assert (
+        "exit codes:" in out
+        and "unless --allow-inconclusive" in out
+        and "behaved as designed" in out
+    )
     code, out, _ = run(capsys, "check", "--help")
     assert code == 0 and "factory(seed)" in out and "--x64" in out
     code, out, _ = run(capsys, "--version")
@@ -430,12 +599,22 @@ def test_real_demo_registry_lists_the_three_demos(capsys):
     pytest.importorskip("jaxcheck._demos")
     code, out, _ = run(capsys, "demo", "--list")
     assert code == 0
-    assert [line.split()[0] for line in out.splitlines()[1:] if line.startswith("  ") and not line.startswith("   ")] == ["mlp", "layernorm", "dropout"]
+    assert [
+        line.split()[0]
+        for line in out.splitlines()[1:]
+        if line.startswith("  ") and not line.startswith("   ")
+    ] == ["mlp", "layernorm", "dropout"]
 
 
 def test_python_m_jaxcheck_demo_as_a_user_runs_it():
     pytest.importorskip("jaxcheck._demos")
-    proc = subprocess.run([sys.executable, "-m", "jaxcheck", "demo"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxcheck", "demo"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     verdict = next(line for line in lines if line.startswith(("PASSED", "FAILED", "INCONCLUSIVE")))

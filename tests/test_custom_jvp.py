@@ -14,9 +14,22 @@ from jaxcheck._rule_suites import rule_cases
 CASES = {c.name: c for c in rule_cases() if c.kind == "jvp"}
 # Float64 runs a subset (time): a correct rule and a broken rule for every check.
 F64 = (
-    "jvp/sin", "jvp/pytree", "jvp/int_arg", "jax/relu", "jax/softmax", "jax/logit",
-    "jvp/sin_sign", "jvp/approx_primal", "jvp/tangent_wrong_shape", "jvp/affine", "jvp/callback_tangent",
-    "jvp/negative_branch", "jvp/tiny_bug", "jvp/vmap_only", "jvp/jit_only", "jvp/second_order_stop_gradient",
+    "jvp/sin",
+    "jvp/pytree",
+    "jvp/int_arg",
+    "jax/relu",
+    "jax/softmax",
+    "jax/logit",
+    "jvp/sin_sign",
+    "jvp/approx_primal",
+    "jvp/tangent_wrong_shape",
+    "jvp/affine",
+    "jvp/callback_tangent",
+    "jvp/negative_branch",
+    "jvp/tiny_bug",
+    "jvp/vmap_only",
+    "jvp/jit_only",
+    "jvp/second_order_stop_gradient",
 )
 
 
@@ -27,7 +40,10 @@ def verify(case, dtype):
     report = str(result)
     if not case.broken:
         assert result.status == "passed", report
-        assert all(c.status == "passed" or (c.status == "skipped" and not c.inconclusive) for c in result.checks), report
+        assert all(
+            c.status == "passed" or (c.status == "skipped" and not c.inconclusive)
+            for c in result.checks
+        ), report
         return result
     check = result.check(case.expected_check)
     assert result.status == "failed", report
@@ -63,7 +79,9 @@ def run(name, dtype=jnp.float32, **kw):
 def test_which_jax_functions_are_custom_rules():
     """What the catalogue relies on in jax 0.10.2: these are rule objects, these are plain functions."""
     assert isinstance(jax.nn.relu, jax.custom_jvp) and isinstance(jax.nn.relu6, jax.custom_jvp)
-    assert isinstance(jax.scipy.special.logit, jax.custom_jvp) and isinstance(jax.scipy.special.xlogy, jax.custom_jvp)
+    assert isinstance(jax.scipy.special.logit, jax.custom_jvp) and isinstance(
+        jax.scipy.special.xlogy, jax.custom_jvp
+    )
     # softmax / slogdet / det dispatch to private custom_jvp objects; gelu and logsumexp are plain functions.
     for fn in (jax.nn.softmax, jnp.linalg.slogdet, jax.nn.gelu, jax.scipy.special.logsumexp):
         assert not isinstance(fn, (jax.custom_jvp, jax.custom_vjp))
@@ -74,7 +92,9 @@ def test_which_jax_functions_are_custom_rules():
 def test_softmax_rule_holds_the_infinite_initial_fixed():
     result = run("jax/softmax")
     assert result.passed, str(result)
-    assert any("args[3] holds NaN/Inf" in n for n in result.notes) and any("nondiff_argnums=(1,)" in n for n in result.notes)
+    assert any("args[3] holds NaN/Inf" in n for n in result.notes) and any(
+        "nondiff_argnums=(1,)" in n for n in result.notes
+    )
 
 
 def test_relu_at_points_away_from_the_kink():
@@ -110,19 +130,29 @@ def test_integer_output_takes_a_float0_tangent():
     result = run("jax/frexp")
     assert result.passed and result.check("structure").status == "passed"
     # frexp's f.fun works on the bits: JAX's autodiff of it is zero where the rule is right
-    assert result.check("autodiff").status == "skipped" and "inaccurate" in result.check("autodiff").message
+    assert (
+        result.check("autodiff").status == "skipped"
+        and "inaccurate" in result.check("autodiff").message
+    )
 
 
 def test_exceptions_in_the_rule_are_findings():
     result = run("jvp/jvp_raises")
     primal = result.check("primal")
-    assert primal.status == "error" and primal.message.startswith("jvp raised TypeError:") and "f32[5]" in primal.message
+    assert (
+        primal.status == "error"
+        and primal.message.startswith("jvp raised TypeError:")
+        and "f32[5]" in primal.message
+    )
     assert all(c.status == "skipped" for c in result.checks[1:])
 
 
 def test_affine_tangent_fails_linearity_and_adjoint():
     result = run("jvp/affine")
-    assert result.check("linearity").status == "failed" and "zero tangent" in result.check("linearity").message
+    assert (
+        result.check("linearity").status == "failed"
+        and "zero tangent" in result.check("linearity").message
+    )
     adjoint = result.check("adjoint")
     assert adjoint.status == "failed" and "<u, J v>" in adjoint.message
 
@@ -139,13 +169,18 @@ def test_forward_correct_but_not_transposable(name):
 def test_tiny_bug_is_below_fd_resolution_but_caught_by_autodiff():
     result = run("jvp/tiny_bug")
     assert result.check("fd").status == "passed"
-    assert result.check("autodiff").status == "failed" and result.check("autodiff").argument == "args[0]"
+    assert (
+        result.check("autodiff").status == "failed"
+        and result.check("autodiff").argument == "args[0]"
+    )
 
 
 def test_vmap_only_bug():
     result = run("jvp/vmap_only")
     assert result.check("vmap").status == "failed" and result.check("jit").status == "passed"
-    assert result.check("fd").status == "passed" and any("vmap" in d for d in result.check("fd").details)
+    assert result.check("fd").status == "passed" and any(
+        "vmap" in d for d in result.check("fd").details
+    )
 
 
 def test_jit_only_bug():
@@ -170,13 +205,21 @@ def test_report_and_json():
     names = [l.split()[0] for l in lines[4:12]]
     assert names == ["primal", "structure", "linearity", "fd", "autodiff", "adjoint", "vmap", "jit"]
     data = json.loads(result.to_json())
-    assert data["kind"] == "custom_jvp" and data["checks"][3]["name"] == "fd" and data["checks"][3]["status"] == "failed"
+    assert (
+        data["kind"] == "custom_jvp"
+        and data["checks"][3]["name"] == "fd"
+        and data["checks"][3]["status"] == "failed"
+    )
 
 
 def test_assert_twin():
-    assert jaxcheck.assert_custom_jvp_correct(jax.nn.relu, (jnp.array([-1.0, 2.0], jnp.float32),)).passed
+    assert jaxcheck.assert_custom_jvp_correct(
+        jax.nn.relu, (jnp.array([-1.0, 2.0], jnp.float32),)
+    ).passed
     f, args = CASES["jvp/sin_sign"].build(jnp.float32)
-    with pytest.raises(jaxcheck.GradCheckError, match=re.escape("FAILED: check_custom_jvp(sin)")) as info:
+    with pytest.raises(
+        jaxcheck.GradCheckError, match=re.escape("FAILED: check_custom_jvp(sin)")
+    ) as info:
         jaxcheck.assert_custom_jvp_correct(f, args)
     assert info.value.result.check("fd").status == "failed"
 
@@ -187,7 +230,10 @@ def test_misuse_is_a_clear_type_error():
         jaxcheck.check_custom_jvp(jnp.sin, x)
     vjp_rule = jax.custom_vjp(jnp.sin)
     vjp_rule.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (g * jnp.cos(x),))
-    with pytest.raises(TypeError, match=r"`f` is a `jax.custom_vjp` function \(sin\); use `jaxcheck.check_custom_vjp`"):
+    with pytest.raises(
+        TypeError,
+        match=r"`f` is a `jax.custom_vjp` function \(sin\); use `jaxcheck.check_custom_vjp`",
+    ):
         jaxcheck.check_custom_jvp(vjp_rule, x)
     with pytest.raises(TypeError, match=r"no rule defined yet: call `@f.defjvp`"):
         jaxcheck.check_custom_jvp(jax.custom_jvp(jnp.sin), x)

@@ -14,9 +14,22 @@ from jaxcheck._rule_suites import rule_cases
 CASES = {c.name: c for c in rule_cases() if c.kind == "vjp"}
 # Float64 runs a subset (time): a correct rule and a broken rule for every check.
 F64 = (
-    "vjp/sin", "vjp/pytree", "vjp/int_arg_none", "vjp/callback_bwd", "vjp/sinc_at_zero",
-    "vjp/sin_sign", "vjp/wrong_shape", "vjp/wrong_length", "vjp/approx_fwd", "vjp/affine_bwd", "vjp/tiny_bug",
-    "vjp/vmap_only", "vjp/jit_only", "vjp/second_order_stop_gradient", "vjp/negative_branch", "vjp/layernorm_missing_mean",
+    "vjp/sin",
+    "vjp/pytree",
+    "vjp/int_arg_none",
+    "vjp/callback_bwd",
+    "vjp/sinc_at_zero",
+    "vjp/sin_sign",
+    "vjp/wrong_shape",
+    "vjp/wrong_length",
+    "vjp/approx_fwd",
+    "vjp/affine_bwd",
+    "vjp/tiny_bug",
+    "vjp/vmap_only",
+    "vjp/jit_only",
+    "vjp/second_order_stop_gradient",
+    "vjp/negative_branch",
+    "vjp/layernorm_missing_mean",
 )
 
 
@@ -27,7 +40,10 @@ def verify(case, dtype):
     report = str(result)
     if not case.broken:
         assert result.status == "passed", report
-        assert all(c.status == "passed" or (c.status == "skipped" and not c.inconclusive) for c in result.checks), report
+        assert all(
+            c.status == "passed" or (c.status == "skipped" and not c.inconclusive)
+            for c in result.checks
+        ), report
         return result
     check = result.check(case.expected_check)
     assert result.status == "failed", report
@@ -51,7 +67,10 @@ def test_catalogue_float64(name):
     with jax.enable_x64(True):
         result = verify(CASES[name], jnp.float64)
         if not CASES[name].broken and CASES[name].name != "vjp/sinc_at_zero":
-            assert "float64" in result.check("autodiff").message or result.check("autodiff").status == "passed"
+            assert (
+                "float64" in result.check("autodiff").message
+                or result.check("autodiff").status == "passed"
+            )
 
 
 def run(name, dtype=jnp.float32, **kw):
@@ -74,21 +93,29 @@ def test_branch_bug_is_located_on_a_negative_element():
 def test_pytree_bug_names_the_leaf_and_the_output_block():
     fd = run("vjp/pytree_bug").check("fd")
     assert fd.argument == "args[0]" and fd.path == "args[0]['b']"
-    assert "-> out[0]" in fd.message  # the (input leaf -> output leaf) block: only out[0] depends on b
+    assert (
+        "-> out[0]" in fd.message
+    )  # the (input leaf -> output leaf) block: only out[0] depends on b
 
 
 def test_layernorm_missing_mean_names_x_not_scale_or_bias():
     result = run("vjp/layernorm_missing_mean")
     assert result.check("fd").path == "args[0]" and result.check("fd").index is not None
     assert result.check("autodiff").status == "failed"  # the exact comparison agrees
-    assert result.check("linearity").status == "passed" and result.check("structure").status == "passed"
+    assert (
+        result.check("linearity").status == "passed"
+        and result.check("structure").status == "passed"
+    )
 
 
 def test_structure_messages():
     shape = run("vjp/wrong_shape").check("structure")
     assert shape.path == "args[0]" and "shape (1, 5); the argument has shape (5,)" in shape.message
     length = run("vjp/wrong_length").check("structure")
-    assert "a tuple of 1 cotangent(s); expected 2, one per differentiable argument (args[0], args[1])" in length.message
+    assert (
+        "a tuple of 1 cotangent(s); expected 2, one per differentiable argument (args[0], args[1])"
+        in length.message
+    )
     bare = run("vjp/not_a_tuple").check("structure")
     assert "Did you mean `return (ct,)`?" in bare.message
     dtype = run("vjp/wrong_dtype").check("structure")
@@ -122,7 +149,9 @@ def test_approximate_fwd_names_the_output_element():
 def test_tiny_bug_is_below_fd_resolution_but_caught_by_autodiff():
     result = run("vjp/tiny_bug")
     assert result.check("fd").status == "passed"
-    assert result.check("autodiff").status == "failed" and result.check("autodiff").path == "args[0]"
+    assert (
+        result.check("autodiff").status == "failed" and result.check("autodiff").path == "args[0]"
+    )
 
 
 def test_vmap_only_bug():
@@ -131,7 +160,9 @@ def test_vmap_only_bug():
     assert vmap.status == "failed" and "batch element" in vmap.message
     assert result.check("jit").status == "passed"
     assert result.check("fd").status == "passed"  # the eager VJP is right
-    assert any("vmap" in d for d in result.check("fd").details)  # fd said it avoided the vmapped Jacobian
+    assert any(
+        "vmap" in d for d in result.check("fd").details
+    )  # fd said it avoided the vmapped Jacobian
 
 
 def test_jit_only_bug_is_an_error_finding():
@@ -149,23 +180,34 @@ def test_second_order_bug_passes_order_1():
 def test_autodiff_skipped_when_fun_autodiff_is_not_finite():
     result = run("vjp/sinc_at_zero")
     autodiff = result.check("autodiff")
-    assert autodiff.status == "skipped" and not autodiff.inconclusive and "not finite" in autodiff.message
+    assert (
+        autodiff.status == "skipped"
+        and not autodiff.inconclusive
+        and "not finite" in autodiff.message
+    )
     assert result.passed
 
 
 def test_autodiff_skipped_when_fun_is_a_callback():
-    fun = lambda x: jax.pure_callback(np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x, vmap_method="sequential")  # noqa: E731
+    fun = lambda x: jax.pure_callback(
+        np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x, vmap_method="sequential"
+    )  # noqa: E731
     f = jax.custom_vjp(fun)
     f.defvjp(lambda x: (fun(x), x), lambda x, g: (g * jnp.cos(x),))
     result = jaxcheck.check_custom_vjp(f, (jnp.array([0.3, -1.2, 2.0], jnp.float32),))
     assert result.passed, str(result)
-    assert result.check("autodiff").status == "skipped" and "not differentiable by JAX" in result.check("autodiff").message
+    assert (
+        result.check("autodiff").status == "skipped"
+        and "not differentiable by JAX" in result.check("autodiff").message
+    )
 
 
 def test_nondiff_array_argument_and_note():
     f = jax.custom_vjp(lambda x, w: jnp.sin(x) * w, nondiff_argnums=(1,))
     f.defvjp(lambda x, w: (jnp.sin(x) * w, x), lambda w, x, g: (g * jnp.cos(x) * w,))
-    result = jaxcheck.check_custom_vjp(f, (jnp.array([0.5, -1.0], jnp.float32), jnp.array([2.0, 3.0], jnp.float32)))
+    result = jaxcheck.check_custom_vjp(
+        f, (jnp.array([0.5, -1.0], jnp.float32), jnp.array([2.0, 3.0], jnp.float32))
+    )
     assert result.passed, str(result)
     assert any("nondiff_argnums=(1,)" in n for n in result.notes)
 
@@ -184,9 +226,21 @@ def test_no_float_inputs_skips_the_numeric_checks():
 def test_report_layout_and_json():
     result = run("vjp/sin_sign")
     lines = str(result).splitlines()
-    assert lines[0].startswith("FAILED: check_custom_vjp(sin): ") and "fd" in lines[0] and "args[0]" in lines[0]
+    assert (
+        lines[0].startswith("FAILED: check_custom_vjp(sin): ")
+        and "fd" in lines[0]
+        and "args[0]" in lines[0]
+    )
     assert re.match(r"\s+check\s+status\s+where\s+finding$", lines[2])
-    assert [l.split()[0] for l in lines[4:11]] == ["primal", "structure", "linearity", "fd", "autodiff", "vmap", "jit"]
+    assert [l.split()[0] for l in lines[4:11]] == [
+        "primal",
+        "structure",
+        "linearity",
+        "fd",
+        "autodiff",
+        "vmap",
+        "jit",
+    ]
     data = json.loads(result.to_json())
     assert data["kind"] == "custom_vjp" and data["status"] == "failed" and data["passed"] is False
     fd = data["checks"][3]
@@ -205,7 +259,9 @@ def test_assert_twin():
     f, args = CASES["vjp/sin"].build(jnp.float32)
     assert jaxcheck.assert_custom_vjp_correct(f, args).passed
     f, args = CASES["vjp/sin_sign"].build(jnp.float32)
-    with pytest.raises(jaxcheck.GradCheckError, match=re.escape("FAILED: check_custom_vjp(sin)")) as info:
+    with pytest.raises(
+        jaxcheck.GradCheckError, match=re.escape("FAILED: check_custom_vjp(sin)")
+    ) as info:
         jaxcheck.assert_custom_vjp_correct(f, args)
     assert info.value.result.check("fd").path == "args[0]"
     assert str(info.value) == str(info.value.result)
@@ -218,12 +274,17 @@ def test_misuse_is_a_clear_type_error():
     x = (jnp.ones(3),)
     with pytest.raises(TypeError, match=r"`f` must be a `jax.custom_vjp` function.*check_grad"):
         jaxcheck.check_custom_vjp(jnp.sin, x)
-    with pytest.raises(TypeError, match=r"`f` is a `jax.custom_jvp` function \(relu\); use `jaxcheck.check_custom_jvp`"):
+    with pytest.raises(
+        TypeError,
+        match=r"`f` is a `jax.custom_jvp` function \(relu\); use `jaxcheck.check_custom_jvp`",
+    ):
         jaxcheck.check_custom_vjp(jax.nn.relu, x)
     with pytest.raises(TypeError, match=r"no rule defined yet: call `f.defvjp\(fwd, bwd\)`"):
         jaxcheck.check_custom_vjp(jax.custom_vjp(jnp.sin), x)
     f, _ = CASES["vjp/sin"].build(jnp.float32)
-    with pytest.raises(TypeError, match=r"`args` must be a tuple of arguments.*Did you mean `args=\(x,\)`"):
+    with pytest.raises(
+        TypeError, match=r"`args` must be a tuple of arguments.*Did you mean `args=\(x,\)`"
+    ):
         jaxcheck.check_custom_vjp(f, jnp.ones(3))
     with pytest.raises(ValueError, match="`order` must be 1 or 2"):
         jaxcheck.check_custom_vjp(f, x, order=3)
@@ -233,13 +294,19 @@ def test_misuse_is_a_clear_type_error():
 
 def test_probe_mode_catches_and_localizes():
     result = run("vjp/sin_sign", mode="probe")
-    assert result.mode == "probe" and result.check("fd").status == "failed" and result.check("fd").path == "args[0]"
+    assert (
+        result.mode == "probe"
+        and result.check("fd").status == "failed"
+        and result.check("fd").path == "args[0]"
+    )
 
 
 def test_complex_holomorphic_rule_follows_jax_convention():
     z = (jnp.array([0.3 + 0.2j, -1.0 + 0.5j], jnp.complex64),)
     right = jax.custom_vjp(jnp.sin)
-    right.defvjp(lambda z: (jnp.sin(z), z), lambda z, ct: (ct * jnp.cos(z),))  # JAX: no conjugate for holomorphic f
+    right.defvjp(
+        lambda z: (jnp.sin(z), z), lambda z, ct: (ct * jnp.cos(z),)
+    )  # JAX: no conjugate for holomorphic f
     assert jaxcheck.check_custom_vjp(right, z).passed
     conj = jax.custom_vjp(jnp.sin)
     conj.defvjp(lambda z: (jnp.sin(z), z), lambda z, ct: (ct * jnp.conj(jnp.cos(z)),))

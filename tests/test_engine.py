@@ -37,7 +37,9 @@ def mlp_point(key, dtype, scale=1.0):
 
 def evaluator(f, args, reference="native"):
     layout, diff, dynamic = build_layout(args, (0,))
-    return _engine.Evaluator(f, False, layout, diff, dynamic, reference, deterministic_value(f, args, False), 0)
+    return _engine.Evaluator(
+        f, False, layout, diff, dynamic, reference, deterministic_value(f, args, False), 0
+    )
 
 
 def without_seconds(result):
@@ -52,15 +54,23 @@ def test_second_check_at_new_values_reuses_the_compiled_kernels(key, caplog, ref
     counter = [0]
     loss = counting_loss(counter)
     k1, k2 = jax.random.split(key)
-    first = jaxcheck.check_grad(loss, mlp_point(k1, jnp.float32), reference=reference, batch_size=batch_size)
+    first = jaxcheck.check_grad(
+        loss, mlp_point(k1, jnp.float32), reference=reference, batch_size=batch_size
+    )
     traces = counter[0]
     args = mlp_point(k2, jnp.float32, scale=2.0)
     with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles(True):
         second = jaxcheck.check_grad(loss, args, reference=reference, batch_size=batch_size)
     assert first.passed and second.passed
     assert traces > 0
-    assert counter[0] == traces, f"f was traced {counter[0] - traces} more times for new values of the same shapes"
-    compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Finished XLA compilation")]
+    assert counter[0] == traces, (
+        f"f was traced {counter[0] - traces} more times for new values of the same shapes"
+    )
+    compiled = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("Finished XLA compilation")
+    ]
     assert compiled == []
 
 
@@ -80,9 +90,19 @@ def test_progress_path_reuses_the_compiled_kernels(key):
     loss = counting_loss(counter)
     k1, k2 = jax.random.split(key)
     calls = []
-    jaxcheck.check_grad(loss, mlp_point(k1, jnp.float32), batch_size=4, progress=lambda done, total: calls.append((done, total)))
+    jaxcheck.check_grad(
+        loss,
+        mlp_point(k1, jnp.float32),
+        batch_size=4,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     traces = counter[0]
-    jaxcheck.check_grad(loss, mlp_point(k2, jnp.float32), batch_size=4, progress=lambda done, total: calls.append((done, total)))
+    jaxcheck.check_grad(
+        loss,
+        mlp_point(k2, jnp.float32),
+        batch_size=4,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert counter[0] == traces
     assert calls[-1] == (15, 15) and all(done <= total for done, total in calls)
 
@@ -126,7 +146,10 @@ def test_values_at_coordinates_never_sees_more_than_a_chunk(monkeypatch, batch_s
     coords = np.arange(0, n, 97)  # 43 coordinates
     progress = (lambda done, total: None) if with_progress else None
     values, points = ev.stencil(coords, ev.steps(None)[coords], batch_size, progress)
-    assert values.shape == (coords.size, len(fd.STENCIL), 1) and points.shape == (coords.size, len(fd.STENCIL))
+    assert values.shape == (coords.size, len(fd.STENCIL), 1) and points.shape == (
+        coords.size,
+        len(fd.STENCIL),
+    )
     assert seen and max(seen) <= limit
 
 
@@ -150,7 +173,15 @@ def verdicts(result):
     return (
         result.status,
         tuple(
-            (leaf.path, leaf.status, leaf.n_failed, leaf.n_nonsmooth, leaf.n_nonfinite, leaf.worst_index, tuple((e.index, e.kind) for e in leaf.elements))
+            (
+                leaf.path,
+                leaf.status,
+                leaf.n_failed,
+                leaf.n_nonsmooth,
+                leaf.n_nonfinite,
+                leaf.worst_index,
+                tuple((e.index, e.kind) for e in leaf.elements),
+            )
             for leaf in result.leaves
         ),
     )
@@ -164,7 +195,9 @@ def assert_same_up_to_rounding(result, reference):
     after division by the step the reference's rounding noise, may differ between batch sizes.
     """
     assert verdicts(result) == verdicts(reference)
-    jax.tree.map(np.testing.assert_array_equal, result.analytic, reference.analytic)  # never batched
+    jax.tree.map(
+        np.testing.assert_array_equal, result.analytic, reference.analytic
+    )  # never batched
     for leaf, ref_leaf in zip(result.leaves, reference.leaves):
         for e, ref_e in zip(leaf.elements, ref_leaf.elements):
             assert abs(e.numeric - ref_e.numeric) <= ref_e.tolerance
@@ -202,7 +235,17 @@ def test_reports_are_bit_identical_across_runs(key, batch_size):
     args = mlp_point(key, jnp.float32)
     first = without_seconds(jaxcheck.check_grad(loss, args, batch_size=batch_size))
     assert without_seconds(jaxcheck.check_grad(loss, args, batch_size=batch_size)) == first
-    assert without_seconds(jaxcheck.check_grad(counting_loss([0]), args, batch_size=batch_size)) == first  # fresh compile
-    assert without_seconds(jaxcheck.check_grad(loss, args, batch_size=batch_size, progress=lambda done, total: None)) == first
+    assert (
+        without_seconds(jaxcheck.check_grad(counting_loss([0]), args, batch_size=batch_size))
+        == first
+    )  # fresh compile
+    assert (
+        without_seconds(
+            jaxcheck.check_grad(
+                loss, args, batch_size=batch_size, progress=lambda done, total: None
+            )
+        )
+        == first
+    )
     failing = without_seconds(broken_op_check(key, batch_size=batch_size))
     assert without_seconds(broken_op_check(key, batch_size=batch_size)) == failing

@@ -9,7 +9,16 @@ from jaxcheck import _flatten
 
 
 def test_paths_offsets_and_skipped_leaves():
-    args = ({"b": jnp.zeros(3), "a": jnp.ones((2, 2)), "n": jnp.array(1, jnp.int32), "k": jax.random.key(0)}, jnp.ones(4), "tag")
+    args = (
+        {
+            "b": jnp.zeros(3),
+            "a": jnp.ones((2, 2)),
+            "n": jnp.array(1, jnp.int32),
+            "k": jax.random.key(0),
+        },
+        jnp.ones(4),
+        "tag",
+    )
     layout, diff, dynamic = _flatten.build_layout(args, (0,))
     assert [leaf.path for leaf in layout.diff] == ["args[0]['a']", "args[0]['b']"]
     assert [(leaf.offset, leaf.size) for leaf in layout.diff] == [(0, 4), (4, 3)]
@@ -53,7 +62,12 @@ def test_python_floats_in_differentiated_args_become_arrays():
 
 @pytest.mark.parametrize(
     "argnums, error, text",
-    [(3, ValueError, "out of range"), ((), ValueError, "is empty"), (True, TypeError, "must be an int"), ([0.0], TypeError, "must be an int")],
+    [
+        (3, ValueError, "out of range"),
+        ((), ValueError, "is empty"),
+        (True, TypeError, "must be an int"),
+        ([0.0], TypeError, "must be an int"),
+    ],
 )
 def test_normalize_argnums_errors(argnums, error, text):
     with pytest.raises(error, match=text):

@@ -15,7 +15,9 @@ def swapped_sin(x):
     return jnp.sin(x)
 
 
-swapped_sin.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (g * jnp.sin(x),))  # bug: sin instead of cos
+swapped_sin.defvjp(
+    lambda x: (jnp.sin(x), x), lambda x, g: (g * jnp.sin(x),)
+)  # bug: sin instead of cos
 
 
 @jax.custom_vjp
@@ -36,7 +38,9 @@ def _params(key, dtype=jnp.float32):
 
 def _loss(params, x, op=jnp.tanh):
     h = op(x @ params["layer1"]["w"] + params["layer1"]["b"])
-    return jnp.sum((h @ params["layer2"]["w"] + params["layer2"]["b"]) ** 2) + 0.1 * jnp.sum(params["layer1"]["w"] ** 2)
+    return jnp.sum((h @ params["layer2"]["w"] + params["layer2"]["b"]) ** 2) + 0.1 * jnp.sum(
+        params["layer1"]["w"] ** 2
+    )
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=lambda d: jnp.dtype(d).name)
@@ -62,7 +66,9 @@ def test_broken_rule_fails_naming_leaf_and_element(key, dtype):
     with jax.enable_x64(dtype == jnp.float64):
         x = jnp.linspace(-2.0, 2.0, 7, dtype=dtype)
         w = jax.random.normal(key, (7,), dtype)
-        result = jaxcheck.check_grad(lambda p: jnp.sum(w * swapped_sin(p["a"])) + jnp.sum(p["b"] ** 2), ({"a": x, "b": x},))
+        result = jaxcheck.check_grad(
+            lambda p: jnp.sum(w * swapped_sin(p["a"])) + jnp.sum(p["b"] ** 2), ({"a": x, "b": x},)
+        )
     assert result.status == "failed"
     assert [leaf.path for leaf in result.failed_leaves] == ["args[0]['a']"]
     assert result.leaf("args[0]['b']").status == "passed"
@@ -175,12 +181,20 @@ def test_dropout_with_fixed_key_is_checked(key):
     x = jax.random.normal(jax.random.fold_in(key, 1), (16,))
     result = jaxcheck.check_grad(loss, (w, x, jax.random.key(3)))
     assert result.passed, str(result)
-    assert result.reference_fallback is not None and "float64 value differs" in result.reference_fallback
+    assert (
+        result.reference_fallback is not None
+        and "float64 value differs" in result.reference_fallback
+    )
     assert result.reference.startswith("native float32")
 
 
 def test_integer_and_key_leaves_are_skipped_and_listed(key):
-    params = {"w": jnp.array([0.3, -0.2]), "count": jnp.array(3, jnp.int32), "key": jax.random.key(0), "flag": True}
+    params = {
+        "w": jnp.array([0.3, -0.2]),
+        "count": jnp.array(3, jnp.int32),
+        "key": jax.random.key(0),
+        "flag": True,
+    }
     f = lambda p: jnp.sum(p["w"] ** 2) * p["count"] * (2.0 if p["flag"] else 1.0)
     result = jaxcheck.check_grad(f, (params,))
     assert result.passed
@@ -195,7 +209,9 @@ def test_integer_and_key_leaves_are_skipped_and_listed(key):
 def test_kinks_are_not_false_alarms(point):
     x = jnp.array([point, -point, 1.5, -0.7], jnp.float32)
     for op in (jax.nn.relu, jnp.abs):
-        result = jaxcheck.check_grad(lambda x: jnp.sum(jnp.array([1.0, 2.0, 3.0, 4.0]) * op(x)), (x,))
+        result = jaxcheck.check_grad(
+            lambda x: jnp.sum(jnp.array([1.0, 2.0, 3.0, 4.0]) * op(x)), (x,)
+        )
         assert result.status == "passed", str(result)
         if point == 0.0:
             assert result.leaves[0].n_nonsmooth >= 1
@@ -218,7 +234,10 @@ def test_nan_in_analytic_is_reported_with_location():
     def f(x):
         return jnp.sin(x)
 
-    f.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (jnp.where(jnp.arange(x.size) == 2, jnp.nan, g * jnp.cos(x)),))
+    f.defvjp(
+        lambda x: (jnp.sin(x), x),
+        lambda x, g: (jnp.where(jnp.arange(x.size) == 2, jnp.nan, g * jnp.cos(x)),),
+    )
     result = jaxcheck.check_grad(lambda x: jnp.sum(f(x)), (jnp.linspace(0.0, 1.0, 4),))
     assert result.status == "failed"
     leaf = result.leaves[0]
@@ -231,7 +250,9 @@ def test_nan_function_value_is_inconclusive():
     assert "not finite" in result.reason
     with pytest.raises(jaxcheck.GradCheckError):
         jaxcheck.assert_grad_correct(lambda x: jnp.sum(jnp.log(x)), (jnp.array([-1.0, 2.0]),))
-    assert jaxcheck.assert_grad_correct(lambda x: jnp.sum(jnp.log(x)), (jnp.array([-1.0, 2.0]),), allow_inconclusive=True)
+    assert jaxcheck.assert_grad_correct(
+        lambda x: jnp.sum(jnp.log(x)), (jnp.array([-1.0, 2.0]),), allow_inconclusive=True
+    )
 
 
 def test_discontinuity_is_inconclusive_not_failed():
@@ -246,7 +267,9 @@ def test_badly_scaled_leaves_are_both_checked():
     def scaled(x):
         return jnp.sin(x * 1e3)
 
-    scaled.defvjp(lambda x: (scaled(x), x), lambda x, g: (g * 1e3 * jnp.cos(x * 1e3) * 1.001,))  # 0.1% bug
+    scaled.defvjp(
+        lambda x: (scaled(x), x), lambda x, g: (g * 1e3 * jnp.cos(x * 1e3) * 1.001,)
+    )  # 0.1% bug
     params = {"big": jnp.array([1.2e3, -0.8e3, 2.5e3]), "small": jnp.array([1e-3, -2e-3, 1.5e-3])}
     good = lambda p: jnp.sum(jnp.sin(p["big"] / 1e3)) + jnp.sum(jnp.sin(p["small"] * 1e3))
     assert jaxcheck.check_grad(good, (params,)).passed
@@ -272,7 +295,9 @@ def test_numerical_grad_matches_jax_grad(key):
     x = jax.random.normal(key, (4, 3))
     numeric = jaxcheck.numerical_grad(_loss, (params, x))
     expected = jax.grad(_loss)(params, x)
-    jax.tree_util.tree_map(lambda n, e: np.testing.assert_allclose(n, e, rtol=2e-5, atol=1e-5), numeric, expected)
+    jax.tree_util.tree_map(
+        lambda n, e: np.testing.assert_allclose(n, e, rtol=2e-5, atol=1e-5), numeric, expected
+    )
     assert jax.tree_util.tree_structure(numeric) == jax.tree_util.tree_structure(expected)
 
 
@@ -290,7 +315,9 @@ def test_user_eps_is_used_and_recorded():
     assert result.passed and result.eps == 1e-3
     assert "user eps = 0.001" in result.step_policy
     with pytest.raises(ValueError, match="too small to change the value"):
-        jaxcheck.check_grad(lambda x: jnp.sum(jnp.exp(x)), (jnp.array([1e3]),), eps=1e-30, reference="native")
+        jaxcheck.check_grad(
+            lambda x: jnp.sum(jnp.exp(x)), (jnp.array([1e3]),), eps=1e-30, reference="native"
+        )
 
 
 def test_reference_choice_and_fallback():
@@ -327,7 +354,9 @@ def test_scan_loss_both_ways(key):
     xs = jax.random.normal(key, (6, 3))
     assert jaxcheck.check_grad(rnn, (w, xs)).passed
     true = jax.grad(rnn)(w, xs)
-    result = jaxcheck.check_grad(rnn, (w, xs), grad_fn=lambda w, xs: {"a": true["a"], "b": -true["b"]})
+    result = jaxcheck.check_grad(
+        rnn, (w, xs), grad_fn=lambda w, xs: {"a": true["a"], "b": -true["b"]}
+    )
     assert [l.path for l in result.failed_leaves] == ["args[0]['b']"]
     assert any("sign error" in h for h in result.hints)
 
@@ -361,7 +390,14 @@ def test_constant_offset_does_not_hide_a_bug():
 def test_leaf_with_exactly_zero_gradient_passes(dtype):
     with jax.enable_x64(dtype == jnp.float64):
         f = lambda x, y: jnp.sum(x**2)
-        result = jaxcheck.check_grad(f, (jnp.arange(1.0, 4.0, dtype=dtype), jnp.ones(3, dtype)), argnums=(0, 1))
+        result = jaxcheck.check_grad(
+            f, (jnp.arange(1.0, 4.0, dtype=dtype), jnp.ones(3, dtype)), argnums=(0, 1)
+        )
         assert result.status == "passed", str(result)
-        wrong = jaxcheck.check_grad(f, (jnp.arange(1.0, 4.0, dtype=dtype), jnp.ones(3, dtype)), argnums=(0, 1), grad_fn=lambda x, y: (2 * x, 0.1 * y))
+        wrong = jaxcheck.check_grad(
+            f,
+            (jnp.arange(1.0, 4.0, dtype=dtype), jnp.ones(3, dtype)),
+            argnums=(0, 1),
+            grad_fn=lambda x, y: (2 * x, 0.1 * y),
+        )
         assert [l.path for l in wrong.failed_leaves] == ["args[1]"]

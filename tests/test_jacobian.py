@@ -23,7 +23,10 @@ def _layer(params, x, n_steps):
 
 def _inputs(key, dtype):
     k1, k2 = jax.random.split(key)
-    params = {"W": jax.random.normal(k1, (3, 4), dtype), "b": jnp.linspace(-0.5, 0.5, 3).astype(dtype)}
+    params = {
+        "W": jax.random.normal(k1, (3, 4), dtype),
+        "b": jnp.linspace(-0.5, 0.5, 3).astype(dtype),
+    }
     return params, jax.random.normal(k2, (4,), dtype), jnp.asarray(2, jnp.int32)
 
 
@@ -40,7 +43,11 @@ def test_correct_pytree_function_passes(key, dtype, check):
     assert r.status == "passed", str(r)
     assert r.mode == "full"
     paths = {b.path for b in r.blocks}
-    assert paths == {f"{i} -> {o}" for i in ("args[0]['W']", "args[0]['b']", "args[1]") for o in ("out['y']", "out['z']")}
+    assert paths == {
+        f"{i} -> {o}"
+        for i in ("args[0]['W']", "args[0]['b']", "args[1]")
+        for o in ("out['y']", "out['z']")
+    }
     skipped = {s.path for s in r.skipped}
     assert skipped == {"args[2]", "out['count']"}
     assert r.block("args[0]['W']", "out['y']").n_checked == 12 * 3
@@ -71,7 +78,9 @@ def test_transposed_matrix_in_bwd_fails_naming_the_input_leaf(key, dtype):
         assert jaxcheck.check_vjp(_matvec(GOOD_W, GOOD_X), (W, x), mode="full").passed
         r = jaxcheck.check_vjp(_matvec(GOOD_W, lambda res, g: res[0] @ g), (W, x), mode="full")
         with pytest.raises(jaxcheck.GradCheckError, match=re.escape("args[1] -> out")):
-            jaxcheck.assert_vjp_correct(_matvec(GOOD_W, lambda res, g: res[0] @ g), (W, x), mode="full")
+            jaxcheck.assert_vjp_correct(
+                _matvec(GOOD_W, lambda res, g: res[0] @ g), (W, x), mode="full"
+            )
     assert r.status == "failed"
     assert [b.path for b in r.failed_blocks] == ["args[1] -> out"]
     assert r.block("args[0]", "out").passed
@@ -135,7 +144,9 @@ def test_custom_jvp_bug_fails_check_jvp():
     def f(x):
         return jnp.exp(x) * jnp.sin(x)
 
-    f.defjvp(lambda p, t: (f(p[0]), jnp.exp(p[0]) * jnp.cos(p[0]) * t[0]))  # dropped the exp * sin term
+    f.defjvp(
+        lambda p, t: (f(p[0]), jnp.exp(p[0]) * jnp.cos(p[0]) * t[0])
+    )  # dropped the exp * sin term
     x = jnp.linspace(0.2, 1.0, 4)
     r = jaxcheck.check_jvp(f, (x,), mode="full")
     assert jaxcheck.check_jvp(lambda x: jnp.exp(x) * jnp.sin(x), (x,), mode="full").passed
@@ -162,12 +173,18 @@ def _real_view_jacobian(f, z):
     """d real-view outputs / d real-view inputs by jax.jacfwd of the real-view function (float64)."""
     layout, _, _ = build_layout((z,), (0,))
     dtypes = (z.dtype,)
-    return jax.jacfwd(lambda th: ravel_output(f(*unravel(layout, th, dtypes))))(jnp.concatenate([z.real, z.imag]))
+    return jax.jacfwd(lambda th: ravel_output(f(*unravel(layout, th, dtypes))))(
+        jnp.concatenate([z.real, z.imag])
+    )
 
 
 @pytest.mark.parametrize(
     "f",
-    [lambda z: z**2, lambda z: jnp.abs(z) ** 2, lambda z: jnp.stack([jnp.sin(z), 2 * jnp.conj(z) + z.real * z])],
+    [
+        lambda z: z**2,
+        lambda z: jnp.abs(z) ** 2,
+        lambda z: jnp.stack([jnp.sin(z), 2 * jnp.conj(z) + z.real * z]),
+    ],
     ids=["holomorphic", "real-valued", "nonholomorphic"],
 )
 def test_real_view_mapping_matches_jax_conventions(f):
@@ -178,8 +195,16 @@ def test_real_view_mapping_matches_jax_conventions(f):
         out = f(z)
         outs = (_jacobian_kernels.OutLeaf("out", out.shape, np.dtype(out.dtype), 0, J.shape[0]),)
         sel = _jacobian_kernels.OutputSelect(f, False, (0,))
-        rows = np.asarray(_jacobian_kernels.vjp_rows(sel, layout, outs, diff_values, dynamic, jnp.arange(J.shape[0])))
-        cols = np.asarray(_jacobian_kernels.jvp_columns(sel, layout, outs, diff_values, dynamic, jnp.arange(J.shape[1])))
+        rows = np.asarray(
+            _jacobian_kernels.vjp_rows(
+                sel, layout, outs, diff_values, dynamic, jnp.arange(J.shape[0])
+            )
+        )
+        cols = np.asarray(
+            _jacobian_kernels.jvp_columns(
+                sel, layout, outs, diff_values, dynamic, jnp.arange(J.shape[1])
+            )
+        )
     np.testing.assert_allclose(rows, J, atol=1e-12)
     np.testing.assert_allclose(cols.T, J, atol=1e-12)
 
@@ -230,7 +255,9 @@ def test_conjugation_bugs_fail(dtype):
     assert bad.status == "failed" and bad2.status == "failed"
     wrong = [e for e in bad.blocks[0].elements if e.kind == "mismatch"]
     assert wrong and all(e.input_part != e.output_part for e in wrong)
-    assert {(e.input_part, e.output_part) for e in bad2.blocks[0].elements if e.kind == "mismatch"} == {("imag", "")}
+    assert {
+        (e.input_part, e.output_part) for e in bad2.blocks[0].elements if e.kind == "mismatch"
+    } == {("imag", "")}
     assert "conjugate" in " ".join(bad.hints)
 
 
@@ -249,7 +276,9 @@ def test_analytic_nan_fails_and_nonfinite_value_is_inconclusive():
     def f(x):
         return jnp.sin(x)
 
-    f.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (g * jnp.cos(x) / (x - 1.0),))  # NaN/Inf at x = 1
+    f.defvjp(
+        lambda x: (jnp.sin(x), x), lambda x, g: (g * jnp.cos(x) / (x - 1.0),)
+    )  # NaN/Inf at x = 1
     r = jaxcheck.check_vjp(f, (jnp.asarray([1.0, 2.0]),), mode="full")
     assert r.status == "failed"
     assert any(e.kind == "analytic-nonfinite" for e in r.blocks[0].elements)
@@ -284,7 +313,12 @@ def test_misuse_errors_name_the_argument():
 
 def test_has_aux_and_argnums(key):
     params, x, n = _inputs(key, jnp.float32)
-    r = jaxcheck.check_jvp(lambda p, x: (jnp.tanh(p["W"] @ x), {"aux": "ignored"}), (params, x), argnums=1, has_aux=True)
+    r = jaxcheck.check_jvp(
+        lambda p, x: (jnp.tanh(p["W"] @ x), {"aux": "ignored"}),
+        (params, x),
+        argnums=1,
+        has_aux=True,
+    )
     assert r.passed and {b.input_path for b in r.blocks} == {"args[1]"}
 
 
@@ -293,12 +327,20 @@ def test_has_aux_and_argnums(key):
 
 def test_report_and_json(key):
     W = jax.random.normal(key, (3, 3))
-    r = jaxcheck.check_vjp(_matvec(GOOD_W, lambda res, g: res[0] @ g), (W, jnp.ones(3)), mode="full")
+    r = jaxcheck.check_vjp(
+        _matvec(GOOD_W, lambda res, g: res[0] @ g), (W, jnp.ones(3)), mode="full"
+    )
     text = str(r)
-    assert text.splitlines()[0].startswith("FAILED: check_vjp(f): 1 of 2 blocks wrong: args[1] -> out")
+    assert text.splitlines()[0].startswith(
+        "FAILED: check_vjp(f): 1 of 2 blocks wrong: args[1] -> out"
+    )
     assert "input -> output" in text and "mode full, seed 0" in text
     data = json.loads(r.to_json())
-    assert data["status"] == "failed" and data["kind"] == "vjp" and data["blocks"][0]["path"] == "args[1] -> out"
+    assert (
+        data["status"] == "failed"
+        and data["kind"] == "vjp"
+        and data["blocks"][0]["path"] == "args[1] -> out"
+    )
     assert data["blocks"][0]["worst"]["kind"] == "mismatch"
 
 
@@ -323,7 +365,12 @@ def test_compiled_code_is_reused_at_new_arguments(key):
         return {"y": jnp.tanh(p["W"] @ x + p["b"]), "z": jnp.sum(x**2)}
 
     params, x, _ = _inputs(key, jnp.float32)
-    for check, mode in ((jaxcheck.check_vjp, "full"), (jaxcheck.check_jvp, "full"), (jaxcheck.check_vjp, "probe"), (jaxcheck.check_jvp, "probe")):
+    for check, mode in (
+        (jaxcheck.check_vjp, "full"),
+        (jaxcheck.check_jvp, "full"),
+        (jaxcheck.check_vjp, "probe"),
+        (jaxcheck.check_jvp, "probe"),
+    ):
         check(f, (params, x), mode=mode)
         count = len(traces)
         check(f, (jax.tree.map(lambda a: a * 1.5 + 0.1, params), x - 0.3), mode=mode)

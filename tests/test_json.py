@@ -48,7 +48,11 @@ def wrong_grad(params, x, n):
 
 @pytest.fixture(scope="module")
 def failed_result() -> jaxcheck.GradCheckResult:
-    params = {"w": jnp.full((3, 2), 0.3, jnp.float32), "b": jnp.array([0.1, -0.2], jnp.float32), "step": jnp.array(3)}
+    params = {
+        "w": jnp.full((3, 2), 0.3, jnp.float32),
+        "b": jnp.array([0.1, -0.2], jnp.float32),
+        "step": jnp.array(3),
+    }
     x = jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float32).reshape(4, 3)
     result = jaxcheck.check_grad(loss, (params, x, 2.0), grad_fn=wrong_grad)
     assert result.status == "failed" and result.failed_leaves[0].path == "args[0]['b']"
@@ -76,10 +80,15 @@ def test_values_match_the_result(failed_result):
     leaf = failed_result.leaves[0]
     assert worst["path"] == "args[0]['b']" == leaf.path
     assert worst["shape"] == [2] and worst["dtype"] == "float32"
-    assert worst["worst_analytic"] == leaf.worst_analytic and worst["worst_numeric"] == leaf.worst_numeric
+    assert (
+        worst["worst_analytic"] == leaf.worst_analytic
+        and worst["worst_numeric"] == leaf.worst_numeric
+    )
     element = worst["elements"][0]
     assert element["kind"] == "mismatch"
-    assert math.isclose(element["analytic"] / element["numeric"], 1.5, rel_tol=1e-4)  # the planted factor
+    assert math.isclose(
+        element["analytic"] / element["numeric"], 1.5, rel_tol=1e-4
+    )  # the planted factor
     assert data["skipped"][0]["path"] == "args[0]['step']"
     assert data["seed"] == 0 and data["tolerance"]["rtol"] == failed_result.tolerance.rtol
     sweep = data["step_sweep"]
@@ -103,8 +112,12 @@ def test_values_match_the_result(failed_result):
 def test_grad_fields_are_exactly_the_documented_ones(failed_result, sub, get):
     documented = section('kind = "grad"', sub)
     actual = set(get(failed_result.to_dict()))
-    assert documented - actual == set(), "documented in docs/json_schema.md but missing from to_dict()"
-    assert actual - documented == set(), "present in to_dict() but not documented in docs/json_schema.md"
+    assert documented - actual == set(), (
+        "documented in docs/json_schema.md but missing from to_dict()"
+    )
+    assert actual - documented == set(), (
+        "present in to_dict() but not documented in docs/json_schema.md"
+    )
 
 
 def test_nonfinite_values_are_strings_so_the_json_is_strict():
@@ -118,9 +131,24 @@ def test_nonfinite_values_are_strings_so_the_json_is_strict():
 
 def test_rule_result_fields_are_exactly_the_documented_ones(failed_result):
     rule = pytest.importorskip("jaxcheck._rule_result")
-    check = rule.CheckReport(name="fd", status="failed", message="bwd disagrees", path="args[0]", index=(1,), results=(failed_result,))
+    check = rule.CheckReport(
+        name="fd",
+        status="failed",
+        message="bwd disagrees",
+        path="args[0]",
+        index=(1,),
+        results=(failed_result,),
+    )
     result = rule.RuleCheckResult(
-        name="my_sin", kind="custom_vjp", status="failed", reason="fd failed", checks=(check,), order=1, mode="full", seed=0, seconds=0.1
+        name="my_sin",
+        kind="custom_vjp",
+        status="failed",
+        reason="fd failed",
+        checks=(check,),
+        order=1,
+        mode="full",
+        seed=0,
+        seconds=0.1,
     )
     data = strict_loads(result.to_json())
     assert set(data) == section('kind = "custom_vjp"', "Top level")
@@ -163,5 +191,9 @@ def test_jacobian_fields_are_exactly_the_documented_ones(jacobian_result, sub, g
     assert data["kind"] == "vjp" and data["schema_version"] == 1
     documented = section('kind = "vjp"', sub)
     actual = set(get(data))
-    assert documented - actual == set(), "documented in docs/json_schema.md but missing from to_dict()"
-    assert actual - documented == set(), "present in to_dict() but not documented in docs/json_schema.md"
+    assert documented - actual == set(), (
+        "documented in docs/json_schema.md but missing from to_dict()"
+    )
+    assert actual - documented == set(), (
+        "present in to_dict() but not documented in docs/json_schema.md"
+    )

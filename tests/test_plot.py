@@ -33,7 +33,7 @@ def failed_result() -> jaxcheck.GradCheckResult:
 
 
 def test_png_with_both_panels(failed_result, tmp_path):
-    matplotlib = pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib")
     import matplotlib.image
 
     path = tmp_path / "check.png"
@@ -53,8 +53,12 @@ def test_panel_a_has_one_bar_per_leaf_coloured_by_verdict(failed_result):
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels == [leaf.path for leaf in failed_result.leaves]  # worst first, top to bottom
     bars = ax.patches
-    assert [to_hex(b.get_facecolor()) for b in bars] == [STATUS_COLORS[leaf.status] for leaf in failed_result.leaves]
-    assert [b.get_width() for b in bars] == pytest.approx([leaf.relative_error for leaf in failed_result.leaves])
+    assert [to_hex(b.get_facecolor()) for b in bars] == [
+        STATUS_COLORS[leaf.status] for leaf in failed_result.leaves
+    ]
+    assert [b.get_width() for b in bars] == pytest.approx(
+        [leaf.relative_error for leaf in failed_result.leaves]
+    )
     assert ax.get_xscale() == "log"
 
 
@@ -66,7 +70,9 @@ def test_panel_b_is_the_step_sweep_of_the_worst_element(failed_result):
     curves = [line for line in ax.get_lines() if len(line.get_xdata()) == len(sweep.steps)]
     assert len(curves) == 2
     np.testing.assert_allclose(curves[0].get_xdata(), sweep.steps)
-    np.testing.assert_allclose(curves[0].get_ydata(), np.abs(np.asarray(sweep.estimates) - sweep.numeric))
+    np.testing.assert_allclose(
+        curves[0].get_ydata(), np.abs(np.asarray(sweep.estimates) - sweep.numeric)
+    )
     # The wrong derivative: |estimate - analytic| never gets below |analytic - numeric| / 2.
     gap = abs(sweep.analytic - sweep.numeric)
     assert np.nanmin(curves[1].get_ydata()) > gap / 2
@@ -85,7 +91,9 @@ def test_without_a_step_sweep_panel_b_says_so(failed_result, tmp_path):
 
 def test_a_passing_check_plots_too(tmp_path):
     pytest.importorskip("matplotlib")
-    result = jaxcheck.check_grad(lambda x: jnp.sum(jnp.sin(x)), (jnp.linspace(0.0, 1.0, 4, dtype=jnp.float32),))
+    result = jaxcheck.check_grad(
+        lambda x: jnp.sum(jnp.sin(x)), (jnp.linspace(0.0, 1.0, 4, dtype=jnp.float32),)
+    )
     path = tmp_path / "pass.png"
     fig = result.plot(path)
     assert len(fig.axes) == 2 and path.read_bytes()[:8] == PNG_MAGIC
@@ -95,13 +103,25 @@ def test_a_passing_check_plots_too(tmp_path):
 def test_custom_rule_result_plots_its_finite_difference_check(failed_result):
     pytest.importorskip("matplotlib")
     rule = pytest.importorskip("jaxcheck._rule_result")
-    check = rule.CheckReport(name="fd", status="failed", message="bwd disagrees", results=(failed_result,))
+    check = rule.CheckReport(
+        name="fd", status="failed", message="bwd disagrees", results=(failed_result,)
+    )
     result = rule.RuleCheckResult(
-        name="my_rule", kind="custom_vjp", status="failed", reason="fd failed", checks=(check,), order=1, mode="full", seed=0, seconds=0.1
+        name="my_rule",
+        kind="custom_vjp",
+        status="failed",
+        reason="fd failed",
+        checks=(check,),
+        order=1,
+        mode="full",
+        seed=0,
+        seconds=0.1,
     )
     fig = plot_result(result)
     assert len(fig.axes) == 2
-    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [leaf.path for leaf in failed_result.leaves]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [
+        leaf.path for leaf in failed_result.leaves
+    ]
     assert "the finite-difference check FAILED: check_grad(loss)" in fig.get_suptitle()
 
 

@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import jaxcheck
@@ -16,7 +15,10 @@ def _net(params, x, n_steps):
 
 def _inputs(key, dtype):
     k1, k2 = jax.random.split(key)
-    params = {"W": jax.random.normal(k1, (6, 5), dtype), "b": jnp.linspace(-0.5, 0.5, 6).astype(dtype)}
+    params = {
+        "W": jax.random.normal(k1, (6, 5), dtype),
+        "b": jnp.linspace(-0.5, 0.5, 6).astype(dtype),
+    }
     return params, jax.random.normal(k2, (5,), dtype), jnp.asarray(2, jnp.int32)
 
 
@@ -80,7 +82,9 @@ def test_bug_on_one_input_leaf_and_small_output_leaf_named(key):
     def bwd(res, g):
         p, x = res
         d = 1e4 * g["big"] * (1 - jnp.tanh(p["W"] @ x) ** 2)
-        return {"W": jnp.outer(d, x), "b": 0.0 * 1e-4 * 2 * p["b"] * g["small"]}, p["W"].T @ d  # lost gradient
+        return {"W": jnp.outer(d, x), "b": 0.0 * 1e-4 * 2 * p["b"] * g["small"]}, p[
+            "W"
+        ].T @ d  # lost gradient
 
     f.defvjp(lambda p, x: (f(p, x), (p, x)), bwd)
     params, x, _ = _inputs(key, jnp.float32)
@@ -107,7 +111,10 @@ def test_check_grad_probe_finds_leaf_and_element(dtype):
     def act(x):
         return jnp.tanh(x)
 
-    act.defvjp(lambda x: (jnp.tanh(x), jnp.tanh(x)), lambda y, g: ((g * (1 - y**2)).at[123_456].multiply(-1.0),))
+    act.defvjp(
+        lambda x: (jnp.tanh(x), jnp.tanh(x)),
+        lambda y, g: ((g * (1 - y**2)).at[123_456].multiply(-1.0),),
+    )
 
     def loss(params, x):
         return jnp.sum(act(params["w"] * x) ** 2) + jnp.sum(params["c"] ** 2)
@@ -142,7 +149,9 @@ def test_complex_probe_passes_and_conjugation_bug_fails():
         return z * z
 
     sq.defvjp(lambda z: (z * z, z), lambda z, g: (g * jnp.conj(2 * z),))  # JAX wants g * 2z here
-    assert jaxcheck.check_vjp(lambda z: {"s": jnp.sin(z), "a": jnp.abs(z)}, (z,), mode="probe").passed
+    assert jaxcheck.check_vjp(
+        lambda z: {"s": jnp.sin(z), "a": jnp.abs(z)}, (z,), mode="probe"
+    ).passed
     assert jaxcheck.check_jvp(lambda z: jnp.sin(z) * jnp.conj(z), (z,), mode="probe").passed
     r = jaxcheck.check_vjp(sq, (z,), mode="probe")
     assert r.status == "failed"

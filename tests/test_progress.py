@@ -25,7 +25,9 @@ class Clock:
 
 
 def make_bar(stream, clock, **kwargs):
-    return ProgressBar("check_grad(loss)", stream=stream, clock=clock, delay=0.0, min_interval=0.0, **kwargs)
+    return ProgressBar(
+        "check_grad(loss)", stream=stream, clock=clock, delay=0.0, min_interval=0.0, **kwargs
+    )
 
 
 def test_draws_done_total_rate_and_time_left_on_a_tty():
@@ -107,7 +109,12 @@ def test_shorter_redraw_is_padded_over_the_longer_line():
 def test_check_grad_reports_progress_per_chunk():
     calls = []
     x = jnp.linspace(-1.0, 1.0, 10, dtype=jnp.float32)
-    result = jaxcheck.check_grad(lambda v: jnp.sum(jnp.sin(v)), (x,), batch_size=4, progress=lambda d, t: calls.append((d, t)))
+    result = jaxcheck.check_grad(
+        lambda v: jnp.sum(jnp.sin(v)),
+        (x,),
+        batch_size=4,
+        progress=lambda d, t: calls.append((d, t)),
+    )
     assert result.passed
     assert calls == [(4, 10), (8, 10), (10, 10)]
 
@@ -122,7 +129,9 @@ def test_check_grad_drives_the_bar_to_a_clean_line():
     assert text.endswith("\r")  # erased at the end
 
 
-@pytest.mark.parametrize("seconds, text", [(0, "0:00"), (59.6, "1:00"), (61, "1:01"), (3600, "1:00:00")])
+@pytest.mark.parametrize(
+    "seconds, text", [(0, "0:00"), (59.6, "1:00"), (61, "1:01"), (3600, "1:00:00")]
+)
 def test_duration_format(seconds, text):
     from jaxcheck._progress import _duration
 

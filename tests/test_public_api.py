@@ -34,7 +34,11 @@ PUBLIC = {
 
 
 def test_exported_names_are_pinned():
-    exported = {n for n in dir(jaxcheck) if not n.startswith("_") and not inspect.ismodule(getattr(jaxcheck, n))}
+    exported = {
+        n
+        for n in dir(jaxcheck)
+        if not n.startswith("_") and not inspect.ismodule(getattr(jaxcheck, n))
+    }
     assert exported == PUBLIC
 
 

@@ -3,10 +3,10 @@
 import importlib.metadata
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import jaxcheck
 from jaxcheck._pytest_plugin import find_check_error, report_name
@@ -16,7 +16,7 @@ pytest_plugins = ["pytester"]
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-FAILING_TEST = '''
+FAILING_TEST = """
 import jax.numpy as jnp
 import pytest
 import jaxcheck
@@ -38,12 +38,15 @@ def test_wrong(n):
 
 def test_right():
     jaxcheck.assert_grad_correct(loss, (jnp.linspace(0.1, 1.0, 3, dtype=jnp.float32),))
-'''
+"""
 
 
 def _installed() -> bool:
     """Whether the `pytest11` entry point is installed (pytest then loads the plugin itself)."""
-    return any(ep.name == "jaxcheck" and ep.value == "jaxcheck._pytest_plugin" for ep in importlib.metadata.entry_points(group="pytest11"))
+    return any(
+        ep.name == "jaxcheck" and ep.value == "jaxcheck._pytest_plugin"
+        for ep in importlib.metadata.entry_points(group="pytest11")
+    )
 
 
 def plugin(enabled: bool = True) -> list[str]:
@@ -65,18 +68,32 @@ def test_failure_shows_the_whole_report_and_points_at_the_users_line(pytester):
     result = pytester.runpytest(*plugin(), "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1, passed=1)
     out = result.stdout.str()
-    assert "E       jaxcheck.GradCheckError: FAILED: check_grad(loss): 1 of 1 leaves wrong: args[0]" in out
+    assert (
+        "E       jaxcheck.GradCheckError: FAILED: check_grad(loss): 1 of 1 leaves wrong: args[0]"
+        in out
+    )
     report_lines = [line[len("E       ") :] for line in out.splitlines() if line.startswith("E  ")]
-    for expected in ("leaf     status", "args[0]  failed  f32[3]", "index  analytic", "taylor args[0]", "reference:", "mode full, seed 0"):
+    for expected in (
+        "leaf     status",
+        "args[0]  failed  f32[3]",
+        "index  analytic",
+        "taylor args[0]",
+        "reference:",
+        "mode full, seed 0",
+    ):
         assert any(expected in line for line in report_lines), expected
-    assert not any("truncated" in line.lower() for line in out.splitlines()), "pytest cut the report short"
+    assert not any("truncated" in line.lower() for line in out.splitlines()), (
+        "pytest cut the report short"
+    )
     assert ">       jaxcheck.assert_grad_correct(loss, (x,), grad_fn=wrong_grad)" in out
-    line = 1 + FAILING_TEST.lstrip("\n").splitlines().index("    jaxcheck.assert_grad_correct(loss, (x,), grad_fn=wrong_grad)")
+    line = 1 + FAILING_TEST.lstrip("\n").splitlines().index(
+        "    jaxcheck.assert_grad_correct(loss, (x,), grad_fn=wrong_grad)"
+    )
     assert f"test_model.py:{line}: GradCheckError" in out
     assert "_grad.py" not in out  # no jaxcheck frame in the traceback
 
 
-FRAME_TEST = '''
+FRAME_TEST = """
 from pathlib import Path
 import jaxcheck
 
@@ -88,7 +105,7 @@ exec(compile("def boom():\\n    raise GradCheckError('FAILED: planted report lin
 
 def test_helper_frame():
     namespace["boom"]()
-'''
+"""
 
 
 def test_jaxcheck_frames_are_hidden_by_the_plugin(pytester):
@@ -96,7 +113,9 @@ def test_jaxcheck_frames_are_hidden_by_the_plugin(pytester):
     with_plugin = pytester.runpytest(*plugin(), "-p", "no:cacheprovider")
     with_plugin.assert_outcomes(failed=1)
     assert "_planted_frame.py" not in with_plugin.stdout.str()
-    assert "E       jaxcheck.GradCheckError: FAILED: planted report line" in with_plugin.stdout.str()
+    assert (
+        "E       jaxcheck.GradCheckError: FAILED: planted report line" in with_plugin.stdout.str()
+    )
     without = pytester.runpytest(*plugin(enabled=False), "-p", "no:cacheprovider")
     without.assert_outcomes(failed=1)
     assert "_planted_frame.py" in without.stdout.str()  # the frame the plugin removes
@@ -105,7 +124,9 @@ def test_jaxcheck_frames_are_hidden_by_the_plugin(pytester):
 def test_report_dir_saves_json_and_png_for_failing_checks_only(pytester):
     pytester.makepyfile(test_model=FAILING_TEST)
     junit = pytester.path / "junit.xml"
-    result = pytester.runpytest(*plugin(), "-p", "no:cacheprovider", "--jaxcheck-report", "reports", f"--junitxml={junit}")
+    result = pytester.runpytest(
+        *plugin(), "-p", "no:cacheprovider", "--jaxcheck-report", "reports", f"--junitxml={junit}"
+    )
     result.assert_outcomes(failed=1, passed=1)
     reports = pytester.path / "reports"
     stem = "test_model.py_test_wrong_3"
@@ -128,16 +149,18 @@ def test_report_dir_saves_json_and_png_for_failing_checks_only(pytester):
 def test_report_dir_finds_the_error_inside_an_exception_chain(pytester):
     pytester.makepyfile(
         test_chain=FAILING_TEST
-        + '''
+        + """
 
 def test_wrapped():
     try:
         test_wrong(2)
     except AssertionError as error:
         raise RuntimeError("gradient check failed in a helper") from error
-'''
+"""
     )
-    result = pytester.runpytest(*plugin(), "-p", "no:cacheprovider", "--jaxcheck-report", "out", "-k", "wrapped")
+    result = pytester.runpytest(
+        *plugin(), "-p", "no:cacheprovider", "--jaxcheck-report", "out", "-k", "wrapped"
+    )
     result.assert_outcomes(failed=1, deselected=2)
     data = json.loads((pytester.path / "out" / "test_chain.py_test_wrapped.json").read_text())
     assert data["status"] == "failed"

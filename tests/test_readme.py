@@ -73,7 +73,16 @@ def parse_blocks(text: str) -> list[Block]:
         if start > 0 and (m := _MARKER.match(lines[start - 1].strip())):
             marker = "file" if m.group(2) else m.group(1)
             filename = m.group(2)
-        blocks.append(Block(match.group(1), "\n".join(lines[start + 1 : j]) + "\n", start + 1, j + 1, marker, filename))
+        blocks.append(
+            Block(
+                match.group(1),
+                "\n".join(lines[start + 1 : j]) + "\n",
+                start + 1,
+                j + 1,
+                marker,
+                filename,
+            )
+        )
         i = j + 1
     return blocks
 
@@ -98,7 +107,9 @@ def python_examples(blocks: list[Block]) -> list[Example]:
         output = following if following is not None and following.marker == "output" else None
         if block.marker == "continue":
             if not examples:
-                raise ValueError(f"README.md:{block.line}: `<!-- continue -->` with no python block before it")
+                raise ValueError(
+                    f"README.md:{block.line}: `<!-- continue -->` with no python block before it"
+                )
             examples[-1].steps.append((block, output))
         else:
             examples.append(Example([(block, output)]))
@@ -159,7 +170,9 @@ def run_example(example: Example) -> list[tuple[Block, Block | None, str]]:
     outputs = []
     for block, output in example.steps:
         buffer = io.StringIO()
-        code = compile("\n" * (block.line) + block.code, str(README), "exec")  # README line numbers in tracebacks
+        code = compile(
+            "\n" * (block.line) + block.code, str(README), "exec"
+        )  # README line numbers in tracebacks
         with contextlib.redirect_stdout(buffer):
             exec(code, namespace)  # noqa: S102 - running the documentation is the point
         outputs.append((block, output, buffer.getvalue()))
@@ -175,7 +188,9 @@ def _split_console(block: Block) -> list[tuple[str, str]]:
         elif pairs:
             pairs[-1][1].append(line)
         elif line.strip():
-            raise ValueError(f"README.md:{block.line}: console block must start with a `$ ` command")
+            raise ValueError(
+                f"README.md:{block.line}: console block must start with a `$ ` command"
+            )
     return [(cmd, "\n".join(out)) for cmd, out in pairs]
 
 
@@ -183,7 +198,12 @@ def run_console(block: Block, files: dict[str, str], workdir: Path) -> list[tupl
     """Runs a console block's commands; returns (command, expected, actual) triples."""
     for name, code in files.items():
         (workdir / name).write_text(code)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), NO_COLOR="1", COLUMNS="100")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        NO_COLOR="1",
+        COLUMNS="100",
+    )
     last_code, results = 0, []
     for command, expected in _split_console(block):
         if command == "echo $?":
@@ -191,8 +211,17 @@ def run_console(block: Block, files: dict[str, str], workdir: Path) -> list[tupl
             continue
         argv = command.split()
         if argv[0] != "jaxcheck":
-            raise ValueError(f"README.md:{block.line}: only `jaxcheck ...` and `echo $?` commands are run; got {command!r}")
-        proc = subprocess.run([sys.executable, "-m", "jaxcheck", *argv[1:]], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+            raise ValueError(
+                f"README.md:{block.line}: only `jaxcheck ...` and `echo $?` commands are run; got {command!r}"
+            )
+        proc = subprocess.run(
+            [sys.executable, "-m", "jaxcheck", *argv[1:]],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         last_code = proc.returncode
         results.append((command, expected, proc.stdout))
     return results
@@ -212,17 +241,25 @@ def test_first_lines_are_the_two_commands():
 def test_makefile_has_the_targets():
     makefile = (ROOT / "Makefile").read_text()
     for target in ("demo", "test"):
-        assert re.search(rf"^{target}:", makefile, re.MULTILINE), f"Makefile has no `{target}` target"
+        assert re.search(rf"^{target}:", makefile, re.MULTILINE), (
+            f"Makefile has no `{target}` target"
+        )
     assert "jaxcheck demo" in makefile
 
 
 def test_markers_are_used_correctly():
     for k, block in enumerate(_ALL):
         if block.marker == "output":
-            assert block.lang == "text", f"README.md:{block.line}: `<!-- output -->` must mark a ```text block"
-            assert k > 0 and _ALL[k - 1].lang == "python", f"README.md:{block.line}: `<!-- output -->` must follow a python block"
+            assert block.lang == "text", (
+                f"README.md:{block.line}: `<!-- output -->` must mark a ```text block"
+            )
+            assert k > 0 and _ALL[k - 1].lang == "python", (
+                f"README.md:{block.line}: `<!-- output -->` must follow a python block"
+            )
         if block.marker == "file":
-            assert block.lang == "python" and block.filename.endswith(".py"), f"README.md:{block.line}"
+            assert block.lang == "python" and block.filename.endswith(".py"), (
+                f"README.md:{block.line}"
+            )
     skipped = [b for b in _ALL if b.marker == "skip"]
     assert all(b.lang != "python" for b in skipped), "python examples are never skipped"
 
@@ -237,7 +274,9 @@ def test_python_example(example: Example):
     for block, output, stdout in run_example(example):
         if output is not None:
             problem = outputs_match(stdout, output.code)
-            assert problem is None, f"README.md:{output.line}: the output shown is not what the block at line {block.line} prints; {problem}"
+            assert problem is None, (
+                f"README.md:{output.line}: the output shown is not what the block at line {block.line} prints; {problem}"
+            )
 
 
 @pytest.mark.parametrize("block", console_blocks(_ALL), ids=lambda b: f"README.md:{b.line}")
@@ -263,7 +302,9 @@ def update_readme() -> int:
     text = README.read_text()
     lines = text.splitlines()
     blocks = parse_blocks(text)
-    replacements: list[tuple[int, int, str]] = []  # (first content line, end fence line, new content)
+    replacements: list[
+        tuple[int, int, str]
+    ] = []  # (first content line, end fence line, new content)
     for example in python_examples(blocks):
         for block, output, stdout in run_example(example):
             if output is not None:

@@ -34,12 +34,31 @@ NUM = r"-?[0-9.]+(e[-+][0-9]+)?"
 
 def test_failed_report_lines(failed):
     lines = str(failed).splitlines()
-    assert lines[0] == "FAILED: check_grad(loss): 1 of 2 leaves wrong: args[0]['w'] (2 of 2 elements out of tolerance)"
-    assert re.fullmatch(rf"  relative error \|\|a-n\|\|/\(\|\|a\|\|\+\|\|n\|\|\) = {NUM} over all leaves", lines[1])
+    assert (
+        lines[0]
+        == "FAILED: check_grad(loss): 1 of 2 leaves wrong: args[0]['w'] (2 of 2 elements out of tolerance)"
+    )
+    assert re.fullmatch(
+        rf"  relative error \|\|a-n\|\|/\(\|\|a\|\|\+\|\|n\|\|\) = {NUM} over all leaves", lines[1]
+    )
     assert lines[2] == ""
-    assert lines[3].split() == ["leaf", "status", "array", "rel.err", "worst", "analytic", "numeric", "tolerance", "failed", "kinks"]
+    assert lines[3].split() == [
+        "leaf",
+        "status",
+        "array",
+        "rel.err",
+        "worst",
+        "analytic",
+        "numeric",
+        "tolerance",
+        "failed",
+        "kinks",
+    ]
     assert lines[5].split()[:5] == ["args[0]['w']", "failed", "f32[2]", lines[5].split()[3], "[1]"]
-    assert lines[5].split()[5:7] == ["1.68294", "1.0806"]  # 2 sin(1) vs 2 cos(1): both values side by side
+    assert lines[5].split()[5:7] == [
+        "1.68294",
+        "1.0806",
+    ]  # 2 sin(1) vs 2 cos(1): both values side by side
     assert lines[5].split()[-2:] == ["2/2", "0"]
     assert lines[6].split()[:3] == ["args[0]['b']", "passed", "f32[]"]
     assert lines[8] == "  args[0]['w']: 2 of 2 elements out of tolerance"
@@ -47,10 +66,22 @@ def test_failed_report_lines(failed):
     assert lines[11].split()[0] == "[1]" and lines[11].split()[-1] == "mismatch"
     assert lines[12].split()[0] == "[0]" and lines[12].split()[-1] == "mismatch"
     text = "\n".join(lines)
-    assert "  taylor args[0]: remainder slope 1.00 over 3 steps (inconsistent; 2 = right, 1 = wrong)" in text
-    assert "  reference: float64 (f re-evaluated with x64 enabled); 4-point central differences (+-h, +-2h) with Richardson extrapolation" in text
-    assert "  steps: h_i = 6.06e-06 * max(|x_i|, rms of its leaf) (float64 eps**(1/3)); stencil at +-h, +-2h" in text
-    assert "  tolerance: 3 x estimated FD error + rtol 2.0e-05 x |numeric| + atol per leaf (rtol * leaf max + rounding floor)" in text
+    assert (
+        "  taylor args[0]: remainder slope 1.00 over 3 steps (inconsistent; 2 = right, 1 = wrong)"
+        in text
+    )
+    assert (
+        "  reference: float64 (f re-evaluated with x64 enabled); 4-point central differences (+-h, +-2h) with Richardson extrapolation"
+        in text
+    )
+    assert (
+        "  steps: h_i = 6.06e-06 * max(|x_i|, rms of its leaf) (float64 eps**(1/3)); stencil at +-h, +-2h"
+        in text
+    )
+    assert (
+        "  tolerance: 3 x estimated FD error + rtol 2.0e-05 x |numeric| + atol per leaf (rtol * leaf max + rounding floor)"
+        in text
+    )
     assert re.search(r"  mode full, seed 0, [0-9]+ evaluations, [0-9.]+ s", text)
     assert lines[-1] == "  try: check the derivative for args[0]['w'] at element [1]."
 
@@ -58,7 +89,10 @@ def test_failed_report_lines(failed):
 def test_passed_report_first_line_and_no_try_line():
     result = jaxcheck.check_grad(lambda x: jnp.sum(jnp.sin(x)), (jnp.arange(3.0),))
     text = str(result)
-    assert text.splitlines()[0] == "PASSED: check_grad(<lambda>): all 1 leaves match finite differences"
+    assert (
+        text.splitlines()[0]
+        == "PASSED: check_grad(<lambda>): all 1 leaves match finite differences"
+    )
     assert "try:" not in text and "\x1b[" not in text
 
 
@@ -88,6 +122,9 @@ def test_results_have_no_truthiness_shortcut(failed):
         failed.status = "passed"  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("dtype, shape, text", [("float32", (8,), "f32[8]"), ("float64", (2, 3), "f64[2,3]"), ("int32", (), "int32[]")])
+@pytest.mark.parametrize(
+    "dtype, shape, text",
+    [("float32", (8,), "f32[8]"), ("float64", (2, 3), "f64[2,3]"), ("int32", (), "int32[]")],
+)
 def test_shape_str(dtype, shape, text):
     assert shape_str(dtype, shape) == text

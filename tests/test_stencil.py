@@ -1,7 +1,6 @@
 """Stencil combination and element classification, on exactly known functions."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -59,4 +58,6 @@ def test_kink_with_analytic_outside_the_one_sided_slopes():
 def test_tolerance_formula():
     est = _estimates(np.exp, 0.0, 1e-4)
     a = st.assess_host(est, np.array([[1.0]]), 1e-3, 0.5, 3.0)
-    assert a.tolerance[0, 0] == pytest.approx(3.0 * est.fd_error[0, 0] + 1e-3 * abs(est.numeric[0, 0]) + 0.5)
+    assert a.tolerance[0, 0] == pytest.approx(
+        3.0 * est.fd_error[0, 0] + 1e-3 * abs(est.numeric[0, 0]) + 0.5
+    )

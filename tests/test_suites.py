@@ -81,8 +81,9 @@ def _gradients(setup) -> tuple[dict, dict]:
 def _assert_sound(case, dtype):
     setup = case.build(dtype)
     if setup.true_f is not None:
-        np.testing.assert_allclose(setup.f(*setup.args), setup.true_f(*setup.args),
-                                   rtol=SAME[dtype][0])
+        np.testing.assert_allclose(
+            setup.f(*setup.args), setup.true_f(*setup.args), rtol=SAME[dtype][0]
+        )
     tested, true = _gradients(setup)
     assert tested.keys() == true.keys()
     rtol, atol = SAME[dtype]

@@ -18,7 +18,9 @@ def test_steps_scale_with_each_leaf_and_are_exact():
     np.testing.assert_allclose(h[:2], rel * np.array([rms_big, 2e3]))
     assert h[2] == pytest.approx(rel * 1e-3) and h[3] == pytest.approx(rel * np.sqrt(0.5e-6))
     np.testing.assert_allclose(h[4:], rel)
-    points = _tolerance.stencil_points(theta, h, np.zeros(theta.size, np.int8), (np.dtype(np.float32),))
+    points = _tolerance.stencil_points(
+        theta, h, np.zeros(theta.size, np.int8), (np.dtype(np.float32),)
+    )
     np.testing.assert_array_equal(points, points.astype(np.float32).astype(np.float64))
     assert np.all(np.diff(points, axis=1) > 0)
 
@@ -30,7 +32,9 @@ def test_user_eps_is_absolute():
 
 
 def test_relative_step_is_cube_root_of_eps():
-    assert _tolerance.relative_step(np.float64) == pytest.approx(np.finfo(np.float64).eps ** (1 / 3))
+    assert _tolerance.relative_step(np.float64) == pytest.approx(
+        np.finfo(np.float64).eps ** (1 / 3)
+    )
     assert 4e-3 < _tolerance.relative_step(np.float32) < 6e-3
 
 
