@@ -32,7 +32,7 @@ shared machine), `warm` a second call with the same function and arguments.
                      with only b1 and b2 requiring grad at the full model size and is
                      extrapolated linearly in n (marked "~").
 
-Part 2, verdict quality. The catalogue `jaxcheck._suites.grad_cases()` (correct and broken
+Part 2, verdict quality. The catalogue `jaxcheck.catalogue.grad_cases.grad_cases()` (correct and broken
 gradients: MLP backprop, custom_vjp rules, badly scaled leaves, dropout with a fixed key,
 integer leaves, kinks, lax.scan), plus elementwise lax ops with their true derivative and
 with a VJP wrong by a relative 1e-4 (`elementwise_op_cases`), each in float32 and
@@ -363,7 +363,7 @@ def _needle_worker(tool: str, n: int, bug: bool) -> dict:
     if tool == "check_grads":
         from jax.test_util import check_grads
 
-        from jaxcheck._suites import CaseSetup
+        from jaxcheck.catalogue.grad_cases import CaseSetup
 
         g, leaves = _closure(
             CaseSetup(f=loss, args=(params, x, y), kwargs={"argnums": 0, "grad_fn": grad_fn})
@@ -675,7 +675,7 @@ def _torch_mlp3(setup, bug):
     import numpy as np
     import torch
 
-    from jaxcheck._suites import _L2
+    from jaxcheck.catalogue.grad_cases import _L2
 
     params, x, y = setup.args
     names = [(layer, leaf) for layer in ("layer1", "layer2", "layer3") for leaf in ("W", "b")]
@@ -736,7 +736,7 @@ def _torch_elementwise(case, setup, factor):
     name = case.name.split("/", 1)[1].split("[")[0]
     argnum = setup.kwargs["argnums"]
     dtype = torch.float64 if np.asarray(setup.args[0]).dtype == np.float64 else torch.float32
-    from jaxcheck import _suites
+    from jaxcheck.catalogue import grad_cases as _suites
 
     # The weights of sum(w * op(*xs)), drawn exactly as `_suites._elementwise_build` does.
     w = torch.tensor(
@@ -785,7 +785,7 @@ def _verdict_torch(case, setup, dtype_name: str, fast: bool, rel_bug) -> dict:
 
 
 def _cases(quick: bool, full: bool):
-    from jaxcheck._suites import elementwise_op_cases, grad_cases
+    from jaxcheck.catalogue.grad_cases import elementwise_op_cases, grad_cases
 
     cases = [(c, None) for c in grad_cases()]
     if quick:
@@ -1032,7 +1032,7 @@ def main(argv=None) -> int:
         out += [""]
     if options.part in (None, "quality"):
         summary, detail, _ = run_quality(options.quick, options.full, log)
-        out += ["## Verdict quality (jaxcheck._suites catalogue)", ""] + summary + [""]
+        out += ["## Verdict quality (jaxcheck.catalogue.grad_cases catalogue)", ""] + summary + [""]
         out += ["### Cases with a wrong verdict from some tool", ""] + detail + [""]
     out += [f"Total benchmark time: {time.perf_counter() - start:.0f} s."]
     text = "\n".join(out) + "\n"

@@ -446,7 +446,7 @@ def _to_dict(result: Any) -> dict:
 
 def run_demo(options: argparse.Namespace) -> int:
     try:
-        demos = importlib.import_module("jaxcheck._demos")
+        demos = importlib.import_module("jaxcheck.catalogue.demos")
     except ImportError as error:
         raise UsageError(
             f"the demonstrations are not available in this install of jaxcheck ({error})."

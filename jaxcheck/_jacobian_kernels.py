@@ -407,7 +407,6 @@ def _tile_stats(
 tile_stats_host = ft.partial(_tile_stats, xp=np)
 
 
-@ft.partial(jax.jit, static_argnums=(8, 9))
 def _columns_slice(x: Any, *, lo: int, hi: int) -> Any:
     return x[:, lo:hi]
 
@@ -416,6 +415,7 @@ def _masked(x: Any, *, mask: Any, xp: Any) -> Any:
     return xp.where(mask, x, 0.0)
 
 
+@ft.partial(jax.jit, static_argnums=(8, 9))
 def tile_stats(
     values,
     f0,

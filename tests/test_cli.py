@@ -552,12 +552,12 @@ def test_help_documents_the_exit_codes(capsys):
 @pytest.fixture
 def fake_demos(monkeypatch):
     """A stand-in registry: `bug` finds its bug, `broken` does not (a jaxcheck regression)."""
-    module = types.ModuleType("jaxcheck._demos")
+    module = types.ModuleType("jaxcheck.catalogue.demos")
     Demo = dataclasses.make_dataclass("Demo", ["name", "description", "run"])
     outcomes = {"mlp": ("failed", "passed"), "broken": ("passed", "passed")}
     module.DEMOS = {name: Demo(name, f"the {name} demo", None) for name in outcomes}
     module.run_demo = lambda name="mlp", *, fixed=False: FakeResult(outcomes[name][int(fixed)])
-    monkeypatch.setitem(sys.modules, "jaxcheck._demos", module)
+    monkeypatch.setitem(sys.modules, "jaxcheck.catalogue.demos", module)
     return module
 
 
@@ -596,7 +596,7 @@ def test_demo_json(capsys, fake_demos, tmp_path):
 
 
 def test_real_demo_registry_lists_the_three_demos(capsys):
-    pytest.importorskip("jaxcheck._demos")
+    pytest.importorskip("jaxcheck.catalogue.demos")
     code, out, _ = run(capsys, "demo", "--list")
     assert code == 0
     assert [
@@ -607,7 +607,7 @@ def test_real_demo_registry_lists_the_three_demos(capsys):
 
 
 def test_python_m_jaxcheck_demo_as_a_user_runs_it():
-    pytest.importorskip("jaxcheck._demos")
+    pytest.importorskip("jaxcheck.catalogue.demos")
     proc = subprocess.run(
         [sys.executable, "-m", "jaxcheck", "demo"],
         cwd=REPO,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxcheck
-from jaxcheck._rule_suites import rule_cases
+from jaxcheck.catalogue.rule_cases import rule_cases
 
 CASES = {c.name: c for c in rule_cases() if c.kind == "vjp"}
 # Float64 runs a subset (time): a correct rule and a broken rule for every check.

@@ -1,4 +1,4 @@
-"""Tests for `jaxcheck._demos`: each demo fails on its planted leaf, and passes fixed."""
+"""Tests for `jaxcheck.catalogue.demos`: each demo fails on its planted leaf, and passes fixed."""
 
 import functools as ft
 import inspect
@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcheck import _demos, _suites
+from jaxcheck.catalogue import demos as _demos
+from jaxcheck.catalogue import grad_cases as _suites
 
 PLANTED = {
     "mlp": "args[0]['layer2']['b']",

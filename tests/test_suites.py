@@ -1,4 +1,4 @@
-"""Tests for `jaxcheck._suites`: the catalogue is sound, and `check_grad` agrees with it.
+"""Tests for `jaxcheck.catalogue.grad_cases`: the catalogue is sound, and `check_grad` agrees with it.
 
 The soundness tests need no checker: they prove that every "correct" case really
 has the right derivative and that every "broken" one is wrong on `bad_path` (and
@@ -15,7 +15,7 @@ import jax.tree_util as jtu
 import numpy as np
 import pytest
 
-from jaxcheck import _suites
+from jaxcheck.catalogue import grad_cases as _suites
 
 GRAD_CASES = _suites.grad_cases()
 OP_CASES = _suites.elementwise_op_cases(None)
