@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxcheck
-from jaxcheck import _jacobian_full, _jacobian_kernels
+from jaxcheck import _jacobian_kernels, _problem
 
 
 def _rss_mib() -> float:
@@ -79,7 +79,7 @@ def bench_layernorm(rows: int, cols: int) -> None:
     layout, diff, dyn = build_layout((x,), (0,))
     sel = _jacobian_kernels.OutputSelect(layer_norm, False, (0,))
     outs = (_jacobian_kernels.OutLeaf("out", (rows, cols), np.dtype(np.float32), 0, m),)
-    r_chunk = min(_jacobian_full.ROW_ENTRIES // n, _jacobian_full.MAX_TILE)
+    r_chunk = min(_problem.ROW_ENTRIES // n, _problem.MAX_TILE)
     _jacobian_kernels.vjp_rows(
         sel, layout, outs, diff, dyn, jnp.arange(r_chunk)
     ).block_until_ready()
@@ -106,8 +106,8 @@ def bench_layernorm(rows: int, cols: int) -> None:
         entries=k.n_checked,
         check_s=f"{t_check:.1f}",
         evals=r.n_evaluations,
-        tile=f"{_jacobian_full.TILE_ENTRIES} entries",
-        row_chunk=f"{_jacobian_full.ROW_ENTRIES} entries",
+        tile=f"{_problem.TILE_ENTRIES} entries",
+        row_chunk=f"{_problem.ROW_ENTRIES} entries",
         peak_rss_mib=f"{_rss_mib():.0f} (before {rss0:.0f})",
     )
     _line(

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _rule_checks as rc
 from . import _rule_fd as rfd
-from ._errors import GradCheckError
+from ._errors import raise_unless_passed
 from ._grad import check_grad
 from ._rule_checks import RuleError, Target, guarded, skipped
 from ._rule_result import CheckReport, RuleCheckResult, overall_status
@@ -920,7 +920,4 @@ def assert_custom_vjp_correct(
       GradCheckError: some check failed or raised; the message is the report.
     """
     __tracebackhide__ = True
-    result = check_custom_vjp(f, args, **kwargs)
-    if result.status == "failed" or (result.status == "inconclusive" and not allow_inconclusive):
-        raise GradCheckError(str(result), result)
-    return result
+    return raise_unless_passed(check_custom_vjp(f, args, **kwargs), allow_inconclusive)

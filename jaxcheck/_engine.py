@@ -30,6 +30,13 @@ MAX_BATCH = 1024
 # With a progress callback the chunks run in about this many calls (one report each).
 PROGRESS_CALLS = 64
 REFERENCES = ("auto", "float64", "native")
+# Small problems run op by op ("eager"): JAX caches each primitive per shape across calls, so a
+# check of a fresh small function compiles nothing, where jitting its kernels would compile
+# f four or five times (hundreds of milliseconds). Larger problems are jitted: there the
+# fused, compiled kernel pays for its compilation. Eager while n <= EAGER_MAX_COORDINATES
+# and one stencil pass over every coordinate stays within EAGER_BUDGET_BYTES.
+EAGER_MAX_COORDINATES = 512
+EAGER_BUDGET_BYTES = 64 * 2**20
 # Steps (relative to each coordinate's scale) of the evidence kernel: the float64 probe,
 # the Taylor test and the step sweep all use this grid, so they share one compilation.
 EVIDENCE_STEPS = 10.0 ** -np.arange(1.0, 10.5, 0.5)  # 1e-1 ... 1e-10, half decades
@@ -113,6 +120,7 @@ class Evaluator:
             raise ValueError(f"`reference` must be one of {REFERENCES}; got {reference!r}.")
         self.f, self.has_aux, self.layout = f, has_aux, layout
         self.dynamic = list(dynamic_values)
+        self.eager = _small(layout, f, has_aux, diff_values, self.dynamic)
         self.theta = ravel_leaves(layout, diff_values)  # float64 host copy
         self.n = self.theta.size
         self.seed = seed
@@ -135,9 +143,19 @@ class Evaluator:
             # Cast on the host: a device-side cast would be one more dispatch and compilation.
             self.theta_device = jnp.asarray(np.asarray(self.theta, self.theta_dtype))
             self.f0 = np.asarray(
-                jax.device_get(fd.value_at(self.spec, self.theta_device, self.dynamic)), np.float64
+                jax.device_get(
+                    self.kernel(fd.value_at)(self.spec, self.theta_device, self.dynamic)
+                ),
+                np.float64,
             )
         self.n_evaluations += 1
+
+    # -- execution ---------------------------------------------------------------
+
+    def kernel(self, kernel: Callable) -> Callable:
+        """`kernel` (a jitted function of this package) as this problem runs it: the jitted
+        version, or its Python body called op by op when the problem is small (`eager`)."""
+        return kernel.__wrapped__ if self.eager else kernel
 
     # -- precision -------------------------------------------------------------
 
@@ -174,7 +192,11 @@ class Evaluator:
                 theta = jnp.asarray(self.theta, jnp.float64)
                 # Fixed float inputs (data) are widened too: strict ops reject mixed dtypes.
                 self._dynamic64 = [_widen(v) for v in self.dynamic]
-                out = jax.eval_shape(fd.value_at, spec, theta, self._dynamic64)
+                if self.eager:
+                    value_at = ft.partial(fd.value_at.__wrapped__, spec)
+                    out = jax.eval_shape(value_at, theta, self._dynamic64)
+                else:  # the jit's own trace cache
+                    out = fd.value_at.trace(spec, theta, self._dynamic64).out_info
                 if out.dtype != jnp.float64:
                     return f"with float64 inputs f returns {out.dtype} (it casts internally)"
                 value, probe = self._probe_float64(spec, theta, self._dynamic64)
@@ -227,13 +249,13 @@ class Evaluator:
         directions[0], directions[1] = direction, -direction
         values = np.asarray(
             jax.device_get(
-                fd.values_along_directions(
+                self.kernel(fd.values_along_directions)(
                     spec, theta, dynamic, jnp.asarray(directions), jnp.asarray(EVIDENCE_STEPS)
                 )
             ),
             np.float64,
         )
-        f0 = np.asarray(jax.device_get(fd.value_at(spec, theta, dynamic)), np.float64)
+        f0 = np.asarray(jax.device_get(self.kernel(fd.value_at)(spec, theta, dynamic)), np.float64)
         self.n_evaluations += 2 * EVIDENCE_STEPS.size + 1
         big, tiny = (
             int(np.argmin(np.abs(EVIDENCE_STEPS - 1e-5))),
@@ -313,6 +335,9 @@ class Evaluator:
                 f"{self.theta[bad]:.6g} in {self.real_dtypes[self.coord_dtype_codes[bad]]}: pass a larger `eps` or leave `eps=None`."
             )
         count = coords.size
+        if self.eager:  # op by op, in chunks of `batch_size` (default: one pass)
+            self.n_evaluations += count * len(fd.STENCIL)
+            return self._eager_stencil(coords, points, batch_size or count, progress), points
         batch = batch_size or self.auto_batch_size(len(fd.STENCIL))
         batch = max(1, min(batch, count))
         # Chunks of `batch` coordinates, the last padded with copies of the first so that
@@ -363,10 +388,28 @@ class Evaluator:
         self.n_evaluations += count * len(fd.STENCIL)
         return values, points
 
+    def _eager_stencil(
+        self,
+        coords: np.ndarray,
+        points: np.ndarray,
+        batch: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> jax.Array:
+        kernel = fd.values_at_coordinates.__wrapped__
+        c, p = coords.astype(np.int32), points.astype(self.theta_dtype)
+        outs = []
+        with self.context():
+            for lo in range(0, coords.size, batch):
+                sl = slice(lo, lo + batch)
+                outs.append(kernel(self.spec, self.theta_device, self.dynamic, c[sl], p[sl]))
+                if progress is not None:
+                    progress(min(lo + batch, coords.size), coords.size)
+            return outs[0] if len(outs) == 1 else jnp.concatenate(outs)
+
     def along(self, directions: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """f(theta + t v) for each direction v (rows) and multiplier t; host (b, K, m) float64."""
         with self.context():
-            out = fd.values_along_directions(
+            out = self.kernel(fd.values_along_directions)(
                 self.spec,
                 self.theta_device,
                 self.dynamic,
@@ -401,6 +444,24 @@ def _chunked_values_at_coordinates(
         lambda chunk: fd.values_at_coordinates(spec, theta, dynamic, *chunk), (coords, points)
     )
     return out.reshape((-1,) + out.shape[2:])[:count]
+
+
+def _small(layout: ArgLayout, f: Callable, has_aux: bool, diff_values: Any, dynamic: Any) -> bool:
+    """Whether a problem is small enough to run op by op (see EAGER_MAX_COORDINATES)."""
+    if layout.n > EAGER_MAX_COORDINATES:
+        return False
+    if not jax.config.jax_disable_jit:  # under disable_jit everything runs op by op anyway
+        spec = fd.EvalSpec(f, has_aux, layout, tuple(np.dtype(leaf.dtype) for leaf in layout.diff))
+        theta = jax.ShapeDtypeStruct(
+            (layout.n,), np.result_type(*[leaf.real_dtype for leaf in layout.diff])
+        )
+        try:
+            jaxpr = jax.make_jaxpr(fd.value_at.__wrapped__, static_argnums=0)(spec, theta, dynamic)
+        except Exception:  # noqa: BLE001 - f does not trace here: let the jitted path report it
+            return False
+        per_eval = layout.n * 8 + _jaxpr_bytes(jaxpr.jaxpr)
+        return per_eval * len(fd.STENCIL) * max(1, layout.n) <= EAGER_BUDGET_BYTES
+    return True
 
 
 def _widen(value: Any) -> Any:

@@ -6,17 +6,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jax.tree_util as jtu
 import numpy as np
 
 from . import _jacobian_kernels as jk
-from . import _summary, _tolerance
-from ._engine import Evaluator
-from ._errors import GradCheckError
-from ._flatten import SkippedLeaf, build_layout, check_args, normalize_argnums
-from ._grad import _step_policy, function_name, validate_options
-from ._jacobian_full import Problem, run_full
+from . import _summary
+from ._errors import raise_unless_passed
+from ._jacobian_full import run_full
 from ._jacobian_result import BlockReport, JacobianCheckResult, sort_blocks
+from ._probe import run_probe
+from ._problem import Problem, build_problem
 
 PyTree = Any
 MODES = ("auto", "full", "probe")
@@ -33,152 +31,6 @@ def resolve_mode(mode: str, n: int, m: int) -> str:
     if mode != "auto":
         return mode
     return "full" if n * m <= FULL_MAX_ENTRIES and n <= FULL_MAX_INPUTS else "probe"
-
-
-def _real_view(leaves: Sequence[np.ndarray]) -> np.ndarray:
-    parts = []
-    for x in leaves:
-        x = np.asarray(x)
-        parts += [x.real.ravel(), x.imag.ravel()] if np.iscomplexobj(x) else [x.ravel()]
-    return np.concatenate([p.astype(np.float64) for p in parts]) if parts else np.zeros(0)
-
-
-def _outputs(
-    f: Callable, args: tuple, has_aux: bool
-) -> tuple[jk.OutLayout, tuple[int, ...], tuple[SkippedLeaf, ...], np.ndarray]:
-    """Evaluates f twice (eagerly), classifies its output leaves and checks determinism.
-
-    Returns:
-      (outs, keep, skipped, value): the differentiable output leaves, their positions among
-      all output leaves, the skipped ones, and their real-view value (float64).
-
-    Raises:
-      TypeError, ValueError: bad `has_aux` output, no floating-point output, or f not deterministic.
-    """
-
-    def call() -> list:
-        out = f(*args)
-        if has_aux:
-            if not isinstance(out, (tuple, list)) or len(out) != 2:
-                raise TypeError("`has_aux=True` but `f` does not return a pair `(value, aux)`.")
-            out = out[0]
-        return jtu.tree_flatten_with_path(out)[0]
-
-    first, second = call(), call()
-    outs, keep, skipped, values = [], [], [], []
-    offset = 0
-    for pos, (path, leaf) in enumerate(first):
-        path_str = "out" + jtu.keystr(path)
-        dtype = getattr(leaf, "dtype", None)
-        is_key = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-        arr = None if is_key else np.asarray(jax.device_get(leaf))
-        if arr is None or not np.issubdtype(arr.dtype, np.inexact):
-            desc = str(dtype) if dtype is not None else type(leaf).__name__
-            skipped.append(
-                SkippedLeaf(
-                    path_str,
-                    tuple(np.shape(leaf)),
-                    desc,
-                    f"{desc} output has no derivative (not checked)",
-                )
-            )
-            continue
-        if arr.size == 0:
-            skipped.append(
-                SkippedLeaf(
-                    path_str, tuple(arr.shape), str(arr.dtype), "empty output (nothing to check)"
-                )
-            )
-            continue
-        again = np.asarray(jax.device_get(second[pos][1]))
-        if not np.array_equal(arr, again, equal_nan=True):
-            raise ValueError(
-                f"`f` is not deterministic: two calls at the same arguments returned different values at {path_str}. "
-                "Pass the PRNG key as an argument and hold it fixed (e.g. `f(params, x, key)` with a fixed "
-                "`jax.random.key(0)`), and avoid numpy/Python randomness or mutable state inside f."
-            )
-        shape = tuple(int(s) for s in arr.shape)
-        size = int(np.prod(shape, dtype=np.int64)) * (2 if np.iscomplexobj(arr) else 1)
-        outs.append(jk.OutLeaf(path_str, shape, np.dtype(jnp.asarray(leaf).dtype), offset, size))
-        keep.append(pos)
-        values.append(arr)
-        offset += size
-    if not outs:
-        raise ValueError(
-            f"`f` has no floating-point outputs to differentiate ({len(skipped)} integer, boolean or key output(s)). "
-            "Return float arrays, or use `has_aux=True` to pass non-differentiable values on the side."
-        )
-    return tuple(outs), tuple(keep), tuple(skipped), _real_view(values)
-
-
-def _tolerance_for(
-    layout: Any, outs: jk.OutLayout, rtol: float | None, atol: float | None
-) -> tuple[_tolerance.Tolerance, np.dtype]:
-    """The dtype whose rounding the analytic side is allowed (the coarser of inputs and outputs) and its `Tolerance`."""
-    dtype_in = np.dtype(np.result_type(*[leaf.real_dtype for leaf in layout.diff]))
-    dtype_out = np.dtype(np.result_type(*[np.finfo(o.dtype).dtype for o in outs]))
-    dtype = dtype_in if np.finfo(dtype_in).eps >= np.finfo(dtype_out).eps else dtype_out
-    tol = _tolerance.default_tolerance(dtype)
-    if rtol is not None or atol is not None:
-        tol = _tolerance.Tolerance(
-            rtol=tol.rtol if rtol is None else float(rtol),
-            atol=None if atol is None else float(atol),
-        )
-    return tol, dtype
-
-
-def setup(
-    kind: str,
-    f: Callable,
-    args: tuple,
-    *,
-    argnums: int | Sequence[int] | None,
-    mode: str,
-    eps: float | None,
-    rtol: float | None,
-    atol: float | None,
-    batch_size: int | None,
-    seed: int,
-    n_probes: int,
-    reference: str,
-    has_aux: bool,
-) -> Problem:
-    """Validates the options and builds the `Problem` (layout, outputs, reference evaluator)."""
-    start = time.perf_counter()
-    validate_options(
-        f=f, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, has_aux=has_aux
-    )
-    if mode not in MODES:
-        raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
-    if isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer)) or n_probes < 1:
-        raise ValueError(f"`n_probes` must be a positive int; got {n_probes!r}.")
-    args = check_args(args)
-    nums = normalize_argnums(argnums, len(args))
-    layout, diff_values, dynamic = build_layout(args, nums)
-    outs, keep, out_skipped, value = _outputs(f, args, has_aux)
-    sel = jk.OutputSelect(f, has_aux, keep)
-    ev = Evaluator(sel, False, layout, diff_values, dynamic, reference, value, seed)
-    tol, tol_dtype = _tolerance_for(layout, outs, rtol, atol)
-    p = Problem(
-        kind=kind,
-        name=function_name(f),
-        sel=sel,
-        layout=layout,
-        diff_values=list(diff_values),
-        dynamic=dynamic,
-        outs=outs,
-        ev=ev,
-        tol=tol,
-        tol_dtype=tol_dtype,
-        eps=eps,
-        seed=int(seed),
-        batch_size=batch_size,
-        skipped=tuple(layout.skipped) + out_skipped,
-        start=start,
-    )
-    if kind == "jvp":
-        _require_forward_mode(p)
-    return p
 
 
 def _require_forward_mode(p: Problem) -> None:
@@ -277,7 +129,7 @@ def finish(
         reference=reference,
         reference_fallback=ev.reference.fallback,
         analytic_source=source,
-        step_policy=_step_policy(p.eps, ev.reference.dtype),
+        step_policy=p.step_policy,
         eps=None if p.eps is None else float(p.eps),
         tolerance=p.tol,
         seed=p.seed,
@@ -293,11 +145,14 @@ def finish(
 def _check(
     kind: str, f: Callable, args: tuple, mode: str, n_probes: int, **options: Any
 ) -> JacobianCheckResult:
-    p = setup(kind, f, args, mode=mode, n_probes=n_probes, **options)
+    start = time.perf_counter()
+    if isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer)) or n_probes < 1:
+        raise ValueError(f"`n_probes` must be a positive int; got {n_probes!r}.")
+    p = build_problem(kind, f, args, mode=mode, start=start, **options)
+    if kind == "jvp":
+        _require_forward_mode(p)
     resolved = resolve_mode(mode, p.n, p.m)
     if resolved == "probe":
-        from ._probe import run_probe
-
         blocks, relerr, source = run_probe(p, n_probes)
         return finish(p, blocks, "probe", relerr, source)
     acc, source, problem = run_full(p)
@@ -445,10 +300,7 @@ def assert_vjp_correct(
       GradCheckError: the VJP is wrong (or the check is inconclusive); the message is the report.
     """
     __tracebackhide__ = True
-    result = check_vjp(f, args, **kwargs)
-    if result.status == "failed" or (result.status == "inconclusive" and not allow_inconclusive):
-        raise GradCheckError(str(result), result)
-    return result
+    return raise_unless_passed(check_vjp(f, args, **kwargs), allow_inconclusive)
 
 
 def assert_jvp_correct(
@@ -460,7 +312,4 @@ def assert_jvp_correct(
       GradCheckError: the JVP is wrong (or the check is inconclusive); the message is the report.
     """
     __tracebackhide__ = True
-    result = check_jvp(f, args, **kwargs)
-    if result.status == "failed" or (result.status == "inconclusive" and not allow_inconclusive):
-        raise GradCheckError(str(result), result)
-    return result
+    return raise_unless_passed(check_jvp(f, args, **kwargs), allow_inconclusive)

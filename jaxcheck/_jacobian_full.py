@@ -18,8 +18,6 @@ statistics before it comes back to the host, where `BlockAccumulator` aggregates
 per (input leaf, output leaf) block.
 """
 
-import dataclasses
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,111 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _jacobian_kernels as jk
-from ._engine import Evaluator
-from ._flatten import ArgLayout, SkippedLeaf
+from ._flatten import ArgLayout
 from ._jacobian_result import BlockReport, JacobianElement
+from ._problem import Problem
 from ._summary import _KIND, MAX_ELEMENTS, status_from_counts
-from ._tolerance import Tolerance
 
-# One tile of entries (k input coordinates x m outputs) is compared at a time; a few
-# dozen float64 temporaries of this many entries stay on device.
-TILE_ENTRIES = 2**18
-# Rows of VJPs (each n wide) computed at a time.
-ROW_ENTRIES = 2**22
-MAX_TILE = 1024
 FLUSH_EVERY = 16  # tiles kept on device before their statistics are fetched
 HOST_ENTRIES = 2**20  # Jacobians up to this many entries are compared with numpy on the host
-
-
-@dataclasses.dataclass
-class Problem:
-    """One Jacobian check: the function at a point, ready for both sides."""
-
-    kind: str  # "vjp" or "jvp"
-    name: str
-    sel: jk.OutputSelect
-    layout: ArgLayout
-    diff_values: list
-    dynamic: list
-    outs: jk.OutLayout
-    ev: Evaluator
-    tol: Tolerance
-    tol_dtype: np.dtype  # dtype whose rounding the analytic side is allowed
-    eps: float | None
-    seed: int
-    batch_size: int | None
-    skipped: tuple[SkippedLeaf, ...]
-    start: float = dataclasses.field(default_factory=time.perf_counter)
-
-    def __post_init__(self) -> None:
-        from ._tolerance import coordinate_scales, floor_atol
-
-        # Device copies once, so the analytic kernels do not transfer the arguments on every call.
-        self.diff_values = [jnp.asarray(v) for v in self.diff_values]
-        self.dynamic = [v if isinstance(v, jax.Array) else jnp.asarray(v) for v in self.dynamic]
-
-        self.n, self.m = self.layout.n, sum(o.size for o in self.outs)
-        self.in_ids = np.zeros(self.n, np.int32)
-        for k, leaf in enumerate(self.layout.diff):
-            self.in_ids[leaf.offset : leaf.offset + leaf.size] = k
-        self.out_ids = np.zeros(self.m, np.int32)
-        self.out_scale = np.ones(self.m)
-        f0 = self.ev.f0
-        for k, o in enumerate(self.outs):
-            sl = slice(o.offset, o.offset + o.size)
-            self.out_ids[sl] = k
-            block = f0[sl]
-            rms = float(np.sqrt(np.mean(np.square(block)))) if block.size else 0.0
-            self.out_scale[sl] = np.maximum(
-                np.abs(block), rms if rms > 0 and np.isfinite(rms) else 1.0
-            )
-        self.scales = coordinate_scales(self.layout, self.ev.theta)
-        self.floor_in = floor_atol(self.tol_dtype, 1.0, self.scales)
-        self.h = self.ev.steps(self.eps)
-        self.user_atol = -1.0 if self.tol.atol is None else float(self.tol.atol)
-
-    @property
-    def n_in(self) -> int:
-        return len(self.layout.diff)
-
-    @property
-    def n_out(self) -> int:
-        return len(self.outs)
-
-    def out_leaf(self, j: int) -> tuple[jk.OutLeaf, tuple[int, ...], str]:
-        o = self.outs[int(self.out_ids[j])]
-        index, part = o.locate(int(j) - o.offset)
-        return o, index, part
-
-    def tile_size(self, m_tile: int, count: int) -> int:
-        """Input coordinates per tile (a power of two, so few shapes compile): bounded by the batch
-        size, the tile budget, the basis vectors and the `count` coordinates to check."""
-        if self.batch_size:
-            return int(min(self.batch_size, count))
-        # Up to 4x the evaluator's own (conservative) stencil batch: fewer, larger tiles amortise
-        # the per-tile dispatch; memory stays bounded by TILE_ENTRIES and 4x CHUNK_BUDGET_BYTES.
-        k = min(
-            4 * self.ev.auto_batch_size(4),
-            TILE_ENTRIES // max(1, m_tile),
-            TILE_ENTRIES * 4 // max(1, self.n),
-            MAX_TILE,
-        )
-        k = int(2 ** int(np.floor(np.log2(max(1, k)))))
-        return min(k, int(2 ** int(np.ceil(np.log2(max(1, count))))))
-
-    def row_size(self) -> int:
-        r = min(ROW_ENTRIES // max(1, self.n), MAX_TILE, self.m)
-        return int(max(1, r))
-
-    def call_analytic(self, kernel: Callable, index: np.ndarray) -> jax.Array:
-        return kernel(
-            self.sel,
-            self.layout,
-            self.outs,
-            self.diff_values,
-            self.dynamic,
-            jnp.asarray(index, jnp.int32),
-        )
 
 
 def _padded_chunks(index: np.ndarray, size: int):

@@ -33,7 +33,6 @@ moves f by ~|f| / 10**6), hiding any one wrong element from every probe.
 """
 
 import dataclasses
-import time
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,13 +42,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _finite_diff as fd
+from . import _grad_full, _summary
 from . import _jacobian_full as jf
 from . import _jacobian_kernels as jk
 from . import _stencil as st
-from . import _summary, _tolerance
-from ._engine import Evaluator
 from ._jacobian_result import BlockReport
-from ._result import GradCheckResult, LeafReport
+from ._problem import TILE_ENTRIES, Problem
+from ._result import LeafReport
+from ._summary import GradFindings
 
 # check_grad(mode="auto") checks every coordinate up to GRAD_FULL_MAX coordinates, probes beyond.
 # A full check costs 4 n evaluations of f, each O(n): for a cheap f on a 2-core CPU, 20k
@@ -106,7 +106,7 @@ class Prober:
     """
 
     def __init__(
-        self, p: jf.Problem, n_probes: int, grad: tuple[np.ndarray, np.ndarray] | None = None
+        self, p: Problem, n_probes: int, grad: tuple[np.ndarray, np.ndarray] | None = None
     ):
         self.p, self.P = p, int(n_probes)
         # Directions carry the step: Z * h (P, n), restricted per probe to a leaf or a part of one.
@@ -355,7 +355,7 @@ class Prober:
             if self.p.kind == "vjp"
             else self.p.m
         )
-        return int(max(1, min(NARROW_COORDS, jf.TILE_ENTRIES // max(1, m_final))))
+        return int(max(1, min(NARROW_COORDS, TILE_ENTRIES // max(1, m_final))))
 
 
 @jax.jit
@@ -440,7 +440,7 @@ def _leaf_rows(specs: list[tuple[int, int, int]], leaf: Any) -> np.ndarray:
 # Jacobian (check_vjp / check_jvp) in probe mode.
 
 
-def run_probe(p: jf.Problem, n_probes: int) -> tuple[list[BlockReport], float, str]:
+def run_probe(p: Problem, n_probes: int) -> tuple[list[BlockReport], float, str]:
     """Probe mode for `check_vjp`/`check_jvp`: (block reports, relative error over probes, analytic source)."""
     pr = Prober(p, n_probes)
     res, specs = pr.top_level()
@@ -495,12 +495,12 @@ def _narrow_block(pr: Prober, i: int, o: int, top: tuple, whole: bool = False) -
     return acc.report(i, o), (lo, hi), orange, whole
 
 
-def _range_str(p: jf.Problem, lo: int, hi: int, locate: Callable) -> str:
+def _range_str(p: Problem, lo: int, hi: int, locate: Callable) -> str:
     first, last = locate(lo), locate(hi - 1)
     return f"[{','.join(map(str, first))}] .. [{','.join(map(str, last))}]"
 
 
-def _probe_block(p: jf.Problem, i: int, o: int, c: dict, narrowed: Any) -> BlockReport:
+def _probe_block(p: Problem, i: int, o: int, c: dict, narrowed: Any) -> BlockReport:
     fields = dict(
         status=c["status"],
         relative_error=c["relative_error"],
@@ -562,104 +562,22 @@ def _probe_block(p: jf.Problem, i: int, o: int, c: dict, narrowed: Any) -> Block
 # check_grad(mode="probe").
 
 
-def grad_mode(mode: str, args: tuple, argnums: int | Sequence[int]) -> str:
-    """ "full" or "probe" for `check_grad(mode=...)`: "auto" probes above GRAD_FULL_MAX coordinates."""
-    from ._flatten import build_layout, normalize_argnums
+def run_grad(p: Problem, n_probes: int = 4) -> GradFindings:
+    """Probe mode for a kind-"grad" problem: directional derivatives per leaf vs <g, v>.
 
-    if mode != "auto":
-        return mode
-    try:
-        layout, _, _ = build_layout(args, normalize_argnums(argnums, len(args)))
-    except (TypeError, ValueError):
-        return "full"  # check_grad raises the error itself
-    return "probe" if layout.n > GRAD_FULL_MAX else "full"
+    Each failing leaf (up to MAX_NARROWED) is narrowed down to NARROW_COORDS coordinates,
+    checked one by one; an inconclusive small leaf is checked entry by entry.
 
-
-def check_grad_probe(
-    f: Callable,
-    args: tuple,
-    *,
-    argnums: int | Sequence[int] = 0,
-    grad_fn: Callable | None = None,
-    has_aux: bool = False,
-    eps: float | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    batch_size: int | None = None,
-    seed: int = 0,
-    reference: str = "auto",
-    progress: Callable[[int, int], None] | None = None,
-    n_probes: int = 4,
-    start: float | None = None,
-) -> GradCheckResult:
-    """`check_grad` in probe mode: directional derivatives per leaf vs <g, v>, then narrowing.
-
-    Same arguments and result as `check_grad`; `result.mode == "probe"` and `result.numeric`
-    is None (no full finite-difference gradient is computed). Each failing leaf (up to
-    MAX_NARROWED) is narrowed down to NARROW_COORDS coordinates, checked one by one.
+    Returns:
+      `GradFindings` with `numeric=None` (no full finite-difference gradient is computed).
     """
-    from ._finite_diff import analytic_grad
-    from ._flatten import build_layout, check_args, normalize_argnums
-    from ._grad import (
-        _as_pytree,
-        _element_atol,
-        _step_policy,
-        _theta_vector,
-        _user_gradient,
-        deterministic_value,
-        function_name,
-        validate_options,
-    )
-    from ._taylor import evidence
-
-    start = time.perf_counter() if start is None else start
-    validate_options(
-        f=f, eps=eps, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, has_aux=has_aux
-    )
-    args = check_args(args)
-    nums = normalize_argnums(argnums, len(args))
-    layout, diff_values, dynamic = build_layout(args, nums)
-    value = deterministic_value(f, args, has_aux)
-    if grad_fn is not None:
-        grads = _user_gradient(grad_fn, args, argnums, layout, diff_values, dynamic)
-    else:
-        _, grads = analytic_grad(f, has_aux, layout, list(diff_values), dynamic)
-    analytic = _theta_vector(layout, grads)
-    ev = Evaluator(f, has_aux, layout, diff_values, dynamic, reference, value, seed)
-    native_dtype = np.dtype(np.result_type(*[leaf.real_dtype for leaf in layout.diff]))
-    tol = _tolerance.default_tolerance(native_dtype)
-    if rtol is not None or atol is not None:
-        tol = _tolerance.Tolerance(
-            rtol=tol.rtol if rtol is None else float(rtol),
-            atol=None if atol is None else float(atol),
-        )
+    analytic = p.analytic
     # check_grad's per-element atol, with the analytic leaf maximum standing in for the numeric
     # one and the rounding floor taken in the reference's precision (see the module docstring).
-    atol_vec = _element_atol(layout, ev.theta, analytic, tol, np.dtype(ev.reference.dtype))
-    out_dtype = (
-        np.dtype(np.asarray(value).dtype)
-        if np.issubdtype(np.asarray(value).dtype, np.floating)
-        else native_dtype
-    )
-    p = jf.Problem(
-        kind="grad",
-        name=function_name(f),
-        sel=jk.OutputSelect(f, has_aux, (0,)),
-        layout=layout,
-        diff_values=list(diff_values),
-        dynamic=dynamic,
-        outs=(jk.OutLeaf("out", (), out_dtype, 0, 1),),
-        ev=ev,
-        tol=tol,
-        tol_dtype=native_dtype,
-        eps=eps,
-        seed=int(seed),
-        batch_size=batch_size,
-        skipped=layout.skipped,
-        start=start,
-    )
+    atol_vec = _grad_full.element_atol(p, analytic, np.dtype(p.ev.reference.dtype))
     pr = Prober(p, n_probes, grad=(analytic, atol_vec))
     res, specs = pr.top_level()
+    layout = p.layout
     counts = [_probe_counts(res, _leaf_rows(specs, leaf), np.arange(1)) for leaf in layout.diff]
     failing = sorted(
         ((c["key"], i) for i, c in enumerate(counts) if c["status"] == "failed"), reverse=True
@@ -677,40 +595,21 @@ def check_grad_probe(
         leaves.append(_grad_leaf_report(p, leaf, c, sub, res, _leaf_rows(specs, leaf)))
         if sub is not None and worst is None and sub[0].status != "passed":
             worst, worst_numeric = sub[1], sub[2]
-    leaves = _summary.sort_worst_first(leaves)
-    status, reason = _summary.overall(leaves)
-    if not np.all(np.isfinite(value)):
-        status, reason = (
-            "inconclusive",
-            f"f(*args) = {value[0]}: the function itself is not finite at this point",
-        )
     if worst is None:
         worst = int(np.argmax(np.abs(np.where(np.isfinite(analytic), analytic, 0))))
         worst_numeric = float(analytic[worst])
-    taylor, sweep = evidence(ev, analytic, tol.rtol, worst, worst_numeric, float(p.h[worst]))
-    return GradCheckResult(
-        name=p.name,
-        status=status,
-        reason=reason,
+    reference = (
+        "4-point central differences with Richardson extrapolation along "
+        f"{pr.P} random directions per leaf ({pr.n_probes_run} probes), failing leaves "
+        "narrowed to elements checked one by one"
+    )
+    return GradFindings(
+        leaves=_summary.sort_worst_first(leaves),
         relative_error=_summary.normalized_distance(res.analytic.ravel(), res.numeric.ravel()),
-        leaves=leaves,
-        skipped=layout.skipped,
-        taylor=taylor,
-        reference=ev.reference.description
-        + f"; 4-point central differences with Richardson extrapolation along {pr.P} random directions per leaf"
-        + f" ({pr.n_probes_run} probes), failing leaves narrowed to elements checked one by one",
-        reference_fallback=ev.reference.fallback,
-        step_policy=_step_policy(eps, ev.reference.dtype),
-        eps=None if eps is None else float(eps),
-        tolerance=tol,
-        seed=int(seed),
-        mode="probe",
-        n_evaluations=int(ev.n_evaluations),
-        seconds=time.perf_counter() - start,
-        hints=_summary.hints(leaves, ev.reference.dtype == np.float64),
-        step_sweep=sweep,
-        analytic=_as_pytree(layout, analytic, argnums, args),
+        worst=worst,
+        worst_numeric=worst_numeric,
         numeric=None,
+        reference=reference,
     )
 
 
@@ -730,36 +629,17 @@ def _narrow_grad_leaf(
         else pr.narrow_inputs(i, 0, top[0], top[1][i])
     )
     coords = np.arange(lo, hi)
-    values, points = p.ev.stencil(coords, p.h[coords], batch_size=p.batch_size)
-    values = np.asarray(jax.device_get(values))
-    with np.errstate(all="ignore"):
-        est = st.combine_host(values, p.ev.f0.astype(values.dtype), points, p.ev.theta[coords])
-        asm = st.assess_host(
-            est, analytic[coords][:, None], p.tol.rtol, atol_vec[coords][:, None], p.tol.safety
-        )
-    numeric = np.asarray(est.numeric, np.float64)[:, 0]
-    code, tolerance, resolved = (np.asarray(x)[:, 0] for x in asm)
-    sub = _summary.summarize_leaf(
-        path=leaf.path,
-        shape=leaf.shape,
-        dtype=str(leaf.dtype),
-        analytic=analytic[coords],
-        numeric=numeric,
-        tolerance=np.asarray(tolerance, np.float64),
-        code=code,
-        resolved=resolved,
-        index_of=lambda k: p.layout.locate(int(coords[k]))[1:],
+    est = _grad_full.estimates(p, coords, measure_noise=False)
+    leaves, numeric, tolerance = _grad_full.summarize(
+        p, coords, analytic[coords], est, atol_vec[coords]
     )
-    with np.errstate(all="ignore"):
-        ratio = np.nan_to_num(
-            np.abs(analytic[coords] - numeric) / np.asarray(tolerance, np.float64), nan=np.inf
-        )
-    k = int(np.argmax(ratio))
+    sub = leaves[0]
+    k = _grad_full.worst_of(analytic[coords], numeric, tolerance)
     return sub, int(coords[k]), float(numeric[k]), whole
 
 
 def _grad_leaf_report(
-    p: jf.Problem, leaf: Any, c: dict, narrowed: Any, res: Round, rows: np.ndarray
+    p: Problem, leaf: Any, c: dict, narrowed: Any, res: Round, rows: np.ndarray
 ) -> LeafReport:
     if narrowed is None:
         r = rows[int(np.argmax(res.key()[rows, 0]))] if rows.size else 0

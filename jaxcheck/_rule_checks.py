@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from ._grad import function_name, validate_options
+from ._problem import function_name, validate_options
 from ._result import shape_str
 from ._rule_compare import Mismatch as Mismatch
 from ._rule_compare import _as_host as _as_host

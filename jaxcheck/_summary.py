@@ -4,6 +4,8 @@ Aggregates per-element verdicts (codes from `_stencil.assess`) into leaf reports
 an overall status, and hints on what to try next.
 """
 
+import dataclasses
+
 import numpy as np
 
 from . import _stencil as st
@@ -22,6 +24,27 @@ _KIND = {
     st.NONSMOOTH: "nonsmooth",
 }
 FAILING = (st.FAIL, st.ANALYTIC_NONFINITE)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradFindings:
+    """What a gradient strategy (full or probe) found, before the report is assembled.
+
+    Attributes:
+      leaves: One `LeafReport` per differentiated leaf, worst first.
+      relative_error: The normalised distance over what was compared.
+      worst: Theta coordinate of the worst element (for the step sweep).
+      worst_numeric: Its finite-difference value.
+      numeric: The full finite-difference gradient (n,), or None (probe mode).
+      reference: How the reference was computed, beyond its precision.
+    """
+
+    leaves: tuple[LeafReport, ...]
+    relative_error: float
+    worst: int
+    worst_numeric: float
+    numeric: np.ndarray | None
+    reference: str
 
 
 def normalized_distance(a: np.ndarray, n: np.ndarray) -> float:

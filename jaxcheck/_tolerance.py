@@ -68,6 +68,13 @@ def relative_step(dtype: np.dtype) -> float:
     return float(jnp.finfo(dtype).eps) ** (1.0 / 3.0)
 
 
+def magnitudes(block: np.ndarray) -> np.ndarray:
+    """Per-element scale of one leaf's values: max(|x|, rms of the leaf), or |x| and 1 when
+    the rms is zero or not finite."""
+    rms = float(np.sqrt(np.mean(np.square(block)))) if block.size else 0.0
+    return np.maximum(np.abs(block), rms if rms > 0 and np.isfinite(rms) else 1.0)
+
+
 def coordinate_scales(layout: ArgLayout, theta: np.ndarray) -> np.ndarray:
     """Per-coordinate scale: max(|theta_i|, rms of its leaf), or 1 for an all-zero leaf.
 

@@ -11,7 +11,7 @@ import jaxcheck
 from jaxcheck import _engine
 from jaxcheck import _finite_diff as fd
 from jaxcheck._flatten import build_layout
-from jaxcheck._grad import deterministic_value
+from jaxcheck._problem import _scalar_output
 
 
 def counting_loss(counter: list[int]):
@@ -38,7 +38,7 @@ def mlp_point(key, dtype, scale=1.0):
 def evaluator(f, args, reference="native"):
     layout, diff, dynamic = build_layout(args, (0,))
     return _engine.Evaluator(
-        f, False, layout, diff, dynamic, reference, deterministic_value(f, args, False), 0
+        f, False, layout, diff, dynamic, reference, _scalar_output(f, args, False)[1], 0
     )
 
 
@@ -48,9 +48,46 @@ def without_seconds(result):
     return data
 
 
+@pytest.fixture
+def jitted(monkeypatch):
+    """Runs small problems through the jitted kernels (as large ones are), not op by op."""
+    monkeypatch.setattr(_engine, "EAGER_MAX_COORDINATES", 0)
+
+
+def compiled_messages(caplog) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("Finished XLA compilation")
+    ]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["float32", "float64"])
+def test_small_check_of_a_fresh_function_compiles_nothing(key, caplog, dtype):
+    """Small problems run op by op: JAX's per-primitive cache serves a new function of the
+    same shapes, so a parametrised test suite pays no compilation per test case."""
+
+    def make(scale):
+        def loss(params, x):
+            return jnp.sum(jnp.tanh(x @ params["w"] * scale + params["b"]) ** 2)
+
+        return loss
+
+    with jax.enable_x64(dtype == jnp.float64):
+        args = mlp_point(key, dtype)
+        assert jaxcheck.check_grad(make(1.0), args).passed
+        assert jaxcheck.check_vjp(lambda p, x: make(1.0)(p, x) * x, args).passed
+        with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles(True):
+            assert jaxcheck.check_grad(make(2.0), args).passed
+            assert jaxcheck.check_vjp(lambda p, x: make(2.0)(p, x) * x, args).passed
+    assert compiled_messages(caplog) == []
+
+
 @pytest.mark.parametrize("batch_size", [None, 4], ids=["one_chunk", "chunked"])
 @pytest.mark.parametrize("reference", ["auto", "native"])
-def test_second_check_at_new_values_reuses_the_compiled_kernels(key, caplog, reference, batch_size):
+def test_second_check_at_new_values_reuses_the_compiled_kernels(
+    key, caplog, reference, batch_size, jitted
+):
     counter = [0]
     loss = counting_loss(counter)
     k1, k2 = jax.random.split(key)
@@ -66,15 +103,10 @@ def test_second_check_at_new_values_reuses_the_compiled_kernels(key, caplog, ref
     assert counter[0] == traces, (
         f"f was traced {counter[0] - traces} more times for new values of the same shapes"
     )
-    compiled = [
-        r.getMessage()
-        for r in caplog.records
-        if r.getMessage().startswith("Finished XLA compilation")
-    ]
-    assert compiled == []
+    assert compiled_messages(caplog) == []
 
 
-def test_second_check_in_float64_reuses_the_compiled_kernels(key):
+def test_second_check_in_float64_reuses_the_compiled_kernels(key, jitted):
     counter = [0]
     loss = counting_loss(counter)
     k1, k2 = jax.random.split(key)
@@ -85,7 +117,7 @@ def test_second_check_in_float64_reuses_the_compiled_kernels(key):
     assert counter[0] == traces
 
 
-def test_progress_path_reuses_the_compiled_kernels(key):
+def test_progress_path_reuses_the_compiled_kernels(key, jitted):
     counter = [0]
     loss = counting_loss(counter)
     k1, k2 = jax.random.split(key)

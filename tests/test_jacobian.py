@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxcheck
-from jaxcheck import _jacobian_full, _jacobian_kernels
+from jaxcheck import _engine, _jacobian_full, _jacobian_kernels
 from jaxcheck._flatten import build_layout, ravel_output, unravel
 
 DTYPES = [jnp.float32, jnp.float64]
@@ -356,7 +356,8 @@ def test_device_and_host_comparisons_agree(monkeypatch, key):
     assert host.relative_error == pytest.approx(device.relative_error, rel=1e-9)
 
 
-def test_compiled_code_is_reused_at_new_arguments(key):
+def test_compiled_code_is_reused_at_new_arguments(key, monkeypatch):
+    monkeypatch.setattr(_engine, "EAGER_MAX_COORDINATES", 0)  # the jitted path, as for large n
     traces = []
 
     def f(p, x):

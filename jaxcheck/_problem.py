@@ -1,0 +1,550 @@
+"""Host-side: the problem record every check is built on, and the one routine that builds it.
+
+A check is: an entry point -> one `Problem` (the function at a point: options validated,
+arguments partitioned, outputs classified, the analytic side when it is a vector, the
+reference evaluator, the tolerances), built by `build_problem` -> a strategy (full, probe)
+that takes the problem and imports no entry point -> a result record. A gradient check is
+the one-output case: its output is the scalar `f(*args)` and its analytic side the
+gradient vector; `check_vjp`/`check_jvp` keep the analytic side as JAX products.
+"""
+
+import dataclasses
+import functools as ft
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+from . import _finite_diff as fd
+from . import _jacobian_kernels as jk
+from . import _tolerance
+from ._engine import Evaluator
+from ._flatten import (
+    ArgLayout,
+    SkippedLeaf,
+    build_layout,
+    check_args,
+    normalize_argnums,
+    ravel_leaves,
+    rebuild_args,
+    unravel_host,
+)
+from ._tolerance import Tolerance
+
+PyTree = Any
+KINDS = ("grad", "vjp", "jvp")
+MODES = ("full", "probe", "auto")
+# Rows of VJPs (each n wide) computed at a time, and the tile bounds of the full Jacobian path.
+ROW_ENTRIES = 2**22
+TILE_ENTRIES = 2**18
+MAX_TILE = 1024
+
+
+def function_name(f: Callable) -> str:
+    """A readable name for a user function (unwrapping partials and jit wrappers)."""
+    while isinstance(f, ft.partial):
+        f = f.func
+    return getattr(f, "__name__", None) or type(f).__name__
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer))
+
+
+def validate_options(
+    *,
+    f: Callable,
+    eps: float | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    has_aux: bool = False,
+    mode: str | None = None,
+    progress: Any = None,
+) -> None:
+    """Checks the common keyword options of every `check_*` function.
+
+    Raises:
+      TypeError, ValueError: naming the bad argument and what to pass instead.
+    """
+    if not callable(f):
+        raise TypeError(f"`f` must be callable; got {type(f).__name__}.")
+    for name, value in (("eps", eps), ("rtol", rtol), ("atol", atol)):
+        if value is None:
+            continue
+        if not _is_number(value):
+            raise TypeError(f"`{name}` must be a float or None; got {type(value).__name__}.")
+        if not np.isfinite(value) or value < 0 or (name == "eps" and value == 0):
+            kind = "positive" if name == "eps" else "non-negative"
+            raise ValueError(f"`{name}` must be a finite {kind} number; got {value!r}.")
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise ValueError(
+            f"`batch_size` must be a positive int or None (automatic); got {batch_size!r}."
+        )
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"`seed` must be an int; got {type(seed).__name__}.")
+    if not isinstance(has_aux, bool):
+        raise TypeError(f"`has_aux` must be a bool; got {type(has_aux).__name__}.")
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+    if progress is not None and not callable(progress):
+        raise TypeError(
+            f"`progress` must be None or a callable `progress(done, total)`; got "
+            f"{type(progress).__name__}. Pass e.g. `jaxcheck.ProgressBar()`."
+        )
+
+
+@dataclasses.dataclass
+class Problem:
+    """One check: the function at a point, ready for both sides and any strategy.
+
+    Attributes:
+      kind: "grad", "vjp" or "jvp".
+      name: The function's name, for reports.
+      sel: f as a function of the arguments returning its differentiable output leaves.
+      layout: The argument partition (differentiated, fixed and static leaves).
+      diff_values, dynamic: The differentiated leaves and the fixed array leaves (device).
+      outs: The differentiable output leaves (kind "grad": the scalar, path "out").
+      ev: The reference evaluator (precision, steps, vmapped stencil kernels).
+      tol: The `Tolerance`; tol_dtype: the dtype whose rounding the analytic side is allowed.
+      eps, seed, batch_size, progress: The user's options.
+      skipped: Leaves held fixed (inputs) or not checked (outputs).
+      argnums: The user's `argnums` as given (an int or a tuple), for result pytrees.
+      analytic: Kind "grad": the analytic gradient in theta coordinates (float64), else None.
+      analytic_source: Where the analytic side comes from, in words.
+    """
+
+    kind: str
+    name: str
+    sel: jk.OutputSelect
+    layout: ArgLayout
+    diff_values: list
+    dynamic: list
+    outs: jk.OutLayout
+    ev: Evaluator
+    tol: Tolerance
+    tol_dtype: np.dtype
+    eps: float | None
+    seed: int
+    batch_size: int | None
+    skipped: tuple[SkippedLeaf, ...]
+    argnums: Any = 0
+    progress: Callable[[int, int], None] | None = None
+    analytic: np.ndarray | None = None
+    analytic_source: str = ""
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        # Device copies once, so the analytic kernels do not transfer the arguments on every call.
+        self.diff_values = [jnp.asarray(v) for v in self.diff_values]
+        self.dynamic = [v if isinstance(v, jax.Array) else jnp.asarray(v) for v in self.dynamic]
+        self.n, self.m = self.layout.n, sum(o.size for o in self.outs)
+        self.in_ids = np.zeros(self.n, np.int32)
+        for k, leaf in enumerate(self.layout.diff):
+            self.in_ids[leaf.offset : leaf.offset + leaf.size] = k
+        self.out_ids = np.zeros(self.m, np.int32)
+        self.out_scale = np.ones(self.m)
+        f0 = self.ev.f0
+        for k, o in enumerate(self.outs):
+            sl = slice(o.offset, o.offset + o.size)
+            self.out_ids[sl] = k
+            self.out_scale[sl] = _tolerance.magnitudes(f0[sl])
+        self.scales = _tolerance.coordinate_scales(self.layout, self.ev.theta)
+        self.floor_in = _tolerance.floor_atol(self.tol_dtype, 1.0, self.scales)
+        self.h = self.ev.steps(self.eps)
+        self.user_atol = -1.0 if self.tol.atol is None else float(self.tol.atol)
+
+    @property
+    def n_in(self) -> int:
+        return len(self.layout.diff)
+
+    @property
+    def n_out(self) -> int:
+        return len(self.outs)
+
+    def locate(self, coordinate: int) -> tuple[Any, tuple[int, ...], str]:
+        """Theta coordinate -> (input leaf, multi-index, part "", "real" or "imag")."""
+        return self.layout.locate(int(coordinate))
+
+    def out_leaf(self, j: int) -> tuple[jk.OutLeaf, tuple[int, ...], str]:
+        """Real output coordinate -> (output leaf, multi-index, part)."""
+        o = self.outs[int(self.out_ids[j])]
+        index, part = o.locate(int(j) - o.offset)
+        return o, index, part
+
+    def as_pytree(self, flat: np.ndarray) -> PyTree:
+        """Theta-coordinate vector -> pytree like the differentiated arguments (others None)."""
+        pieces = unravel_host(self.layout, flat)
+        slots: list[Any] = [None] * self.layout.n_slots
+        for leaf, piece in zip(self.layout.diff, pieces):
+            slots[leaf.slot] = np.conj(piece).astype(leaf.dtype) if leaf.is_complex else piece
+        full = jtu.tree_unflatten(self.layout.treedef, slots)
+        if isinstance(self.argnums, (int, np.integer)):
+            return full[self.layout.argnums[0]]
+        return tuple(full[a] for a in self.layout.argnums)
+
+    @property
+    def step_policy(self) -> str:
+        """How steps were chosen, in words."""
+        if self.eps is not None:
+            return f"user eps = {self.eps:.3g} (absolute, every coordinate)"
+        dtype = self.ev.reference.dtype
+        rel = _tolerance.relative_step(dtype)
+        return (
+            f"h_i = {rel:.2e} * max(|x_i|, rms of its leaf) ({dtype} eps**(1/3)); "
+            "stencil at +-h, +-2h"
+        )
+
+    def tile_size(self, m_tile: int, count: int) -> int:
+        """Input coordinates per tile (a power of two, so few shapes compile): bounded by the
+        batch size, the tile budget, the basis vectors and the `count` coordinates to check."""
+        if self.batch_size:
+            return int(min(self.batch_size, count))
+        # Up to 4x the evaluator's own (conservative) stencil batch: fewer, larger tiles amortise
+        # the per-tile dispatch; memory stays bounded by TILE_ENTRIES and 4x the chunk budget.
+        k = min(
+            4 * self.ev.auto_batch_size(4),
+            TILE_ENTRIES // max(1, m_tile),
+            TILE_ENTRIES * 4 // max(1, self.n),
+            MAX_TILE,
+        )
+        k = int(2 ** int(np.floor(np.log2(max(1, k)))))
+        return min(k, int(2 ** int(np.ceil(np.log2(max(1, count))))))
+
+    def row_size(self) -> int:
+        return int(max(1, min(ROW_ENTRIES // max(1, self.n), MAX_TILE, self.m)))
+
+    def call_analytic(self, kernel: Callable, index: np.ndarray) -> jax.Array:
+        """An analytic Jacobian kernel of `_jacobian_kernels` at this point."""
+        kernel = self.ev.kernel(kernel)
+        return kernel(
+            self.sel,
+            self.layout,
+            self.outs,
+            self.diff_values,
+            self.dynamic,
+            jnp.asarray(index, jnp.int32),
+        )
+
+
+# ----------------------------------------------------------------------------------
+# Building it.
+
+
+def _real_view(leaves: Sequence[np.ndarray]) -> np.ndarray:
+    parts = []
+    for x in leaves:
+        x = np.asarray(x)
+        parts += [x.real.ravel(), x.imag.ravel()] if np.iscomplexobj(x) else [x.ravel()]
+    return np.concatenate([p.astype(np.float64) for p in parts]) if parts else np.zeros(0)
+
+
+def _not_deterministic(where: str) -> ValueError:
+    return ValueError(
+        f"`f` is not deterministic: two calls at the same arguments returned different "
+        f"values{where}. Pass the PRNG key as an argument and hold it fixed (e.g. "
+        "`f(params, x, key)` with a fixed `jax.random.key(0)`), and avoid numpy/Python "
+        "randomness or mutable state inside f."
+    )
+
+
+def _output_leaves(f: Callable, args: tuple, has_aux: bool) -> list:
+    out = f(*args)
+    if has_aux:
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise TypeError("`has_aux=True` but `f` does not return a pair `(value, aux)`.")
+        out = out[0]
+    return jtu.tree_flatten_with_path(out)[0]
+
+
+def _scalar_output(f: Callable, args: tuple, has_aux: bool) -> tuple[jk.OutLeaf, np.ndarray]:
+    """f(*args) evaluated twice, validated to be a deterministic real scalar.
+
+    Raises:
+      TypeError, ValueError: f is not scalar, not real floating-point, or not deterministic.
+    """
+    values = []
+    for _ in range(2):
+        leaves = [leaf for _, leaf in _output_leaves(f, args, has_aux)]
+        if len(leaves) != 1 or np.shape(leaves[0]) != ():
+            desc = (
+                f"an array of shape {np.shape(leaves[0])}"
+                if len(leaves) == 1
+                else f"{len(leaves)} leaves"
+            )
+            raise ValueError(
+                f"`f` must return a scalar (shape ()); it returned {desc}. Reduce it (e.g. with "
+                "`jnp.sum`) or use `jaxcheck.check_vjp` for vector-valued functions."
+            )
+        value = np.asarray(jax.device_get(leaves[0]))
+        if not jnp.issubdtype(value.dtype, jnp.floating):
+            raise ValueError(
+                f"`f` must return a real floating-point scalar; it returned dtype {value.dtype}."
+            )
+        values.append(value)
+    if not np.array_equal(values[0], values[1], equal_nan=True):
+        raise _not_deterministic(f": {values[0]!r} and {values[1]!r}")
+    out = jk.OutLeaf("out", (), np.dtype(values[0].dtype), 0, 1)
+    return out, values[0].astype(np.float64).reshape(1)
+
+
+def _classify_outputs(
+    f: Callable, args: tuple, has_aux: bool
+) -> tuple[jk.OutLayout, tuple[int, ...], tuple[SkippedLeaf, ...], np.ndarray]:
+    """Evaluates f twice (eagerly), classifies its output leaves and checks determinism.
+
+    Returns:
+      (outs, keep, skipped, value): the differentiable output leaves, their positions among
+      all output leaves, the skipped ones, and their real-view value (float64).
+
+    Raises:
+      TypeError, ValueError: bad `has_aux` output, no floating-point output, or f not
+        deterministic.
+    """
+    first, second = _output_leaves(f, args, has_aux), _output_leaves(f, args, has_aux)
+    outs, keep, skipped, values = [], [], [], []
+    offset = 0
+    for pos, (path, leaf) in enumerate(first):
+        path_str = "out" + jtu.keystr(path)
+        dtype = getattr(leaf, "dtype", None)
+        is_key = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+        arr = None if is_key else np.asarray(jax.device_get(leaf))
+        if arr is None or not np.issubdtype(arr.dtype, np.inexact):
+            desc = str(dtype) if dtype is not None else type(leaf).__name__
+            reason = f"{desc} output has no derivative (not checked)"
+            skipped.append(SkippedLeaf(path_str, tuple(np.shape(leaf)), desc, reason))
+            continue
+        if arr.size == 0:
+            reason = "empty output (nothing to check)"
+            skipped.append(SkippedLeaf(path_str, tuple(arr.shape), str(arr.dtype), reason))
+            continue
+        again = np.asarray(jax.device_get(second[pos][1]))
+        if not np.array_equal(arr, again, equal_nan=True):
+            raise _not_deterministic(f" at {path_str}")
+        shape = tuple(int(s) for s in arr.shape)
+        size = int(np.prod(shape, dtype=np.int64)) * (2 if np.iscomplexobj(arr) else 1)
+        outs.append(jk.OutLeaf(path_str, shape, np.dtype(jnp.asarray(leaf).dtype), offset, size))
+        keep.append(pos)
+        values.append(arr)
+        offset += size
+    if not outs:
+        raise ValueError(
+            f"`f` has no floating-point outputs to differentiate ({len(skipped)} integer, "
+            "boolean or key output(s)). Return float arrays, or use `has_aux=True` to pass "
+            "non-differentiable values on the side."
+        )
+    return tuple(outs), tuple(keep), tuple(skipped), _real_view(values)
+
+
+def _tolerance_for(
+    layout: ArgLayout, outs: jk.OutLayout, rtol: float | None, atol: float | None
+) -> tuple[Tolerance, np.dtype]:
+    """The dtype whose rounding the analytic side is allowed (the coarser of inputs and
+    outputs) and its `Tolerance`, with the user's rtol/atol in place of the defaults."""
+    dtype_in = np.dtype(np.result_type(*[leaf.real_dtype for leaf in layout.diff]))
+    dtype_out = np.dtype(np.result_type(*[np.finfo(o.dtype).dtype for o in outs]))
+    dtype = dtype_in if np.finfo(dtype_in).eps >= np.finfo(dtype_out).eps else dtype_out
+    tol = _tolerance.default_tolerance(dtype)
+    if rtol is not None or atol is not None:
+        tol = Tolerance(
+            rtol=tol.rtol if rtol is None else float(rtol),
+            atol=None if atol is None else float(atol),
+        )
+    return tol, dtype
+
+
+def _user_gradient(
+    grad_fn: Callable,
+    args: tuple,
+    argnums: Any,
+    layout: ArgLayout,
+    partition: tuple[list, list],
+    eager: bool,
+) -> list:
+    """Calls the user's `grad_fn(*args)` and checks its structure, shapes and dtypes.
+
+    Returns:
+      One gradient array per differentiated leaf.
+
+    Raises:
+      ValueError, TypeError: the output does not match the differentiated arguments.
+    """
+    if not callable(grad_fn):
+        raise TypeError(f"`grad_fn` must be callable or None; got {type(grad_fn).__name__}.")
+    diff_values, dynamic = partition
+    out = None
+    if not eager:
+        try:
+            out = call_jitted(grad_fn, layout, diff_values, dynamic)
+        except (
+            jax.errors.ConcretizationTypeError,
+            jax.errors.TracerArrayConversionError,
+            jax.errors.TracerBoolConversionError,
+        ):
+            out = None  # not jittable: call it as the user would
+    if out is None:
+        out = grad_fn(*args)
+    single = isinstance(argnums, (int, np.integer))
+    nums = layout.argnums
+    outs = (out,) if single else out
+    if not single and (not isinstance(outs, (tuple, list)) or len(outs) != len(nums)):
+        got = type(out).__name__
+        if isinstance(out, (tuple, list)):
+            got += f" of length {len(out)}"
+        raise ValueError(
+            f"`grad_fn` must return a tuple of {len(nums)} gradients (one per entry of "
+            f"`argnums`={tuple(argnums)}); got {got}."
+        )
+    first_slot = np.cumsum([0] + [jtu.tree_structure(a).num_leaves for a in args])
+    per_arg = {}
+    for argnum, g in zip(nums, outs):
+        treedef = jtu.tree_structure(args[argnum])
+        try:
+            per_arg[argnum] = treedef.flatten_up_to(g)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"`grad_fn` output for args[{argnum}] does not match its structure: expected "
+                f"{treedef}, got {jtu.tree_structure(g)}. Return a pytree shaped like "
+                f"args[{argnum}]."
+            ) from error
+    grads = []
+    for leaf in layout.diff:
+        g = per_arg[leaf.argnum][leaf.slot - first_slot[leaf.argnum]]
+        where = f"`grad_fn` output at {leaf.path}"
+        if g is None or not hasattr(g, "shape"):
+            raise TypeError(
+                f"{where} must be an array of shape {leaf.shape}; got {type(g).__name__}."
+            )
+        if tuple(g.shape) != leaf.shape:
+            raise ValueError(
+                f"{where} has shape {tuple(g.shape)}, but the parameter has shape {leaf.shape}."
+            )
+        if np.dtype(g.dtype) != leaf.dtype:
+            raise TypeError(
+                f"{where} has dtype {g.dtype}, but the parameter has dtype {leaf.dtype}. Return "
+                f"gradients in the parameters' dtype (e.g. `.astype(jnp.{leaf.dtype})`)."
+            )
+        grads.append(g)
+    return grads
+
+
+def _theta_vector(layout: ArgLayout, grads: list) -> np.ndarray:
+    """Gradient leaves as a real theta vector (complex: JAX convention -> d/dRe, d/dIm)."""
+    host = jax.device_get(grads)
+    return ravel_leaves(layout, [np.conj(np.asarray(g)) if np.iscomplexobj(g) else g for g in host])
+
+
+def build_problem(
+    kind: str,
+    f: Callable,
+    args: tuple,
+    *,
+    argnums: int | Sequence[int] | None = 0,
+    has_aux: bool = False,
+    eps: float | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    reference: str = "auto",
+    mode: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    grad_fn: Callable | None = None,
+    analytic: bool = True,
+    start: float | None = None,
+) -> Problem:
+    """Validates the options and builds the `Problem` every strategy runs on.
+
+    Args:
+      kind: "grad" (scalar f; the analytic side is `jax.grad` or `grad_fn`), "vjp" or "jvp".
+      f, args: The function and the point, as in `check_*`.
+      analytic: Kind "grad": compute the analytic gradient (False for `numerical_grad`).
+      start: When the check started (`time.perf_counter()`), for the report's seconds.
+      Other arguments: the `check_*` options of the same names.
+
+    Returns:
+      The `Problem`.
+
+    Raises:
+      TypeError, ValueError: misuse, naming the argument and what to pass instead.
+    """
+    start = time.perf_counter() if start is None else start
+    validate_options(
+        f=f,
+        eps=eps,
+        rtol=rtol,
+        atol=atol,
+        batch_size=batch_size,
+        seed=seed,
+        has_aux=has_aux,
+        mode=mode,
+        progress=progress,
+    )
+    args = check_args(args)
+    layout, diff_values, dynamic = build_layout(args, normalize_argnums(argnums, len(args)))
+    if kind == "grad":
+        out, value = _scalar_output(f, args, has_aux)
+        outs, keep, out_skipped = (out,), (0,), ()
+        tol_dtype = np.dtype(np.result_type(*[leaf.real_dtype for leaf in layout.diff]))
+        tol = _tolerance.default_tolerance(tol_dtype)
+        if rtol is not None or atol is not None:
+            tol = Tolerance(
+                rtol=tol.rtol if rtol is None else float(rtol),
+                atol=None if atol is None else float(atol),
+            )
+    else:
+        outs, keep, out_skipped, value = _classify_outputs(f, args, has_aux)
+        tol, tol_dtype = _tolerance_for(layout, outs, rtol, atol)
+    sel = jk.OutputSelect(f, has_aux, keep)
+    ev = Evaluator(sel, False, layout, diff_values, dynamic, reference, value, seed)
+    gradient, source = None, ""
+    if kind == "grad" and analytic:
+        if grad_fn is not None:
+            partition = (list(diff_values), list(dynamic))
+            grads = _user_gradient(grad_fn, args, argnums, layout, partition, ev.eager)
+            source = "grad_fn"
+        else:
+            kernel = ev.kernel(fd.analytic_grad)
+            _, grads = kernel(f, has_aux, layout, list(diff_values), dynamic)
+            source = "jax.grad"
+        gradient = _theta_vector(layout, grads)
+    return Problem(
+        kind=kind,
+        name=function_name(f),
+        sel=sel,
+        layout=layout,
+        diff_values=list(diff_values),
+        dynamic=dynamic,
+        outs=outs,
+        ev=ev,
+        tol=tol,
+        tol_dtype=tol_dtype,
+        eps=eps,
+        seed=int(seed),
+        batch_size=batch_size,
+        skipped=tuple(layout.skipped) + tuple(out_skipped),
+        argnums=argnums,
+        progress=progress,
+        analytic=gradient,
+        analytic_source=source,
+        start=start,
+    )
+
+
+def call_jitted(fn: Callable, layout: ArgLayout, diff_values: list, dynamic: list) -> Any:
+    """`fn(*args)` under jit, rebuilt from the partition (one compilation per layout)."""
+    return _call_jitted(fn, layout, diff_values, dynamic)
+
+
+@ft.partial(jax.jit, static_argnums=(0, 1))
+def _call_jitted(fn: Callable, layout: ArgLayout, diff_values: list, dynamic: list) -> Any:
+    return fn(*rebuild_args(layout, diff_values, dynamic))
