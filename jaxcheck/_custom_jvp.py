@@ -19,7 +19,7 @@ from . import _rule_fd as rfd
 from ._errors import raise_unless_passed
 from ._flatten import check_args
 from ._rule_checks import RuleError, Target, guarded, skipped
-from ._rule_result import CheckReport, RuleCheckResult, overall_status
+from ._rule_result import CheckReport, RuleCheckResult
 
 PyTree = Any
 N_ADJOINT = 3  # (u, v) pairs in the dot-product test
@@ -746,35 +746,14 @@ def check_custom_jvp(
         seed=int(seed),
         reference=reference,
     )
-    names = RUN_ORDER if order == 2 else RUN_ORDER[:-1]
-    methods = {
-        "primal": state.primal,
-        "structure": state.structure,
-        "linearity": state.linearity,
-        "fd": state.fd,
-        "autodiff": state.autodiff,
-        "adjoint": state.adjoint,
-        "vmap": state.vmap,
-        "jit": state.jit,
-        "second-order": state.second_order,
-    }
-    if not state.t.free_slots:
-        no_free = "no finite floating-point leaves in the differentiable arguments"
-        for name in ("fd", "autodiff", "adjoint", "vmap", "jit", "second-order"):
-            methods[name] = lambda name=name: skipped(name, no_free)
-    checks = tuple(rc.run_checks(state, names, methods, CHECK_ORDER))
-    status, reason = overall_status(checks)
-    return RuleCheckResult(
-        name=state.t.name,
-        kind="custom_jvp",
-        status=status,
-        reason=reason,
-        checks=checks,
-        order=int(order),
-        mode=state.mode,
-        seed=int(seed),
-        seconds=time.perf_counter() - start,
-        notes=state.t.notes(),
+    return rc.run_battery(
+        "jvp",
+        state,
+        order=order,
+        seed=seed,
+        start=start,
+        run_order=RUN_ORDER,
+        report_order=CHECK_ORDER,
     )
 
 

@@ -20,7 +20,7 @@ from . import _rule_fd as rfd
 from ._errors import raise_unless_passed
 from ._grad import check_grad
 from ._rule_checks import RuleError, Target, guarded, skipped
-from ._rule_result import CheckReport, RuleCheckResult, overall_status
+from ._rule_result import CheckReport, RuleCheckResult
 
 PyTree = Any
 N_COTANGENTS = 2  # seeded cotangents u for the finite-difference check of <u, f(x)>
@@ -872,34 +872,14 @@ def check_custom_vjp(
         seed=int(seed),
         reference=reference,
     )
-    names = RUN_ORDER if order == 2 else RUN_ORDER[:-1]
-    methods = {
-        "primal": state.primal,
-        "structure": state.structure,
-        "linearity": state.linearity,
-        "fd": state.fd,
-        "autodiff": state.autodiff,
-        "vmap": state.vmap,
-        "jit": state.jit,
-        "second-order": state.second_order,
-    }
-    if not state.t.free_slots:
-        no_free = "no finite floating-point leaves in the differentiable arguments"
-        for name in ("fd", "autodiff", "vmap", "jit", "second-order"):
-            methods[name] = lambda name=name: skipped(name, no_free)
-    checks = tuple(rc.run_checks(state, names, methods, CHECK_ORDER))
-    status, reason = overall_status(checks)
-    return RuleCheckResult(
-        name=state.t.name,
-        kind="custom_vjp",
-        status=status,
-        reason=reason,
-        checks=checks,
-        order=int(order),
-        mode=state.mode,
-        seed=int(seed),
-        seconds=time.perf_counter() - start,
-        notes=state.t.notes(),
+    return rc.run_battery(
+        "vjp",
+        state,
+        order=order,
+        seed=seed,
+        start=start,
+        run_order=RUN_ORDER,
+        report_order=CHECK_ORDER,
     )
 
 

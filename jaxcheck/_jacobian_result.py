@@ -6,13 +6,13 @@ leaf) pair, e.g. "args[0]['W'] -> out['y']", worst first.
 """
 
 import dataclasses
-import json
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 
 from ._flatten import SkippedLeaf
-from ._result import SCHEMA_VERSION, _index_str, _num, _sci, _table, shape_str
+from ._record import CheckResult
+from ._result import _index_str, _num, _sci, _table, shape_str
 from ._tolerance import Tolerance
 
 
@@ -113,7 +113,7 @@ def sort_blocks(blocks: list[BlockReport]) -> tuple[BlockReport, ...]:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
-class JacobianCheckResult:
+class JacobianCheckResult(CheckResult):
     """The outcome of `check_vjp` or `check_jvp`.
 
     Attributes:
@@ -159,9 +159,7 @@ class JacobianCheckResult:
     seconds: float
     hints: tuple[str, ...] = ()
 
-    @property
-    def passed(self) -> bool:
-        return self.status == "passed"
+    ITEMS: ClassVar[str] = "blocks"
 
     def block(self, input_path: str, output_path: str = "out") -> BlockReport:
         """The report of one block, e.g. `result.block("args[0]['W']", "out['y']")`.
@@ -169,40 +167,18 @@ class JacobianCheckResult:
         Raises:
           KeyError: no such block.
         """
-        for b in self.blocks:
-            if b.input_path == input_path and b.output_path == output_path:
-                return b
-        raise KeyError(
-            f"no block {input_path!r} -> {output_path!r}; blocks are {[b.path for b in self.blocks]}"
+        return self._find(
+            lambda b: b.input_path == input_path and b.output_path == output_path,
+            f"block {input_path!r} -> {output_path!r}",
+            lambda b: b.path,
         )
 
     @property
     def failed_blocks(self) -> tuple[BlockReport, ...]:
-        return tuple(b for b in self.blocks if b.status == "failed")
+        return self._failed()
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able data (no arrays)."""
-
-        def plain(obj: Any) -> Any:
-            if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-                return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-            if isinstance(obj, (list, tuple)):
-                return [plain(x) for x in obj]
-            if isinstance(obj, float) and not np.isfinite(obj):
-                return str(obj)
-            return obj
-
-        data = plain(self)
-        data["passed"] = self.passed
-        data["schema_version"] = SCHEMA_VERSION
-        return data
-
-    def to_json(self, **kwargs: Any) -> str:
-        """`to_dict()` as a JSON string."""
-        return json.dumps(self.to_dict(), **kwargs)
-
-    def __str__(self) -> str:
-        return "\n".join(format_jacobian_result(self))
+    def report_lines(self) -> list[str]:
+        return format_jacobian_result(self)
 
 
 def format_jacobian_result(r: JacobianCheckResult) -> list[str]:

@@ -4,17 +4,15 @@ Result records of a gradient check and their text report.
 """
 
 import dataclasses
-import json
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ._flatten import SkippedLeaf
+from ._record import CheckResult
 from ._tolerance import Tolerance
 
 PyTree = Any
-STATUSES = ("passed", "failed", "inconclusive")
-SCHEMA_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -171,8 +169,12 @@ def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list
     return [line(header), indent + "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
 
 
+def _path(item: Any) -> str:
+    return item.path
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
-class GradCheckResult:
+class GradCheckResult(CheckResult):
     """The outcome of `check_grad`.
 
     Attributes:
@@ -219,9 +221,9 @@ class GradCheckResult:
     analytic: PyTree = dataclasses.field(default=None, repr=False)
     numeric: PyTree = dataclasses.field(default=None, repr=False)
 
-    @property
-    def passed(self) -> bool:
-        return self.status == "passed"
+    ITEMS: ClassVar[str] = "leaves"
+    DICT_SKIP: ClassVar[tuple[str, ...]] = ("analytic", "numeric")
+    DICT_EXTRA: ClassVar[dict[str, Any]] = {"kind": "grad"}
 
     def leaf(self, path: str) -> LeafReport:
         """The report of the leaf at `path` (e.g. "args[0]['b']").
@@ -229,43 +231,11 @@ class GradCheckResult:
         Raises:
           KeyError: no differentiated leaf has that path.
         """
-        for leaf in self.leaves:
-            if leaf.path == path:
-                return leaf
-        raise KeyError(
-            f"no differentiated leaf {path!r}; leaves are {[l.path for l in self.leaves]}"
-        )
+        return self._find(lambda l: l.path == path, f"differentiated leaf {path!r}", _path)
 
     @property
     def failed_leaves(self) -> tuple[LeafReport, ...]:
-        return tuple(l for l in self.leaves if l.status == "failed")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able data (no arrays)."""
-
-        def plain(obj: Any) -> Any:
-            if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-                # Only the top-level gradient pytrees are left out; element/sweep values are kept.
-                return {
-                    f.name: plain(getattr(obj, f.name))
-                    for f in dataclasses.fields(obj)
-                    if obj is not self or f.name not in ("analytic", "numeric")
-                }
-            if isinstance(obj, (list, tuple)):
-                return [plain(x) for x in obj]
-            if isinstance(obj, float) and not np.isfinite(obj):
-                return str(obj)
-            return obj
-
-        data = plain(self)
-        data["passed"] = self.passed
-        data["kind"] = "grad"
-        data["schema_version"] = SCHEMA_VERSION
-        return data
-
-    def to_json(self, **kwargs: Any) -> str:
-        """`to_dict()` as a JSON string."""
-        return json.dumps(self.to_dict(), **kwargs)
+        return self._failed()
 
     def plot(self, path: Any = None) -> Any:
         """Saves (and returns) the figure of `jaxcheck._plot.plot_result`; needs `jaxcheck[plot]`."""
@@ -273,8 +243,8 @@ class GradCheckResult:
 
         return plot_result(self, path)
 
-    def __str__(self) -> str:
-        return "\n".join(format_grad_result(self))
+    def report_lines(self) -> list[str]:
+        return format_grad_result(self)
 
 
 def format_grad_result(r: GradCheckResult) -> list[str]:

@@ -12,6 +12,7 @@ Every call into the user's code goes through `guarded`, which turns an exception
 """
 
 import dataclasses
+import functools as ft
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -33,7 +34,7 @@ from ._rule_compare import fmt as fmt
 from ._rule_compare import mismatch_report as mismatch_report
 from ._rule_compare import ravel_host as ravel_host
 from ._rule_compare import ravel_tangent as ravel_tangent
-from ._rule_result import CheckReport
+from ._rule_result import CheckReport, RuleCheckResult, overall_status
 
 PyTree = Any
 MODES = ("auto", "full", "probe")
@@ -513,3 +514,52 @@ def run_checks(
             reports[name] = dataclasses.replace(report, seconds=time.perf_counter() - start)
         state.statuses[name] = reports[name].status
     return [reports[n] for n in report_order if n in reports]
+
+
+# Checks that run before the rule's values are used as evidence; the rest need free leaves.
+STRUCTURAL_CHECKS = ("primal", "structure", "linearity")
+NO_FREE_LEAVES = "no finite floating-point leaves in the differentiable arguments"
+
+
+def run_battery(
+    kind: str,
+    state: Any,
+    *,
+    order: int,
+    seed: int,
+    start: float,
+    run_order: tuple[str, ...],
+    report_order: tuple[str, ...],
+) -> RuleCheckResult:
+    """The custom-rule battery shared by `check_custom_vjp` and `check_custom_jvp`.
+
+    Runs `state`'s check methods (named like the checks, "-" as "_"; "second-order" only at
+    order 2) in `run_order`, skips the value checks when no leaf is free, and assembles
+    the `RuleCheckResult`.
+
+    Args:
+      kind: "vjp" or "jvp".
+      state: The rule at its point (`_VjpCheck` or `_JvpCheck`).
+      order, seed, start: The check's order and seed, and when it started.
+      run_order, report_order: The order the checks run in and are reported in.
+    """
+    names = tuple(n for n in run_order if order == 2 or n != "second-order")
+    methods = {name: getattr(state, name.replace("-", "_")) for name in names}
+    if not state.t.free_slots:
+        for name in names:
+            if name not in STRUCTURAL_CHECKS:
+                methods[name] = ft.partial(skipped, name, NO_FREE_LEAVES)
+    checks = tuple(run_checks(state, names, methods, report_order))
+    status, reason = overall_status(checks)
+    return RuleCheckResult(
+        name=state.t.name,
+        kind=f"custom_{kind}",
+        status=status,
+        reason=reason,
+        checks=checks,
+        order=int(order),
+        mode=state.mode,
+        seed=int(seed),
+        seconds=time.perf_counter() - start,
+        notes=state.t.notes(),
+    )

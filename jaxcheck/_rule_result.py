@@ -5,16 +5,12 @@ their text report.
 """
 
 import dataclasses
-import json
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
-
+from ._record import CheckResult, plain
 from ._result import _table
 
 CHECK_STATUSES = ("passed", "failed", "skipped", "error")
-STATUSES = ("passed", "failed", "inconclusive")
-SCHEMA_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,21 +60,9 @@ class CheckReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data; nested results via their own `to_dict()`."""
-        data = {
-            f.name: _plain(getattr(self, f.name))
-            for f in dataclasses.fields(self)
-            if f.name != "results"
-        }
+        data = plain(self, skip=("results",))
         data["results"] = [r.to_dict() for r in self.results if hasattr(r, "to_dict")]
         return data
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, (list, tuple)):
-        return [_plain(x) for x in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return str(obj)
-    return obj
 
 
 def overall_status(checks: tuple[CheckReport, ...]) -> tuple[str, str]:
@@ -109,7 +93,7 @@ def overall_status(checks: tuple[CheckReport, ...]) -> tuple[str, str]:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
-class RuleCheckResult:
+class RuleCheckResult(CheckResult):
     """The outcome of `check_custom_vjp` or `check_custom_jvp`.
 
     Attributes:
@@ -138,9 +122,8 @@ class RuleCheckResult:
     seconds: float
     notes: tuple[str, ...] = ()
 
-    @property
-    def passed(self) -> bool:
-        return self.status == "passed"
+    ITEMS: ClassVar[str] = "checks"
+    FAILED: ClassVar[tuple[str, ...]] = ("failed", "error")
 
     def check(self, name: str) -> CheckReport:
         """The report of the check called `name`.
@@ -148,14 +131,11 @@ class RuleCheckResult:
         Raises:
           KeyError: no check of that name ran.
         """
-        for c in self.checks:
-            if c.name == name:
-                return c
-        raise KeyError(f"no check {name!r}; checks are {[c.name for c in self.checks]}")
+        return self._find(lambda c: c.name == name, f"check {name!r}", lambda c: c.name)
 
     @property
     def failed_checks(self) -> tuple[CheckReport, ...]:
-        return tuple(c for c in self.checks if c.status in ("failed", "error"))
+        return self._failed()
 
     @property
     def fd_results(self) -> tuple[Any, ...]:
@@ -165,24 +145,8 @@ class RuleCheckResult:
                 return c.results
         return ()
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able data (no arrays)."""
-        data = {
-            f.name: _plain(getattr(self, f.name))
-            for f in dataclasses.fields(self)
-            if f.name != "checks"
-        }
-        data["checks"] = [c.to_dict() for c in self.checks]
-        data["passed"] = self.passed
-        data["schema_version"] = SCHEMA_VERSION
-        return data
-
-    def to_json(self, **kwargs: Any) -> str:
-        """`to_dict()` as a JSON string."""
-        return json.dumps(self.to_dict(), **kwargs)
-
-    def __str__(self) -> str:
-        return "\n".join(format_rule_result(self))
+    def report_lines(self) -> list[str]:
+        return format_rule_result(self)
 
 
 def format_rule_result(r: RuleCheckResult) -> list[str]:
