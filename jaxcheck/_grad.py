@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _stencil as st
 from . import _summary, _tolerance
+from ._devices import resolve_devices
 from ._engine import Evaluator
 from ._errors import GradCheckError
 from ._finite_diff import analytic_grad
@@ -291,6 +292,7 @@ def check_grad(
     mode: str = "auto",
     reference: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    devices: Any = None,
 ) -> GradCheckResult:
     """Checks the gradient of a scalar `f(*args)` against finite differences, element by element.
 
@@ -316,7 +318,11 @@ def check_grad(
         random directions per leaf and narrows a failing leaf to its worst elements (for large n);
         "auto" (default) is "full" up to `jaxcheck._probe.GRAD_FULL_MAX` coordinates, "probe" beyond.
       reference: "auto", "float64" or "native": where finite differences are evaluated.
-      progress: Optional callback `progress(done, total)` after each chunk.
+      progress: Optional callback `progress(done, total)` after each chunk (once at the end
+        when the finite differences run on several devices).
+      devices: Devices the finite differences are split over: None (all devices of the
+        arguments' platform; all global ones under `jax.distributed`), an int k (the first
+        k) or a sequence of `jax.Device`. Recorded as `result.devices`.
 
     Returns:
       A `GradCheckResult`; `str(result)` is the full report.
@@ -336,6 +342,7 @@ def check_grad(
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
     args = check_args(args)
+    devices = resolve_devices(devices, args)
     if mode != "full":
         from ._probe import check_grad_probe, grad_mode
 
@@ -350,7 +357,14 @@ def check_grad(
                 batch_size=batch_size,
             )
             return check_grad_probe(
-                f, args, **kw, seed=seed, reference=reference, progress=progress, start=start
+                f,
+                args,
+                **kw,
+                seed=seed,
+                reference=reference,
+                progress=progress,
+                start=start,
+                devices=devices,
             )
     nums = normalize_argnums(argnums, len(args))
     layout, diff_values, dynamic = build_layout(args, nums)
@@ -360,7 +374,7 @@ def check_grad(
     else:
         _, grads = analytic_grad(f, has_aux, layout, list(diff_values), dynamic)
     analytic = _theta_vector(layout, grads)
-    ev = Evaluator(f, has_aux, layout, diff_values, dynamic, reference, value, seed)
+    ev = Evaluator(f, has_aux, layout, diff_values, dynamic, reference, value, seed, devices)
     h = ev.steps(eps)
     est = _finite_differences(ev, h, batch_size, progress)
     native_dtype = np.result_type(*[jnp.finfo(leaf.dtype).dtype for leaf in layout.diff])
@@ -422,6 +436,7 @@ def check_grad(
         seed=int(seed),
         mode="full",
         n_evaluations=int(ev.n_evaluations),
+        devices=len(ev.devices),
         seconds=time.perf_counter() - start,
         hints=_summary.hints(leaves, ev.reference.dtype == np.float64),
         step_sweep=sweep,

@@ -591,6 +591,7 @@ def check_grad_probe(
     progress: Callable[[int, int], None] | None = None,
     n_probes: int = 4,
     start: float | None = None,
+    devices: Any = None,
 ) -> GradCheckResult:
     """`check_grad` in probe mode: directional derivatives per leaf vs <g, v>, then narrowing.
 
@@ -625,7 +626,7 @@ def check_grad_probe(
     else:
         _, grads = analytic_grad(f, has_aux, layout, list(diff_values), dynamic)
     analytic = _theta_vector(layout, grads)
-    ev = Evaluator(f, has_aux, layout, diff_values, dynamic, reference, value, seed)
+    ev = Evaluator(f, has_aux, layout, diff_values, dynamic, reference, value, seed, devices)
     native_dtype = np.dtype(np.result_type(*[leaf.real_dtype for leaf in layout.diff]))
     tol = _tolerance.default_tolerance(native_dtype)
     if rtol is not None or atol is not None:
@@ -706,6 +707,7 @@ def check_grad_probe(
         seed=int(seed),
         mode="probe",
         n_evaluations=int(ev.n_evaluations),
+        devices=len(ev.devices),
         seconds=time.perf_counter() - start,
         hints=_summary.hints(leaves, ev.reference.dtype == np.float64),
         step_sweep=sweep,
