@@ -11,6 +11,7 @@ import numpy as np
 
 from . import _jacobian_kernels as jk
 from . import _summary, _tolerance
+from ._devices import resolve_devices
 from ._engine import Evaluator
 from ._errors import GradCheckError
 from ._flatten import SkippedLeaf, build_layout, check_args, normalize_argnums
@@ -142,6 +143,7 @@ def setup(
     n_probes: int,
     reference: str,
     has_aux: bool,
+    devices: Any = None,
 ) -> Problem:
     """Validates the options and builds the `Problem` (layout, outputs, reference evaluator)."""
     start = time.perf_counter()
@@ -153,11 +155,12 @@ def setup(
     if isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer)) or n_probes < 1:
         raise ValueError(f"`n_probes` must be a positive int; got {n_probes!r}.")
     args = check_args(args)
+    devices = resolve_devices(devices, args)
     nums = normalize_argnums(argnums, len(args))
     layout, diff_values, dynamic = build_layout(args, nums)
     outs, keep, out_skipped, value = _outputs(f, args, has_aux)
     sel = jk.OutputSelect(f, has_aux, keep)
-    ev = Evaluator(sel, False, layout, diff_values, dynamic, reference, value, seed)
+    ev = Evaluator(sel, False, layout, diff_values, dynamic, reference, value, seed, devices)
     tol, tol_dtype = _tolerance_for(layout, outs, rtol, atol)
     p = Problem(
         kind=kind,
@@ -285,6 +288,7 @@ def finish(
         n_inputs=int(p.n),
         n_outputs=int(p.m),
         n_evaluations=int(ev.n_evaluations),
+        devices=len(ev.devices),
         seconds=time.perf_counter() - p.start,
         hints=_hints(p, ordered, problem),
     )
@@ -326,6 +330,9 @@ _ARGS_DOC = """
       n_probes: Random directions per input leaf (and cotangents per output leaf) in probe mode.
       reference: "auto", "float64" or "native": where finite differences are evaluated.
       has_aux: Whether f returns `(output, aux)`; only `output` is differentiated.
+      devices: Devices the finite differences are split over: None (all devices of the
+        arguments' platform; all global ones under `jax.distributed`), an int k (the first
+        k) or a sequence of `jax.Device`. Recorded as `result.devices`.
 
     Complex numbers are compared in the real view: a complex input is its (real, imag)
     coordinates, a complex output its (real, imag) outputs. JAX's JVP is complex-linear
@@ -360,6 +367,7 @@ def check_vjp(
     n_probes: int = DEFAULT_PROBES,
     reference: str = "auto",
     has_aux: bool = False,
+    devices: Any = None,
 ) -> JacobianCheckResult:
     """Checks `jax.vjp(f, *args)` (including custom_vjp bwd rules) against finite differences.
 
@@ -387,6 +395,7 @@ def check_vjp(
         seed=seed,
         reference=reference,
         has_aux=has_aux,
+        devices=devices,
     )
 
 
@@ -404,6 +413,7 @@ def check_jvp(
     n_probes: int = DEFAULT_PROBES,
     reference: str = "auto",
     has_aux: bool = False,
+    devices: Any = None,
 ) -> JacobianCheckResult:
     """Checks `jax.jvp(f, ...)` (including custom_jvp rules) against finite differences.
 
@@ -429,6 +439,7 @@ def check_jvp(
         seed=seed,
         reference=reference,
         has_aux=has_aux,
+        devices=devices,
     )
 
 

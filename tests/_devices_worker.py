@@ -28,6 +28,35 @@ def broken_grad(params: dict, x: jax.Array) -> dict:
     return {"w": g["w"].at[2, 3].add(0.5), "b": g["b"]}
 
 
+@jax.custom_vjp
+def bad_sin(x: jax.Array) -> jax.Array:
+    return jnp.sin(x)
+
+
+def _bad_sin_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.sin(x), x
+
+
+def _bad_sin_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    return (g * jnp.cos(x) * jnp.where(jnp.arange(x.size) == 4, 2.0, 1.0),)  # entry 4 wrong
+
+
+bad_sin.defvjp(_bad_sin_fwd, _bad_sin_bwd)
+
+
+def layer(x: jax.Array, w: jax.Array) -> jax.Array:
+    return jnp.tanh(w @ x)
+
+
+def jacobian_summary(result) -> dict:
+    return {
+        "status": result.status,
+        "devices": result.devices,
+        "blocks": [(b.path, b.status) for b in result.blocks],
+        "report": [line for line in str(result).splitlines() if not line.startswith("  mode ")],
+    }
+
+
 def problem() -> tuple[dict, jax.Array]:
     w = jnp.asarray(np.random.default_rng(0).standard_normal((5, 7)), jnp.float32)
     b = jnp.linspace(-1.0, 1.0, 7, dtype=jnp.float32)
@@ -66,6 +95,13 @@ def local() -> dict:
         for name, grad_fn in (("correct", None), ("broken", broken_grad)):
             r = jaxcheck.check_grad(loss, args, grad_fn=grad_fn, devices=devices, mode="probe")
             out[f"probe/{name}/{devices}"] = summary(r)
+    x = jnp.linspace(-1.0, 1.0, 9, dtype=jnp.float32)
+    w = jnp.asarray(np.random.default_rng(2).standard_normal((6, 9)), jnp.float32)
+    for devices in (1, None):
+        r = jaxcheck.check_vjp(bad_sin, (x,), mode="full", devices=devices)
+        out[f"vjp/broken/{devices}"] = jacobian_summary(r)
+        r = jaxcheck.check_jvp(layer, (x, w), mode="full", devices=devices)
+        out[f"jvp/correct/{devices}"] = jacobian_summary(r)
     explicit = jaxcheck.check_grad(loss, args, devices=jax.devices()[2:], mode="full")
     out["explicit"] = summary(explicit)
 

@@ -24,8 +24,8 @@ from jaxcheck._devices import map_over_devices, resolve_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("_devices_worker.py")
-LOCAL_TIMEOUT_S = 30
-MULTI_TIMEOUT_S = 25
+LOCAL_TIMEOUT_S = 35
+MULTI_TIMEOUT_S = 20
 
 
 def _env(n_devices: int) -> dict[str, str]:
@@ -124,6 +124,14 @@ def test_broken_gradient_names_the_element_on_four_devices(local):
 def test_probe_mode_same_verdict(local, name):
     one, many = local[f"probe/{name}/1"], local[f"probe/{name}/None"]
     assert (many["status"], many["failed"], many["devices"]) == (one["status"], one["failed"], 4)
+
+
+@pytest.mark.parametrize("key", ["vjp/broken", "jvp/correct"])
+def test_jacobian_checks_same_report_on_four_devices(local, key):
+    one, many = local[f"{key}/1"], local[f"{key}/None"]
+    assert (one["devices"], many["devices"]) == (1, 4)
+    assert one["status"] == ("failed" if key.endswith("broken") else "passed")
+    assert many["report"] == one["report"]  # every line but the timing footer
 
 
 def test_footer_counts_devices_only_when_several(local):
