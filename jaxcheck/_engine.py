@@ -376,14 +376,7 @@ class Evaluator:
     def along(self, directions: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """f(theta + t v) for each direction v (rows) and multiplier t; host (b, K, m) float64."""
         if len(self.devices) > 1:  # devices hook (issue 9): directions split over the mesh
-            with self.context():
-                out = map_over_devices(
-                    AlongKernel(self.spec),
-                    (self.theta_device, self.dynamic, np.asarray(ts, self.theta_dtype)),
-                    np.asarray(directions, self.theta_dtype),
-                    self.devices,
-                )
-            out = np.asarray(out, np.float64)
+            out = np.asarray(self.along_on_devices(directions, ts), np.float64)
             self.n_evaluations += out.shape[0] * out.shape[1]
             return out
         with self.context():
@@ -397,6 +390,19 @@ class Evaluator:
             out = np.asarray(jax.device_get(out), np.float64)
         self.n_evaluations += out.shape[0] * out.shape[1]
         return out
+
+    def along_on_devices(self, directions: Any, ts: Any) -> np.ndarray:
+        """`fd.values_along_directions` with the directions split over `self.devices`.
+
+        Returns host (b, K, m) values in the evaluation dtype; does not count evaluations.
+        """
+        with self.context():
+            return map_over_devices(
+                AlongKernel(self.spec),
+                (self.theta_device, self.dynamic, np.asarray(ts, self.theta_dtype)),
+                np.asarray(directions, self.theta_dtype),
+                self.devices,
+            )
 
     def _stencil_on_devices(self, coords: np.ndarray, points: np.ndarray, batch: int) -> jax.Array:
         """The stencil with its coordinates split over `self.devices` (one program, one gather)."""

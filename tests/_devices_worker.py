@@ -64,7 +64,7 @@ def problem() -> tuple[dict, jax.Array]:
     return {"w": w, "b": b}, x
 
 
-def summary(result) -> dict:
+def summary(result, sharded_calls: list | None = None) -> dict:
     """What the tests compare: verdict, devices, the failing elements and the numeric gradient."""
     failed = [(leaf.path, list(leaf.worst_index)) for leaf in result.failed_leaves]
     numeric = None
@@ -78,30 +78,43 @@ def summary(result) -> dict:
         "failed": failed,
         "numeric": numeric,
         "footer": [line for line in str(result).splitlines() if line.startswith("  mode ")][0],
+        "n_evaluations": result.n_evaluations,
+        "sharded_calls": None if sharded_calls is None else sorted(set(sharded_calls)),
     }
 
 
 def local() -> dict:
     import jaxcheck
+    import jaxcheck._engine as engine
     from jaxcheck._devices import map_over_devices, resolve_devices
 
+    sharded_calls = []
+
+    def counted(*a, **k):
+        sharded_calls.append(len(a[3]))
+        return map_over_devices(*a, **k)
+
+    engine.map_over_devices = counted  # to see which checks took the sharded path
     args = problem()
     out: dict = {"n_devices": len(jax.devices())}
-    for devices in (1, 2, 3, None):
+    for devices in (1, 3, None):
         for name, grad_fn in (("correct", None), ("broken", broken_grad)):
+            sharded_calls.clear()
             r = jaxcheck.check_grad(loss, args, grad_fn=grad_fn, devices=devices, mode="full")
-            out[f"full/{name}/{devices}"] = summary(r)
+            out[f"full/{name}/{devices}"] = summary(r, sharded_calls)
     for devices in (1, None):
         for name, grad_fn in (("correct", None), ("broken", broken_grad)):
+            sharded_calls.clear()
             r = jaxcheck.check_grad(loss, args, grad_fn=grad_fn, devices=devices, mode="probe")
-            out[f"probe/{name}/{devices}"] = summary(r)
+            out[f"probe/{name}/{devices}"] = summary(r, sharded_calls)
     x = jnp.linspace(-1.0, 1.0, 9, dtype=jnp.float32)
     w = jnp.asarray(np.random.default_rng(2).standard_normal((6, 9)), jnp.float32)
     for devices in (1, None):
-        r = jaxcheck.check_vjp(bad_sin, (x,), mode="full", devices=devices)
-        out[f"vjp/broken/{devices}"] = jacobian_summary(r)
+        for mode in ("full", "probe"):
+            r = jaxcheck.check_vjp(bad_sin, (x,), mode=mode, devices=devices)
+            out[f"vjp/{mode}/broken/{devices}"] = jacobian_summary(r)
         r = jaxcheck.check_jvp(layer, (x, w), mode="full", devices=devices)
-        out[f"jvp/correct/{devices}"] = jacobian_summary(r)
+        out[f"jvp/full/correct/{devices}"] = jacobian_summary(r)
     explicit = jaxcheck.check_grad(loss, args, devices=jax.devices()[2:], mode="full")
     out["explicit"] = summary(explicit)
 
