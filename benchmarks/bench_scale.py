@@ -18,8 +18,11 @@ rows, hidden width chosen so that n = 18 * width + 1 is about the requested size
 Columns:
   cold      first check in the fresh process (tracing + compilation + run), seconds.
   steady    a second check of a new function object of the same shapes (best of 2).
+  cpu_s     CPU time (all threads) of that steady check (it compiles again: new function).
+  warm      the same function object checked again: nothing compiles, so this is the
+            evaluation itself plus the sharding/gather overhead; warm_cpu its CPU time.
   evals     result.n_evaluations (the same for every device count).
-  vs_1      steady / steady on 1 device.
+  vs_1      warm / warm on 1 device.
   max|dn|   max |numeric gradient - numeric gradient on 1 device| over all coordinates.
 """
 
@@ -65,11 +68,17 @@ def _child(size: int, devices: int, out_path: str) -> None:
     start = time.perf_counter()
     result = jaxcheck.check_grad(make_loss(), args, mode="full", devices=devices)
     cold = time.perf_counter() - start
-    steady = []
+    steady, cpu = [], []
     for _ in range(2):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         jaxcheck.check_grad(make_loss(), args, mode="full", devices=devices)
         steady.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    same = make_loss()
+    jaxcheck.check_grad(same, args, mode="full", devices=devices)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    jaxcheck.check_grad(same, args, mode="full", devices=devices)
+    warm, warm_cpu = time.perf_counter() - start, time.process_time() - start_cpu
     leaves = jax.tree_util.tree_leaves(result.numeric)
     numeric = np.concatenate([np.ravel(a) for a in leaves]).astype(np.float64)
     np.save(out_path, numeric)
@@ -80,6 +89,9 @@ def _child(size: int, devices: int, out_path: str) -> None:
         "evals": result.n_evaluations,
         "cold": cold,
         "steady": min(steady),
+        "cpu": cpu[int(np.argmin(steady))],
+        "warm": warm,
+        "warm_cpu": warm_cpu,
         "device": str(jax.devices()[0].device_kind),
         "jax": jax.__version__,
     }
@@ -117,9 +129,13 @@ def main() -> None:
             "so this shows correctness and sharding overhead only, not a speed-up"
         )
     print(
-        f"# {platform.machine()} python {platform.python_version()}; check_grad mode=full, float32"
+        f"# {platform.machine()} python {platform.python_version()}; check_grad mode=full, "
+        f"float32; load average {os.getloadavg()[0]:.1f}"
     )
-    header = "devices  n       status  evals   cold_s  steady_s  vs_1   max|dn|   device  jax"
+    header = (
+        "devices  n       status  evals   cold_s  steady_s  cpu_s   warm_s  warm_cpu  vs_1   "
+        "max|dn|   device  jax"
+    )
     print(header)
     base, base_numeric = None, None
     for devices in ns.devices:
@@ -132,7 +148,8 @@ def main() -> None:
         diff = float(np.max(np.abs(numeric - base_numeric)))
         print(
             f"{info['devices']:<8} {info['n']:<7} {info['status']:<7} {info['evals']:<7} "
-            f"{info['cold']:<7.2f} {info['steady']:<9.3f} {info['steady'] / base['steady']:<6.2f} "
+            f"{info['cold']:<7.2f} {info['steady']:<9.3f} {info['cpu']:<7.2f} "
+            f"{info['warm']:<7.3f} {info['warm_cpu']:<9.2f} {info['warm'] / base['warm']:<6.2f} "
             f"{diff:<9.2e} {info['device']}  {info['jax']}",
             flush=True,
         )
