@@ -162,6 +162,13 @@ def multi(port: int, process_id: int) -> dict:
         process_id=process_id,
         initialization_timeout=MULTI_TIMEOUT_S,
     )
+    try:
+        jax.devices()  # the CPU client (and its gloo collectives) is created here
+    except Exception as error:
+        if "gloo" not in str(error).lower():
+            raise
+        print(f"UNAVAILABLE gloo collectives: {str(error).splitlines()[0]}", flush=True)
+        raise SystemExit(3) from error
     import jaxcheck
 
     args = problem()
@@ -175,6 +182,13 @@ def multi(port: int, process_id: int) -> dict:
         report = r.to_dict()
         report.pop("seconds")
         out[name] = {"summary": summary(r), "report": report}
+    probe = jaxcheck.check_grad(loss, args, grad_fn=broken_grad, mode="probe").to_dict()
+    probe.pop("seconds")
+    out["probe"] = probe
+    try:
+        jaxcheck.check_grad(loss, args, devices=3)
+    except ValueError as error:
+        out["uneven"] = str(error)
     jax.distributed.shutdown()
     return out
 

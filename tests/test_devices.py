@@ -203,6 +203,19 @@ def test_two_processes_identical_reports(multi, local, name):
     )
 
 
+def test_two_processes_probe_mode(multi):
+    first, second = (r["probe"] for r in multi)
+    assert first == second
+    assert (first["status"], first["devices"]) == ("failed", 4)
+
+
+def test_two_processes_uneven_devices_message(multi):
+    assert multi[0]["uneven"] == (
+        "`devices=3` cannot be split evenly over the 2 processes of this multi-process run: "
+        "pass a multiple of 2, or None for all 4 global devices."
+    )
+
+
 # -- in this process (one device) ---------------------------------------------------------
 
 
