@@ -169,7 +169,8 @@ def map_over_devices(
 
 @ft.lru_cache(maxsize=MAX_PROGRAMS)
 def _plain_program(kernel: Callable) -> Callable:
-    return jax.jit(kernel)
+    # A closure, since jit needs a weak-referenceable callable (a NamedTuple kernel is not).
+    return jax.jit(lambda replicated, rows: kernel(replicated, rows))
 
 
 @ft.lru_cache(maxsize=MAX_PROGRAMS)

@@ -142,6 +142,11 @@ class Evaluator:
             )
         self.n_evaluations += 1
         self.devices = resolve_devices(devices, self.theta_device)
+        # devices hook (issue 9): through `map_over_devices` when several devices are in
+        # play, or one that is not where theta lives (`devices=[jax.devices()[3]]`).
+        self.on_devices = (
+            len(self.devices) > 1 or self.devices[0] not in self.theta_device.devices()
+        )
 
     # -- precision -------------------------------------------------------------
 
@@ -319,7 +324,7 @@ class Evaluator:
         count = coords.size
         batch = batch_size or self.auto_batch_size(len(fd.STENCIL))
         batch = max(1, min(batch, count))
-        if len(self.devices) > 1:  # devices hook (issue 9): rows split over the mesh
+        if self.on_devices:  # devices hook (issue 9): rows split over the mesh
             values = self._stencil_on_devices(coords, points, batch)
             if progress is not None:
                 progress(count, count)
@@ -375,7 +380,7 @@ class Evaluator:
 
     def along(self, directions: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """f(theta + t v) for each direction v (rows) and multiplier t; host (b, K, m) float64."""
-        if len(self.devices) > 1:  # devices hook (issue 9): directions split over the mesh
+        if self.on_devices:  # devices hook (issue 9): directions split over the mesh
             out = np.asarray(self.along_on_devices(directions, ts), np.float64)
             self.n_evaluations += out.shape[0] * out.shape[1]
             return out

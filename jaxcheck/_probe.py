@@ -252,7 +252,7 @@ class Prober:
         if values is None:
             with ev.context():
                 D = self._device_directions(specs, ev.theta_dtype)
-                if len(ev.devices) > 1:  # devices hook (issue 9): directions split over the mesh
+                if ev.on_devices:  # devices hook (issue 9): directions split over the mesh
                     values = ev.along_on_devices(np.asarray(D), TS)
                 else:
                     values = fd.values_along_directions(

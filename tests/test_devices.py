@@ -118,8 +118,9 @@ def test_worker_sees_four_devices(local):
     assert local["n_devices"] == 4
 
 
-@pytest.mark.parametrize("name", ["correct", "broken"])
-@pytest.mark.parametrize("devices", ["3", "None"])
+@pytest.mark.parametrize(
+    "name, devices", [("correct", "3"), ("correct", "None"), ("broken", "None")]
+)
 def test_same_numeric_gradient_and_verdict_as_one_device(local, name, devices):
     one = local[f"full/{name}/1"]
     many = local[f"full/{name}/{devices}"]
@@ -166,6 +167,13 @@ def test_explicit_device_list(local):
     np.testing.assert_allclose(
         local["explicit"]["numeric"], local["full/correct/1"]["numeric"], rtol=1e-12, atol=0
     )
+
+
+def test_one_other_device_runs_there(local):
+    last = local["last"]  # devices=jax.devices()[3:], the arguments on device 0
+    assert (last["devices"], last["sharded_calls"]) == (1, [1])
+    np.testing.assert_allclose(last["numeric"], local["full/correct/1"]["numeric"], rtol=1e-12)
+    assert re.fullmatch(r"  mode full, seed 0, \d+ evaluations, [0-9.]+ s", last["footer"])
 
 
 def test_sharded_map_pads_strips_and_traces_once(local):
