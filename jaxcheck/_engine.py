@@ -10,7 +10,7 @@ import dataclasses
 import functools as ft
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _finite_diff as fd
 from . import _tolerance
+from ._devices import map_over_devices, resolve_devices
 from ._flatten import ArgLayout, ravel_leaves
 
 # Memory budget for one chunk of stencil evaluations (all points of all directions).
@@ -103,6 +104,7 @@ class Evaluator:
       reference: "auto" (float64 when f evaluates faithfully there), "float64" or "native".
       native_value: f's value computed in the user's dtypes (to validate the float64 path).
       seed: Seed for the float64 precision probe.
+      devices: The `devices=` option (see `_devices.resolve_devices`); None: all devices.
     """
 
     def __init__(
@@ -115,12 +117,15 @@ class Evaluator:
         reference: str,
         native_value: np.ndarray,
         seed: int = 0,
+        devices: Any = None,
     ):
         if reference not in REFERENCES:
             raise ValueError(f"`reference` must be one of {REFERENCES}; got {reference!r}.")
         self.f, self.has_aux, self.layout = f, has_aux, layout
         self.dynamic = list(dynamic_values)
-        self.eager = _small(layout, f, has_aux, diff_values, self.dynamic)
+        self.devices = resolve_devices(devices, list(diff_values))
+        on_one = len(self.devices) == 1 and self.devices[0] in _devices_of(diff_values)
+        self.eager = on_one and _small(layout, f, has_aux, diff_values, self.dynamic)
         self.theta = ravel_leaves(layout, diff_values)  # float64 host copy
         self.n = self.theta.size
         self.seed = seed
@@ -149,6 +154,11 @@ class Evaluator:
                 np.float64,
             )
         self.n_evaluations += 1
+        # Through `map_over_devices` when several devices are in play, or one that is not
+        # where theta lives (`devices=[jax.devices()[3]]`).
+        self.on_devices = (
+            len(self.devices) > 1 or self.devices[0] not in self.theta_device.devices()
+        )
 
     # -- execution ---------------------------------------------------------------
 
@@ -340,6 +350,12 @@ class Evaluator:
             return self._eager_stencil(coords, points, batch_size or count, progress), points
         batch = batch_size or self.auto_batch_size(len(fd.STENCIL))
         batch = max(1, min(batch, count))
+        if self.on_devices:  # rows split over the mesh
+            values = self._stencil_on_devices(coords, points, batch)
+            if progress is not None:
+                progress(count, count)
+            self.n_evaluations += count * len(fd.STENCIL)
+            return values, points
         # Chunks of `batch` coordinates, the last padded with copies of the first so that
         # every chunk has one shape; host numpy in the kernel's dtypes (no conversion ops).
         n_chunks = -(-count // batch)
@@ -408,6 +424,10 @@ class Evaluator:
 
     def along(self, directions: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """f(theta + t v) for each direction v (rows) and multiplier t; host (b, K, m) float64."""
+        if self.on_devices:  # directions split over the mesh
+            out = np.asarray(self.along_on_devices(directions, ts), np.float64)
+            self.n_evaluations += out.shape[0] * out.shape[1]
+            return out
         with self.context():
             out = self.kernel(fd.values_along_directions)(
                 self.spec,
@@ -419,6 +439,64 @@ class Evaluator:
             out = np.asarray(jax.device_get(out), np.float64)
         self.n_evaluations += out.shape[0] * out.shape[1]
         return out
+
+    def along_on_devices(self, directions: Any, ts: Any) -> np.ndarray:
+        """`fd.values_along_directions` with the directions split over `self.devices`.
+
+        Returns host (b, K, m) values in the evaluation dtype; does not count evaluations.
+        """
+        with self.context():
+            return map_over_devices(
+                AlongKernel(self.spec),
+                (self.theta_device, self.dynamic, np.asarray(ts, self.theta_dtype)),
+                np.asarray(directions, self.theta_dtype),
+                self.devices,
+            )
+
+    def _stencil_on_devices(self, coords: np.ndarray, points: np.ndarray, batch: int) -> jax.Array:
+        """The stencil with its coordinates split over `self.devices` (one program, one gather)."""
+        # Each device loops over chunks of `batch` of its own coordinates; no chunk larger
+        # than a device's share (padding beyond it would be wasted evaluations).
+        batch = max(1, min(batch, -(-coords.size // len(self.devices))))
+        with self.context():
+            out = map_over_devices(
+                StencilKernel(self.spec, batch),
+                (self.theta_device, self.dynamic),
+                (coords.astype(np.int32), points.astype(self.theta_dtype)),
+                self.devices,
+                row_multiple=batch,
+            )
+            return jnp.asarray(out)
+
+
+# -- The kernels `map_over_devices` runs on each device's rows.
+
+
+class StencilKernel(NamedTuple):
+    """Rows (coords (r,), points (r, K)) -> (r, K, m), looping over chunks of `batch` rows."""
+
+    spec: fd.EvalSpec
+    batch: int
+
+    def __call__(self, replicated: tuple, rows: tuple) -> jax.Array:
+        theta, dynamic = replicated
+        coords, points = rows
+        local = coords.shape[0]
+        chunks = (coords.reshape(-1, self.batch), points.reshape(-1, self.batch, points.shape[1]))
+        out = jax.lax.map(
+            lambda chunk: fd.values_at_coordinates(self.spec, theta, dynamic, *chunk), chunks
+        )
+        return out.reshape((local,) + out.shape[2:])
+
+
+class AlongKernel(NamedTuple):
+    """Rows of directions (r, n) -> (r, K, m): f(theta + t v) for the replicated steps t."""
+
+    spec: fd.EvalSpec
+
+    def __call__(self, replicated: tuple, directions: jax.Array) -> jax.Array:
+        theta, dynamic, ts = replicated
+        return fd.values_along_directions(self.spec, theta, dynamic, directions, ts)
 
 
 @ft.partial(jax.jit, static_argnums=(0, 5))
@@ -444,6 +522,14 @@ def _chunked_values_at_coordinates(
         lambda chunk: fd.values_at_coordinates(spec, theta, dynamic, *chunk), (coords, points)
     )
     return out.reshape((-1,) + out.shape[2:])[:count]
+
+
+def _devices_of(values: Sequence[Any]) -> set:
+    """The devices the given arrays live on (numpy arrays: the default device)."""
+    out = set()
+    for v in values:
+        out |= set(v.devices()) if isinstance(v, jax.Array) else {jax.devices()[0]}
+    return out
 
 
 def _small(layout: ArgLayout, f: Callable, has_aux: bool, diff_values: Any, dynamic: Any) -> bool:

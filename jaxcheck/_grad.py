@@ -60,6 +60,7 @@ def grad_result(p: Problem, findings: GradFindings, mode: str) -> GradCheckResul
         seed=p.seed,
         mode=mode,
         n_evaluations=int(ev.n_evaluations),
+        devices=len(ev.devices),
         seconds=time.perf_counter() - p.start,
         hints=_summary.hints(findings.leaves, ev.reference.dtype == np.float64),
         step_sweep=sweep,
@@ -134,6 +135,7 @@ def check_grad(
     mode: str = "auto",
     reference: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    devices: Any = None,
 ) -> GradCheckResult:
     """Checks the gradient of a scalar `f(*args)` against finite differences, element by element.
 
@@ -159,7 +161,11 @@ def check_grad(
         random directions per leaf and narrows a failing leaf to its worst elements (for large n);
         "auto" (default) is "full" up to `jaxcheck._probe.GRAD_FULL_MAX` coordinates, "probe" beyond.
       reference: "auto", "float64" or "native": where finite differences are evaluated.
-      progress: Optional callback `progress(done, total)` after each chunk.
+      progress: Optional callback `progress(done, total)` after each chunk (once at the end
+        when the finite differences run on several devices).
+      devices: Devices the finite differences are split over: None (all devices of the
+        arguments' platform; all global ones under `jax.distributed`), an int k (the first
+        k) or a sequence of `jax.Device`. Recorded as `result.devices`.
 
     Returns:
       A `GradCheckResult`; `str(result)` is the full report.
@@ -188,6 +194,7 @@ def check_grad(
         mode=mode,
         progress=progress,
         grad_fn=grad_fn,
+        devices=devices,
         start=start,
     )
     resolved = choose_mode(p, mode)

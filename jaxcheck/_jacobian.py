@@ -137,6 +137,7 @@ def finish(
         n_inputs=int(p.n),
         n_outputs=int(p.m),
         n_evaluations=int(ev.n_evaluations),
+        devices=len(ev.devices),
         seconds=time.perf_counter() - p.start,
         hints=_hints(p, ordered, problem),
     )
@@ -181,6 +182,9 @@ _ARGS_DOC = """
       n_probes: Random directions per input leaf (and cotangents per output leaf) in probe mode.
       reference: "auto", "float64" or "native": where finite differences are evaluated.
       has_aux: Whether f returns `(output, aux)`; only `output` is differentiated.
+      devices: Devices the finite differences are split over: None (all devices of the
+        arguments' platform; all global ones under `jax.distributed`), an int k (the first
+        k) or a sequence of `jax.Device`. Recorded as `result.devices`.
 
     Complex numbers are compared in the real view: a complex input is its (real, imag)
     coordinates, a complex output its (real, imag) outputs. JAX's JVP is complex-linear
@@ -215,6 +219,7 @@ def check_vjp(
     n_probes: int = DEFAULT_PROBES,
     reference: str = "auto",
     has_aux: bool = False,
+    devices: Any = None,
 ) -> JacobianCheckResult:
     """Checks `jax.vjp(f, *args)` (including custom_vjp bwd rules) against finite differences.
 
@@ -242,6 +247,7 @@ def check_vjp(
         seed=seed,
         reference=reference,
         has_aux=has_aux,
+        devices=devices,
     )
 
 
@@ -259,6 +265,7 @@ def check_jvp(
     n_probes: int = DEFAULT_PROBES,
     reference: str = "auto",
     has_aux: bool = False,
+    devices: Any = None,
 ) -> JacobianCheckResult:
     """Checks `jax.jvp(f, ...)` (including custom_jvp rules) against finite differences.
 
@@ -284,6 +291,7 @@ def check_jvp(
         seed=seed,
         reference=reference,
         has_aux=has_aux,
+        devices=devices,
     )
 
 

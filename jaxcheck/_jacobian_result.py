@@ -135,6 +135,8 @@ class JacobianCheckResult(CheckResult):
       n_inputs, n_outputs: Real coordinates of the differentiated inputs and of the outputs.
       n_evaluations: Function evaluations spent on finite differences.
       seconds: Wall time of the check.
+      devices: Devices the finite differences were split over (global devices in a
+        multi-process run).
       hints: What to try next.
     """
 
@@ -157,6 +159,7 @@ class JacobianCheckResult(CheckResult):
     n_outputs: int
     n_evaluations: int
     seconds: float
+    devices: int = 1
     hints: tuple[str, ...] = ()
 
     ITEMS: ClassVar[str] = "blocks"
@@ -271,7 +274,8 @@ def format_jacobian_result(r: JacobianCheckResult) -> list[str]:
     )
     lines.append(
         f"  mode {r.mode}, seed {r.seed}, {r.n_inputs} inputs x {r.n_outputs} outputs (real coordinates), "
-        f"{r.n_evaluations} evaluations, {r.seconds:.2f} s"
+        f"{r.n_evaluations} evaluations{f', {r.devices} devices' if r.devices > 1 else ''}, "
+        f"{r.seconds:.2f} s"
     )
     for hint in r.hints:
         lines.append(f"  try: {hint}")

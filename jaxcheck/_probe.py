@@ -252,9 +252,12 @@ class Prober:
         if values is None:
             with ev.context():
                 D = self._device_directions(specs, ev.theta_dtype)
-                values = fd.values_along_directions(
-                    ev.spec, ev.theta_device, ev.dynamic, D, jnp.asarray(TS, ev.theta_dtype)
-                )
+                if ev.on_devices:  # directions split over the mesh
+                    values = ev.along_on_devices(np.asarray(D), TS)
+                else:
+                    values = ev.kernel(fd.values_along_directions)(
+                        ev.spec, ev.theta_device, ev.dynamic, D, jnp.asarray(TS, ev.theta_dtype)
+                    )
             ev.n_evaluations += valid * TS.size
             if self.keep_values:
                 self._values[cache_key] = values

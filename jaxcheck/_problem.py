@@ -22,6 +22,7 @@ import numpy as np
 from . import _finite_diff as fd
 from . import _jacobian_kernels as jk
 from . import _tolerance
+from ._devices import resolve_devices
 from ._engine import Evaluator
 from ._flatten import (
     ArgLayout,
@@ -459,6 +460,7 @@ def build_problem(
     mode: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     grad_fn: Callable | None = None,
+    devices: Any = None,
     analytic: bool = True,
     start: float | None = None,
 ) -> Problem:
@@ -490,6 +492,7 @@ def build_problem(
         progress=progress,
     )
     args = check_args(args)
+    devices = resolve_devices(devices, args)
     layout, diff_values, dynamic = build_layout(args, normalize_argnums(argnums, len(args)))
     if kind == "grad":
         out, value = _scalar_output(f, args, has_aux)
@@ -505,7 +508,7 @@ def build_problem(
         outs, keep, out_skipped, value = _classify_outputs(f, args, has_aux)
         tol, tol_dtype = _tolerance_for(layout, outs, rtol, atol)
     sel = jk.OutputSelect(f, has_aux, keep)
-    ev = Evaluator(sel, False, layout, diff_values, dynamic, reference, value, seed)
+    ev = Evaluator(sel, False, layout, diff_values, dynamic, reference, value, seed, devices)
     gradient, source = None, ""
     if kind == "grad" and analytic:
         if grad_fn is not None:

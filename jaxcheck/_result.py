@@ -194,6 +194,8 @@ class GradCheckResult(CheckResult):
       mode: "full" (every coordinate) or "probe".
       n_evaluations: Function evaluations spent on finite differences.
       seconds: Wall time of the check.
+      devices: Devices the finite differences were split over (global devices in a
+        multi-process run).
       hints: What to try next.
       step_sweep: Estimates of the worst element's derivative across step sizes (for plots).
       analytic: The analytic gradient, shaped like the differentiated arguments (numpy).
@@ -216,6 +218,7 @@ class GradCheckResult(CheckResult):
     mode: str
     n_evaluations: int
     seconds: float
+    devices: int = 1
     hints: tuple[str, ...] = ()
     step_sweep: StepSweep | None = None
     analytic: PyTree = dataclasses.field(default=None, repr=False)
@@ -322,8 +325,9 @@ def format_grad_result(r: GradCheckResult) -> list[str]:
     lines.append(
         f"  tolerance: {tol.safety:g} x estimated FD error + rtol {tol.rtol:.1e} x |numeric| + atol {atol}"
     )
+    on_devices = f", {r.devices} devices" if r.devices > 1 else ""
     lines.append(
-        f"  mode {r.mode}, seed {r.seed}, {r.n_evaluations} evaluations, {r.seconds:.2f} s"
+        f"  mode {r.mode}, seed {r.seed}, {r.n_evaluations} evaluations{on_devices}, {r.seconds:.2f} s"
     )
     for hint in r.hints:
         lines.append(f"  try: {hint}")

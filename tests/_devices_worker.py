@@ -1,0 +1,216 @@
+"""Subprocess worker for tests/test_devices.py (not collected: no `test_` prefix).
+
+    python tests/_devices_worker.py local               # XLA_FLAGS forces 4 CPU devices
+    python tests/_devices_worker.py multi PORT PROCESS  # one of 2 processes, 2 CPU devices each
+
+Prints one line `RESULT <json>` on stdout (other libraries may log around it), or
+`UNAVAILABLE <reason>` and exits 3 when the multi-process runtime cannot start here.
+"""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MULTI_TIMEOUT_S = 30
+
+
+def loss(params: dict, x: jax.Array) -> jax.Array:
+    hidden = jnp.tanh(x @ params["w"] + params["b"])
+    return jnp.sum(hidden**2) + jnp.sum(jnp.sin(params["b"]))
+
+
+def broken_grad(params: dict, x: jax.Array) -> dict:
+    """The true gradient with one element wrong: args[0]['w'][2,3]."""
+    g = jax.grad(loss)(params, x)
+    return {"w": g["w"].at[2, 3].add(0.5), "b": g["b"]}
+
+
+@jax.custom_vjp
+def bad_sin(x: jax.Array) -> jax.Array:
+    return jnp.sin(x)
+
+
+def _bad_sin_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.sin(x), x
+
+
+def _bad_sin_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    return (g * jnp.cos(x) * jnp.where(jnp.arange(x.size) == 4, 2.0, 1.0),)  # entry 4 wrong
+
+
+bad_sin.defvjp(_bad_sin_fwd, _bad_sin_bwd)
+
+
+def layer(x: jax.Array, w: jax.Array) -> jax.Array:
+    return jnp.tanh(w @ x)
+
+
+def jacobian_summary(result) -> dict:
+    return {
+        "status": result.status,
+        "devices": result.devices,
+        "blocks": [(b.path, b.status) for b in result.blocks],
+        "report": [line for line in str(result).splitlines() if not line.startswith("  mode ")],
+    }
+
+
+def problem() -> tuple[dict, jax.Array]:
+    w = jnp.asarray(np.random.default_rng(0).standard_normal((5, 7)), jnp.float32)
+    b = jnp.linspace(-1.0, 1.0, 7, dtype=jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((3, 5)), jnp.float32)
+    return {"w": w, "b": b}, x
+
+
+def summary(result, sharded_calls: list | None = None) -> dict:
+    """What the tests compare: verdict, devices, the failing elements and the numeric gradient."""
+    failed = [(leaf.path, list(leaf.worst_index)) for leaf in result.failed_leaves]
+    numeric = None
+    if result.numeric is not None:
+        leaves = jax.tree_util.tree_leaves(result.numeric)
+        numeric = np.concatenate([np.ravel(a) for a in leaves]).astype(float).tolist()
+    return {
+        "status": result.status,
+        "devices": result.devices,
+        "mode": result.mode,
+        "failed": failed,
+        "numeric": numeric,
+        "footer": [line for line in str(result).splitlines() if line.startswith("  mode ")][0],
+        "n_evaluations": result.n_evaluations,
+        "sharded_calls": None if sharded_calls is None else sorted(set(sharded_calls)),
+    }
+
+
+def local() -> dict:
+    import jaxcheck
+    import jaxcheck._engine as engine
+    from jaxcheck._devices import map_over_devices, resolve_devices
+
+    sharded_calls = []
+
+    def counted(*a, **k):
+        sharded_calls.append(len(a[3]))
+        return map_over_devices(*a, **k)
+
+    engine.map_over_devices = counted  # to see which checks took the sharded path
+    # One device runs the same compiled kernels as several (not the op-by-op path of small
+    # problems), so their values can be compared bit for bit.
+    engine.EAGER_MAX_COORDINATES = 0
+    args = problem()
+    out: dict = {"n_devices": len(jax.devices())}
+    for devices in (1, 3, None):
+        for name, grad_fn in (("correct", None), ("broken", broken_grad)):
+            if devices == 3 and name == "broken":
+                continue  # an odd count: the correct gradient suffices (saves a compile)
+            sharded_calls.clear()
+            r = jaxcheck.check_grad(loss, args, grad_fn=grad_fn, devices=devices, mode="full")
+            out[f"full/{name}/{devices}"] = summary(r, sharded_calls)
+    for devices in (1, None):
+        for name, grad_fn in (("correct", None), ("broken", broken_grad)):
+            sharded_calls.clear()
+            r = jaxcheck.check_grad(loss, args, grad_fn=grad_fn, devices=devices, mode="probe")
+            out[f"probe/{name}/{devices}"] = summary(r, sharded_calls)
+    x = jnp.linspace(-1.0, 1.0, 9, dtype=jnp.float32)
+    w = jnp.asarray(np.random.default_rng(2).standard_normal((6, 9)), jnp.float32)
+    for devices in (1, None):
+        for mode in ("full", "probe"):
+            r = jaxcheck.check_vjp(bad_sin, (x,), mode=mode, devices=devices)
+            out[f"vjp/{mode}/broken/{devices}"] = jacobian_summary(r)
+        r = jaxcheck.check_jvp(layer, (x, w), mode="full", devices=devices)
+        out[f"jvp/full/correct/{devices}"] = jacobian_summary(r)
+    explicit = jaxcheck.check_grad(loss, args, devices=jax.devices()[2:], mode="full")
+    out["explicit"] = summary(explicit)
+    sharded_calls.clear()
+    last = jaxcheck.check_grad(loss, args, devices=jax.devices()[3:], mode="full")
+    out["last"] = summary(last, sharded_calls)
+
+    traces = []
+
+    class Counting:
+        """A hashable kernel that counts its traces."""
+
+        def __hash__(self) -> int:
+            return 7
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Counting)
+
+        def __call__(self, replicated, rows):
+            traces.append(rows.shape)
+            return rows * replicated
+
+    devices = resolve_devices(None)
+    rows = np.arange(10.0).reshape(5, 2)
+    first = map_over_devices(Counting(), np.float32(2.0), rows, devices)
+    second = map_over_devices(Counting(), np.float32(3.0), rows + 1, devices)
+    out["map"] = {
+        "traces": len(traces),
+        "local_rows": list(traces[0]),
+        "first": first.tolist(),
+        "second": second.tolist(),
+    }
+    try:
+        jaxcheck.check_grad(loss, args, devices=5)
+    except ValueError as error:
+        out["too_many"] = str(error)
+    return out
+
+
+def multi(port: int, process_id: int) -> dict:
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except Exception as error:  # noqa: BLE001 - any failure: this jax has no gloo
+        print(f"UNAVAILABLE gloo collectives: {error}", flush=True)
+        raise SystemExit(3) from error
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=2,
+        process_id=process_id,
+        initialization_timeout=MULTI_TIMEOUT_S,
+    )
+    try:
+        jax.devices()  # the CPU client (and its gloo collectives) is created here
+    except Exception as error:
+        if "gloo" not in str(error).lower():
+            raise
+        print(f"UNAVAILABLE gloo collectives: {str(error).splitlines()[0]}", flush=True)
+        raise SystemExit(3) from error
+    import jaxcheck
+    import jaxcheck._engine as engine
+
+    engine.EAGER_MAX_COORDINATES = 0  # the compiled kernels, as in `local`
+
+    args = problem()
+    out: dict = {
+        "process_index": jax.process_index(),
+        "local_devices": len(jax.local_devices()),
+        "global_devices": len(jax.devices()),
+    }
+    for name, grad_fn in (("correct", None), ("broken", broken_grad)):
+        r = jaxcheck.check_grad(loss, args, grad_fn=grad_fn, mode="full")
+        report = r.to_dict()
+        report.pop("seconds")
+        out[name] = {"summary": summary(r), "report": report}
+    probe = jaxcheck.check_grad(loss, args, grad_fn=broken_grad, mode="probe").to_dict()
+    probe.pop("seconds")
+    out["probe"] = probe
+    try:
+        jaxcheck.check_grad(loss, args, devices=3)
+    except ValueError as error:
+        out["uneven"] = str(error)
+    jax.distributed.shutdown()
+    return out
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "local":
+        result = local()
+    else:
+        result = multi(int(argv[1]), int(argv[2]))
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
