@@ -734,7 +734,7 @@ def check_custom_jvp(
     start = time.perf_counter()
     rc.validate_rule(f, "jvp")
     rc.validate_common(f, order, mode, eps, rtol, atol, seed)
-    args = check_args(args)
+    args = rc.bind_defaults(f, check_args(args))
     state = _JvpCheck(
         f,
         args,

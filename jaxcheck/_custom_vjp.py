@@ -856,11 +856,12 @@ def check_custom_vjp(
       'passed'
     """
     start = time.perf_counter()
+    f = rc.adapt_rule(f, args, "vjp")
     rc.validate_rule(f, "vjp")
     rc.validate_common(f, order, mode, eps, rtol, atol, seed)
     from ._flatten import check_args
 
-    args = check_args(args)
+    args = rc.bind_defaults(f, check_args(args))
     state = _VjpCheck(
         f,
         args,
