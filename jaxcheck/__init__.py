@@ -24,6 +24,10 @@ from ._result import StepSweep as StepSweep
 from ._result import TaylorReport as TaylorReport
 from ._rule_result import CheckReport as CheckReport
 from ._rule_result import RuleCheckResult as RuleCheckResult
+from ._rules import RulesCheckResult as RulesCheckResult
+from ._rules import RuleSiteReport as RuleSiteReport
+from ._rules import assert_rules_correct as assert_rules_correct
+from ._rules import check_rules as check_rules
 from ._tolerance import Tolerance as Tolerance
 
 __version__ = "0.1.0"

@@ -31,6 +31,7 @@ KINDS = {
     "jvp": "check_jvp",
     "custom-vjp": "check_custom_vjp",
     "custom-jvp": "check_custom_jvp",
+    "rules": "check_rules",
 }
 MODES = ("full", "probe", "auto")
 WIDTH = 88  # prose lines (the report's tables are never wrapped)

@@ -359,6 +359,7 @@ class _JvpCheck:
                     atol=self.atol,
                     seed=self.seed,
                     reference=self.reference,
+                    locate_rules=False,
                 )
             except Exception as error:  # noqa: BLE001 - fall back to the eager directional check below
                 note = f"check_jvp could not run ({type(error).__name__}: {rc.first_line(error)}); checked the eager JVP along seeded directions instead"
@@ -734,7 +735,7 @@ def check_custom_jvp(
     start = time.perf_counter()
     rc.validate_rule(f, "jvp")
     rc.validate_common(f, order, mode, eps, rtol, atol, seed)
-    args = check_args(args)
+    args = rc.bind_defaults(f, check_args(args))
     state = _JvpCheck(
         f,
         args,

@@ -406,6 +406,7 @@ class _VjpCheck:
                     atol=self.atol,
                     seed=self.seed,
                     reference=self.reference,
+                    locate_rules=False,
                 )
             except Exception as error:  # noqa: BLE001 - fall back to the eager path below
                 note = f"check_vjp could not run ({type(error).__name__}: {rc.first_line(error)}); checked <u, f(x)> with the eager VJP instead"
@@ -448,6 +449,7 @@ class _VjpCheck:
                 seed=self.seed,
                 mode=self.mode_arg,
                 reference=self.reference,
+                locate_rules=False,
             ),
             inputs=self.t.free_values,
         )
@@ -856,11 +858,12 @@ def check_custom_vjp(
       'passed'
     """
     start = time.perf_counter()
+    f = rc.adapt_rule(f, args, "vjp")
     rc.validate_rule(f, "vjp")
     rc.validate_common(f, order, mode, eps, rtol, atol, seed)
     from ._flatten import check_args
 
-    args = check_args(args)
+    args = rc.bind_defaults(f, check_args(args))
     state = _VjpCheck(
         f,
         args,

@@ -132,6 +132,7 @@ class Evaluator:
         self.n_evaluations = 0
         self.native_dtypes = tuple(leaf.dtype for leaf in layout.diff)
         self._dynamic64: list[Any] | None = None
+        self.reference_arg = reference
         self.reference = self._choose_reference(reference, native_value)
         if self.reference.x64:
             self.dynamic = self._dynamic64

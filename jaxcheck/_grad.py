@@ -63,6 +63,7 @@ def grad_result(p: Problem, findings: GradFindings, mode: str) -> GradCheckResul
         devices=len(ev.devices),
         seconds=time.perf_counter() - p.start,
         hints=_summary.hints(findings.leaves, ev.reference.dtype == np.float64),
+        rule_findings=p.rule_findings(status),
         step_sweep=sweep,
         analytic=p.as_pytree(p.analytic),
         numeric=None if findings.numeric is None else p.as_pytree(findings.numeric),
@@ -136,6 +137,7 @@ def check_grad(
     reference: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     devices: Any = None,
+    locate_rules: bool = True,
 ) -> GradCheckResult:
     """Checks the gradient of a scalar `f(*args)` against finite differences, element by element.
 
@@ -166,6 +168,8 @@ def check_grad(
       devices: Devices the finite differences are split over: None (all devices of the
         arguments' platform; all global ones under `jax.distributed`), an int k (the first
         k) or a sequence of `jax.Device`. Recorded as `result.devices`.
+      locate_rules: When the check fails, check every custom_vjp/custom_jvp rule inside f at
+        its own call-site inputs and name the failing ones (`result.rule_findings`).
 
     Returns:
       A `GradCheckResult`; `str(result)` is the full report.
@@ -195,6 +199,7 @@ def check_grad(
         progress=progress,
         grad_fn=grad_fn,
         devices=devices,
+        locate_rules=locate_rules,
         start=start,
     )
     resolved = choose_mode(p, mode)

@@ -140,6 +140,7 @@ def finish(
         devices=len(ev.devices),
         seconds=time.perf_counter() - p.start,
         hints=_hints(p, ordered, problem),
+        rule_findings=p.rule_findings(status),
     )
 
 
@@ -185,6 +186,8 @@ _ARGS_DOC = """
       devices: Devices the finite differences are split over: None (all devices of the
         arguments' platform; all global ones under `jax.distributed`), an int k (the first
         k) or a sequence of `jax.Device`. Recorded as `result.devices`.
+      locate_rules: When the check fails, check every custom_vjp/custom_jvp rule inside f at
+        its own call-site inputs and name the failing ones (`result.rule_findings`).
 
     Complex numbers are compared in the real view: a complex input is its (real, imag)
     coordinates, a complex output its (real, imag) outputs. JAX's JVP is complex-linear
@@ -220,6 +223,7 @@ def check_vjp(
     reference: str = "auto",
     has_aux: bool = False,
     devices: Any = None,
+    locate_rules: bool = True,
 ) -> JacobianCheckResult:
     """Checks `jax.vjp(f, *args)` (including custom_vjp bwd rules) against finite differences.
 
@@ -248,6 +252,7 @@ def check_vjp(
         reference=reference,
         has_aux=has_aux,
         devices=devices,
+        locate_rules=locate_rules,
     )
 
 
@@ -266,6 +271,7 @@ def check_jvp(
     reference: str = "auto",
     has_aux: bool = False,
     devices: Any = None,
+    locate_rules: bool = True,
 ) -> JacobianCheckResult:
     """Checks `jax.jvp(f, ...)` (including custom_jvp rules) against finite differences.
 
@@ -292,6 +298,7 @@ def check_jvp(
         reference=reference,
         has_aux=has_aux,
         devices=devices,
+        locate_rules=locate_rules,
     )
 
 

@@ -138,6 +138,8 @@ class JacobianCheckResult(CheckResult):
       devices: Devices the finite differences were split over (global devices in a
         multi-process run).
       hints: What to try next.
+      rule_findings: On failure, the custom rules inside f that fail their own check at their
+        call-site inputs, one line each (empty when none does, or `locate_rules=False`).
     """
 
     name: str
@@ -161,6 +163,7 @@ class JacobianCheckResult(CheckResult):
     seconds: float
     devices: int = 1
     hints: tuple[str, ...] = ()
+    rule_findings: tuple[str, ...] = ()
 
     ITEMS: ClassVar[str] = "blocks"
 
@@ -279,4 +282,6 @@ def format_jacobian_result(r: JacobianCheckResult) -> list[str]:
     )
     for hint in r.hints:
         lines.append(f"  try: {hint}")
+    for finding in r.rule_findings:
+        lines.append(f"  rule: {finding}")
     return lines

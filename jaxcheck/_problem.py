@@ -67,6 +67,7 @@ def validate_options(
     has_aux: bool = False,
     mode: str | None = None,
     progress: Any = None,
+    locate_rules: bool = True,
 ) -> None:
     """Checks the common keyword options of every `check_*` function.
 
@@ -97,6 +98,8 @@ def validate_options(
         raise TypeError(f"`has_aux` must be a bool; got {type(has_aux).__name__}.")
     if mode is not None and mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+    if not isinstance(locate_rules, bool):
+        raise TypeError(f"`locate_rules` must be a bool; got {type(locate_rules).__name__}.")
     if progress is not None and not callable(progress):
         raise TypeError(
             f"`progress` must be None or a callable `progress(done, total)`; got "
@@ -122,6 +125,7 @@ class Problem:
       argnums: The user's `argnums` as given (an int or a tuple), for result pytrees.
       analytic: Kind "grad": the analytic gradient in theta coordinates (float64), else None.
       analytic_source: Where the analytic side comes from, in words.
+      locate_rules: On failure, check the custom rules inside f at their call sites.
     """
 
     kind: str
@@ -142,6 +146,7 @@ class Problem:
     progress: Callable[[int, int], None] | None = None
     analytic: np.ndarray | None = None
     analytic_source: str = ""
+    locate_rules: bool = True
     start: float = dataclasses.field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
@@ -181,6 +186,21 @@ class Problem:
         o = self.outs[int(self.out_ids[j])]
         index, part = o.locate(int(j) - o.offset)
         return o, index, part
+
+    @property
+    def args(self) -> tuple:
+        """The arguments the check ran at (differentiated leaves as given, others unchanged)."""
+        return rebuild_args(self.layout, self.diff_values, self.dynamic)
+
+    def rule_findings(self, status: str) -> tuple[str, ...]:
+        """When the check failed and `locate_rules`: one line per custom rule inside f that
+        fails its own check at its call-site inputs (`_rules.diagnose_rules`)."""
+        if status != "failed" or not self.locate_rules:
+            return ()
+        from ._rules import diagnose_rules  # a real cycle: the rule battery runs checks
+
+        options = {"seed": self.seed, "reference": self.ev.reference_arg, "atol": self.tol.atol}
+        return diagnose_rules(self.sel.f, self.args, argnums=self.layout.argnums, **options)
 
     def as_pytree(self, flat: np.ndarray) -> PyTree:
         """Theta-coordinate vector -> pytree like the differentiated arguments (others None)."""
@@ -461,6 +481,7 @@ def build_problem(
     progress: Callable[[int, int], None] | None = None,
     grad_fn: Callable | None = None,
     devices: Any = None,
+    locate_rules: bool = True,
     analytic: bool = True,
     start: float | None = None,
 ) -> Problem:
@@ -490,6 +511,7 @@ def build_problem(
         has_aux=has_aux,
         mode=mode,
         progress=progress,
+        locate_rules=locate_rules,
     )
     args = check_args(args)
     devices = resolve_devices(devices, args)
@@ -539,6 +561,7 @@ def build_problem(
         progress=progress,
         analytic=gradient,
         analytic_source=source,
+        locate_rules=locate_rules,
         start=start,
     )
 

@@ -197,6 +197,8 @@ class GradCheckResult(CheckResult):
       devices: Devices the finite differences were split over (global devices in a
         multi-process run).
       hints: What to try next.
+      rule_findings: On failure, the custom rules inside f that fail their own check at their
+        call-site inputs, one line each (empty when none does, or `locate_rules=False`).
       step_sweep: Estimates of the worst element's derivative across step sizes (for plots).
       analytic: The analytic gradient, shaped like the differentiated arguments (numpy).
       numeric: The finite-difference gradient, same structure.
@@ -220,6 +222,7 @@ class GradCheckResult(CheckResult):
     seconds: float
     devices: int = 1
     hints: tuple[str, ...] = ()
+    rule_findings: tuple[str, ...] = ()
     step_sweep: StepSweep | None = None
     analytic: PyTree = dataclasses.field(default=None, repr=False)
     numeric: PyTree = dataclasses.field(default=None, repr=False)
@@ -331,4 +334,6 @@ def format_grad_result(r: GradCheckResult) -> list[str]:
     )
     for hint in r.hints:
         lines.append(f"  try: {hint}")
+    for finding in r.rule_findings:
+        lines.append(f"  rule: {finding}")
     return lines

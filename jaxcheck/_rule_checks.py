@@ -13,6 +13,7 @@ Every call into the user's code goes through `guarded`, which turns an exception
 
 import dataclasses
 import functools as ft
+import inspect
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -111,6 +112,84 @@ def jit_or_eager(fn: Callable, jitted: Callable | None = None) -> Callable:
 def upcast(x: Any) -> jax.Array:
     """A float leaf in float64 (complex128): call inside `jax.enable_x64(True)`."""
     return jnp.asarray(np.asarray(x), jnp.complex128 if np.iscomplexobj(x) else jnp.float64)
+
+
+def bind_defaults(f: Any, args: tuple) -> tuple:
+    """`args` with `f.fun`'s defaults bound, as JAX's `__call__` does (`resolve_kwargs`).
+
+    `jax.nn.softmax`'s rule `_softmax(x, axis=-1, where=None, initial=-inf)` declares
+    `nondiff_argnums=(1,)` and is called with one argument: JAX binds the rest from the
+    signature before splitting off the nondiff arguments, and so does the check.
+    """
+    fun = getattr(f, "fun", None)
+    if fun is None or isinstance(fun, ft.partial):
+        return args
+    try:
+        bound = inspect.signature(fun).bind(*args)
+    except (TypeError, ValueError):  # the check reports the mismatch itself
+        return args
+    bound.apply_defaults()
+    return tuple(bound.args) if not bound.kwargs else args
+
+
+def is_equinox_custom_vjp(f: Any) -> bool:
+    """Whether `f` is an `equinox.filter_custom_vjp` (by its type, without importing equinox)."""
+    cls = type(f)
+    return (
+        cls.__name__ == "filter_custom_vjp"
+        and cls.__module__.split(".")[0] == "equinox"
+        and hasattr(f, "fn")
+        and hasattr(f, "fn_fwd")
+        and hasattr(f, "fn_bwd")
+    )
+
+
+def equinox_as_custom_vjp(f: Any, n_args: int) -> Any:
+    """An `equinox.filter_custom_vjp` as the `jax.custom_vjp` it means, for `n_args` arguments.
+
+    Equinox differentiates the first argument (`vjp_arg`) only; the other arguments are
+    nondifferentiable (here `nondiff_argnums=(1, ..., n_args - 1)`). Its rules are called
+    as equinox calls them: `fn_fwd(perturbed, vjp_arg, *args)` returns (out, residuals)
+    and `fn_bwd(residuals, cotangent, perturbed, vjp_arg, *args)` the cotangent of
+    `vjp_arg`, where `perturbed` marks its floating-point array leaves True.
+
+    Raises:
+      TypeError: the rule is not defined yet (`def_fwd` / `def_bwd` not called).
+    """
+    if f.fn_fwd is None or f.fn_bwd is None:
+        raise TypeError(
+            f"`f` ({function_name(f.fn)}) has no rule defined yet: call `f.def_fwd` and "
+            "`f.def_bwd` before checking it."
+        )
+    nondiff = tuple(range(1, n_args))
+
+    def perturbed_of(vjp_arg: Any) -> Any:
+        return jtu.tree_map(_is_inexact_array, vjp_arg)
+
+    @ft.wraps(f.fn)
+    def fun(vjp_arg: Any, *args: Any) -> Any:
+        return f.fn(vjp_arg, *args)
+
+    def fwd(vjp_arg: Any, *args: Any) -> Any:
+        out, residuals = f.fn_fwd(perturbed_of(vjp_arg), vjp_arg, *args)
+        return out, (residuals, vjp_arg)
+
+    def bwd(*rest: Any) -> tuple:
+        *args, (residuals, vjp_arg), cotangent = rest
+        grad = f.fn_bwd(residuals, cotangent, perturbed_of(vjp_arg), vjp_arg, *args)
+        return (grad,)
+
+    rule = jax.custom_vjp(fun, nondiff_argnums=nondiff)
+    rule.defvjp(fwd, bwd)
+    rule.jaxcheck_adapts = f  # type: ignore[attr-defined]  # discovery skips stand-ins
+    return rule
+
+
+def adapt_rule(f: Any, args: Any, kind: str) -> Any:
+    """`f` as the JAX rule object it stands for: an equinox `filter_custom_vjp` adapted."""
+    if kind == "vjp" and is_equinox_custom_vjp(f) and isinstance(args, (tuple, list)):
+        return equinox_as_custom_vjp(f, len(args))
+    return f
 
 
 def validate_rule(f: Any, kind: str) -> None:

@@ -358,7 +358,10 @@ def test_unknown_kind(capsys, user_file):
         "hessian",
     )
     assert code == 2
-    assert "unknown --kind `hessian`; choose from grad, vjp, jvp, custom-vjp, custom-jvp." in err
+    assert (
+        "unknown --kind `hessian`; choose from grad, vjp, jvp, custom-vjp, custom-jvp, rules."
+        in err
+    )
 
 
 def test_custom_vjp_kind_with_the_real_check(capsys, user_file, monkeypatch):
@@ -630,3 +633,26 @@ def test_exit_code_helper():
     assert _cli.exit_code(FakeResult("inconclusive")) == 1
     assert _cli.exit_code(FakeResult("inconclusive"), allow_inconclusive=True) == 0
     assert jax.numpy.ones(1).dtype == jnp.float32
+
+
+def test_rules_kind_finds_and_names_the_wrong_rule(capsys, user_file):
+    code, out, _ = run(
+        capsys,
+        "check",
+        f"{user_file}:sin_loss",
+        "--args",
+        f"{user_file}:wrong_x",
+        "--kind",
+        "rules",
+    )
+    assert code == 1
+    assert out.startswith("FAILED: check_rules(sin_loss): 1 of 1 rules failed (scaled_sin)")
+    assert "scaled_sin (model.py:19) at sin_loss -> scaled_sin:" in out
+
+
+def test_rules_kind_without_rules_passes(capsys, user_file):
+    code, out, _ = run(
+        capsys, "check", f"{user_file}:loss", "--args", f"{user_file}:make_args", "--kind", "rules"
+    )
+    assert code == 0
+    assert out.startswith("PASSED: check_rules(loss): no custom_vjp or custom_jvp rules were found")

@@ -1,5 +1,6 @@
 """check_custom_jvp / assert_custom_jvp_correct: every check both ways, float32 and float64, JAX's own rules."""
 
+import functools as ft
 import json
 import re
 
@@ -239,3 +240,32 @@ def test_misuse_is_a_clear_type_error():
         jaxcheck.check_custom_jvp(jax.custom_jvp(jnp.sin), x)
     with pytest.raises(ValueError, match="`order` must be 1 or 2"):
         jaxcheck.check_custom_jvp(jax.nn.relu, x, order=0)
+
+
+# issue 10 item 11: nondiff arguments with defaults are bound as JAX binds them
+
+
+@ft.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def power_sum(x, p=2):
+    return jnp.sum(x**p)
+
+
+power_sum.defjvp(
+    lambda p, primals, tangents: (
+        power_sum(primals[0], p),
+        jnp.sum(p * primals[0] ** (p - 1) * tangents[0]),
+    )
+)
+
+
+def test_nondiff_argnums_with_defaults_are_bound_as_jax_does():
+    from jax._src.nn.functions import _softmax  # jax.nn.softmax's rule: nondiff_argnums=(1,)
+
+    from jaxcheck._rule_checks import Target, bind_defaults
+
+    x = jnp.array([0.3, -1.2, 2.0], jnp.float32)
+    for rule in (_softmax, jax.scipy.special.log_ndtr):
+        assert Target(rule, bind_defaults(rule, (x,)), "jvp").nondiff == (1,)
+    result = jaxcheck.check_custom_jvp(power_sum, (x,))  # JAX calls it as power_sum(x)
+    assert result.status == "passed", result
+    assert "nondiff_argnums=(1,): args[1] held fixed" in result.notes

@@ -312,3 +312,26 @@ def test_complex_holomorphic_rule_follows_jax_convention():
     conj.defvjp(lambda z: (jnp.sin(z), z), lambda z, ct: (ct * jnp.conj(jnp.cos(z)),))
     result = jaxcheck.check_custom_vjp(conj, z)
     assert result.check("fd").status == "failed" and result.check("linearity").status == "passed"
+
+
+# issue 10 item 11: equinox's filter_custom_vjp (optional dependency)
+
+
+def test_equinox_filter_custom_vjp_is_accepted():
+    eqx = pytest.importorskip("equinox")
+
+    @eqx.filter_custom_vjp
+    def scaled(vjp_arg, scale):
+        return jnp.sin(vjp_arg) * scale
+
+    @scaled.def_fwd
+    def _fwd(perturbed, vjp_arg, scale):
+        return jnp.sin(vjp_arg) * scale, vjp_arg
+
+    @scaled.def_bwd
+    def _bwd(res, g, perturbed, vjp_arg, scale):
+        return g * jnp.sin(res) * scale  # wrong: should be cos
+
+    r = jaxcheck.check_custom_vjp(scaled, (jnp.array([0.5, -1.0], jnp.float32), 2.0))
+    assert r.name == "scaled" and r.status == "failed"
+    assert r.check("fd").status == "failed" and r.check("fd").where.startswith("args[0]")

@@ -15,6 +15,8 @@ PUBLIC = {
     "LeafReport",
     "ProgressBar",
     "RuleCheckResult",
+    "RuleSiteReport",
+    "RulesCheckResult",
     "StepSweep",
     "TaylorReport",
     "Tolerance",
@@ -22,11 +24,13 @@ PUBLIC = {
     "assert_custom_vjp_correct",
     "assert_grad_correct",
     "assert_jvp_correct",
+    "assert_rules_correct",
     "assert_vjp_correct",
     "check_custom_jvp",
     "check_custom_vjp",
     "check_grad",
     "check_jvp",
+    "check_rules",
     "check_vjp",
     "format_report",
     "numerical_grad",
@@ -48,7 +52,14 @@ def test_every_public_name_has_a_docstring():
 
 
 def test_checks_take_data_positionally_and_options_by_keyword():
-    for name in ("check_grad", "check_vjp", "check_jvp", "check_custom_vjp", "check_custom_jvp"):
+    for name in (
+        "check_grad",
+        "check_vjp",
+        "check_jvp",
+        "check_custom_vjp",
+        "check_custom_jvp",
+        "check_rules",
+    ):
         params = list(inspect.signature(getattr(jaxcheck, name)).parameters.values())
         assert [p.name for p in params[:2]] == ["f", "args"], name
         assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[2:]), name
