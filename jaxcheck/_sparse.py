@@ -167,14 +167,6 @@ def _grouped_values(spec: EvalSpec, theta, dynamic, colors, chunk, P) -> jax.Arr
     return jax.vmap(lambda c: jax.vmap(lambda k: point(c, k))(offsets))(chunk)
 
 
-def _segment_sum(data, seg, n_seg, xp):
-    if xp is jnp:
-        return jax.ops.segment_sum(data, seg, n_seg)
-    if data.ndim == 1:
-        return np.bincount(seg, weights=data, minlength=n_seg)
-    return np.stack([np.bincount(seg, weights=col, minlength=n_seg) for col in data.T], axis=1)
-
-
 def _segment_max(data, seg, n_seg, xp):
     if xp is jnp:
         return jax.ops.segment_max(data, seg, n_seg)
@@ -240,13 +232,20 @@ def _slot_stats(values, analytic, chunk, P, theta, tables, consts, carry, n_out,
     n_seg = kc * kmax * n_out
     seg = ((xp.arange(kc)[:, None] * kmax + rank[jj]) * n_out + out_ids[None, :]).ravel()
     seg = xp.where(entry.ravel(), seg, n_seg)
-    names = tuple(per_elem)
-    stacked = xp.stack([xp.where(entry, per_elem[k], 0).astype(dtype).ravel() for k in names], 1)
-    sums = _segment_sum(stacked, seg, n_seg + 1, xp)[:n_seg]
-    stats = {k: sums[:, i] for i, k in enumerate(names)}
-    both = xp.stack([xp.where(entry, xp.abs(d), 0).ravel(), key.ravel()], axis=1).astype(dtype)
-    maxima = _segment_max(both, seg, n_seg + 1, xp)
-    stats["maxd"] = xp.maximum(maxima[:n_seg, 0], 0)
+    # Slots without an entry fall into the dropped last segment: no masking needed.
+    if xp is jnp:
+        names = tuple(per_elem)
+        stacked = jnp.stack([per_elem[k].astype(dtype).ravel() for k in names], axis=1)
+        sums = jax.ops.segment_sum(stacked, seg, n_seg + 1)[:n_seg]
+        stats = {k: sums[:, i] for i, k in enumerate(names)}
+    else:
+        stats = {
+            k: np.bincount(seg, weights=np.ravel(v), minlength=n_seg + 1)[:n_seg]
+            for k, v in per_elem.items()
+        }
+    stats["maxd"] = xp.maximum(_segment_max(xp.abs(d).ravel(), seg, n_seg + 1, xp)[:n_seg], 0)
+    best = _segment_max(key.ravel().astype(dtype), seg, n_seg + 1, xp)
+    maxima = xp.stack([best, best], axis=1)
     is_best = entry.ravel() & (key.ravel() == maxima[seg, 1])
     r_all = xp.broadcast_to(cols, (kc, m)).ravel()
     r_best = _segment_max(xp.where(is_best, r_all, -1), seg, n_seg + 1, xp)[:n_seg]
