@@ -353,6 +353,13 @@ def _dynamic_update_slice(pr: _Propagator, eqn: Any, ins: list[Deps]) -> list[De
     return [pr.union(pr.remap(ins[0], kept.ravel()), pr.remap(ins[1], src_up.ravel()))]
 
 
+def _split(pr: _Propagator, eqn: Any, ins: list[Deps]) -> list[Deps]:
+    axis = eqn.params["axis"]
+    bounds = np.cumsum([int(z) for z in eqn.params["sizes"]])[:-1]
+    pieces = np.split(_index(eqn.invars[0]), bounds, axis=axis)
+    return [pr.remap(ins[0], piece.ravel()) for piece in pieces]
+
+
 def _reduction(pr: _Propagator, eqn: Any, ins: list[Deps]) -> list[Deps]:
     axes = tuple(eqn.params["axes"])
     shape = _shape(eqn.invars[0])
@@ -550,6 +557,7 @@ _HANDLERS: dict[str, Callable] = {
     "copy_p": _moved(lambda idx, e: idx),
     "pad": _pad,
     "concatenate": _concatenate,
+    "split": _split,
     "dynamic_slice": _dynamic_slice,
     "dynamic_update_slice": _dynamic_update_slice,
     "reduce_sum": _reduction,

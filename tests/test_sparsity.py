@@ -65,6 +65,7 @@ CASES = {
     "cumsum": (lambda x: jnp.cumsum(x**2), (12,)),
     "pad-concat": (lambda x: jnp.concatenate([jnp.pad(x, 2)[1:], x[::-1] * 2]), (6,)),
     "transpose": (lambda x: jnp.sin(x.T.reshape(-1)), (3, 5)),
+    "split": (lambda x: jnp.concatenate(jnp.split(x, [2, 5])[::-1]) * x, (8,)),
     "nested-jit": (lambda x: jax.jit(lambda y: jnp.tanh(y[1:]) * y[:-1])(x), (9,)),
 }
 
