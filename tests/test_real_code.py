@@ -196,7 +196,7 @@ def test_item3_det_rank1_float32():
         ("cos_pi", jnp.cos, np.pi),
         ("erf_10", jss.erf, 10.0),
     ],
-    ids=lambda v: v if isinstance(v, str) else "",
+    ids=["sin_pi_2", "cos_pi", "erf_10"],
 )
 @_xfail(3, "a derivative of ~1e-16 or less is 'unresolved' instead of passed")
 def test_item3_zero_derivative_float64(name, fn, x):
@@ -341,7 +341,7 @@ _CONFIGS = {
 
 
 @pytest.mark.parametrize("config", list(_CONFIGS))
-@pytest.mark.parametrize("kind", ["check_grad", "check_vjp", "check_jvp"])
+@pytest.mark.parametrize("kind", ["check_grad", "check_vjp"])
 def test_item9_configs_plain_function(config, kind):
     f = (lambda x: jnp.sum(jnp.sin(x) ** 2)) if kind == "check_grad" else jnp.sin
     with _CONFIGS[config]():
@@ -351,7 +351,7 @@ def test_item9_configs_plain_function(config, kind):
 
 
 @pytest.mark.parametrize("kind", ["check_jvp", "check_vjp", "check_grad"])
-@_xfail(9, "custom_jvp primal traced with the wrong arity trips JAX's enable_checks assertion")
+@_xfail(9, "log_ndtr's custom_jvp (kw series_order) trips JAX's debug-info check under jit")
 def test_item9_enable_checks_log_ndtr(kind):
     f = (lambda x: jnp.sum(jss.log_ndtr(x))) if kind == "check_grad" else jss.log_ndtr
     with jax.enable_checks(True):
