@@ -20,6 +20,7 @@ passes, so that a correct gradient costs about 2n evaluations, not 4n:
      threshold, where every coordinate gets all four points.
 """
 
+import time
 from typing import Any
 
 import jax
@@ -220,6 +221,22 @@ def worst_of(analytic: np.ndarray, numeric: np.ndarray, tolerance: np.ndarray) -
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.nan_to_num(np.abs(analytic - numeric) / tolerance, nan=np.inf)
     return int(np.argmax(ratio))
+
+
+def estimated_seconds(p: Problem) -> float:
+    """How long the full strategy's main pass would take, extrapolated from one chunk.
+
+    Runs one chunk of the +-h pass twice (the first compiles) and scales the second's
+    time to every coordinate; the evaluations are counted like any others.
+    """
+    ev = p.ev
+    batch = p.batch_size or ev.auto_batch_size(2)
+    coords = np.arange(min(p.n, batch))
+    offsets = (-1, 1) if p.n >= TWO_POINT_MIN else STENCIL
+    jax.block_until_ready(ev.stencil(coords, p.h[coords], coords.size, None, offsets)[0])
+    start = time.perf_counter()
+    jax.block_until_ready(ev.stencil(coords, p.h[coords], coords.size, None, offsets)[0])
+    return (time.perf_counter() - start) * p.n / coords.size
 
 
 def run(p: Problem) -> GradFindings:

@@ -51,10 +51,6 @@ from ._problem import TILE_ENTRIES, Problem
 from ._result import LeafReport
 from ._summary import GradFindings
 
-# check_grad(mode="auto") checks every coordinate up to GRAD_FULL_MAX coordinates, probes beyond.
-# A full check costs 4 n evaluations of f, each O(n): for a cheap f on a 2-core CPU, 20k
-# coordinates take ~4 s and 50k ~30 s, while probes take under a second at either size.
-GRAD_FULL_MAX = 20_000
 PROBE_SPLIT = 4  # output narrowing (check_vjp) splits into this many parts per round
 NARROW_PROBES = 2  # directions followed down the input bisection
 NARROW_COORDS = 16
