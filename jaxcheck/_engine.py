@@ -202,7 +202,7 @@ class Evaluator:
             with jax.enable_x64(True):
                 theta = jnp.asarray(self.theta, jnp.float64)
                 # Fixed float inputs (data) are widened too: strict ops reject mixed dtypes.
-                self._dynamic64 = [_widen(v) for v in self.dynamic]
+                self._dynamic64 = [widen(v) for v in self.dynamic]
                 if self.eager:
                     value_at = ft.partial(fd.value_at.__wrapped__, spec)
                     out = jax.eval_shape(value_at, theta, self._dynamic64)
@@ -562,7 +562,7 @@ def _small(layout: ArgLayout, f: Callable, has_aux: bool, diff_values: Any, dyna
     return True
 
 
-def _widen(value: Any) -> Any:
+def widen(value: Any) -> Any:
     """A fixed float array leaf in float64 (complex128); other leaves unchanged. Call under x64."""
     dtype = getattr(value, "dtype", None)
     if (

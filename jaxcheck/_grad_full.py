@@ -41,6 +41,10 @@ TWO_POINT_REFERENCE = (
 ZERO_FRACTION = 1e-3  # see zero_is_resolved
 TWO_POINT_MIN = 512  # below this many coordinates every coordinate gets all four points
 CALIBRATION = 64  # coordinates of the 4-point calibration sample
+MEASURED_ULPS = 4.0  # least rounding allowed an analytic element, when measured (see above)
+# Multiplier on the measured rounding: probes sum it over many elements in quadrature, and
+# the sum of the actual errors may sit several of those standard deviations out.
+MEASURED_SAFETY = 8.0
 
 
 def _eps(p: Problem, coords: np.ndarray) -> np.ndarray:
@@ -138,13 +142,20 @@ def two_point_estimates(p: Problem) -> tuple[st.Estimates, np.ndarray, int]:
         return _merge(est, est4, four_point), atol, int(four_point.size)
 
 
-def element_atol(p: Problem, gradient: np.ndarray, floor_dtype: np.dtype) -> np.ndarray:
+def element_atol(
+    p: Problem,
+    gradient: np.ndarray,
+    floor_dtype: np.dtype,
+    measured: np.ndarray | None = None,
+) -> np.ndarray:
     """Absolute tolerance per coordinate: the user's atol, or rtol * leaf max + rounding floor.
 
     Args:
       p: The problem.
       gradient: (n,) the gradient whose magnitudes set the allowances (numeric in full mode).
       floor_dtype: The dtype whose rounding sets the floor.
+      measured: (n,) the analytic side's measured rounding, or None. Where given, it
+        replaces rtol * leaf max when smaller (never loosens the allowance).
     """
     tol = p.tol
     if tol.atol is not None:
@@ -155,8 +166,23 @@ def element_atol(p: Problem, gradient: np.ndarray, floor_dtype: np.dtype) -> np.
     for leaf in p.layout.diff:
         sl = slice(leaf.offset, leaf.offset + leaf.size)
         block = gradient[sl]
-        out[sl] += tol.rtol * float(np.max(np.abs(block[np.isfinite(block)]), initial=0.0))
+        rounding = tol.rtol * float(np.max(np.abs(block[np.isfinite(block)]), initial=0.0))
+        out[sl] += rounding if measured is None else np.minimum(rounding, measured[sl])
     return out
+
+
+def measured_rounding(p: Problem) -> np.ndarray | None:
+    """(n,) the analytic gradient's own rounding, measured against the same gradient computed
+    in float64 (`Problem.analytic_float64`): MEASURED_SAFETY * |a - a64|, at least MEASURED_ULPS ulps
+    of |a| in the analytic dtype; None when no float64 gradient is available."""
+    a64 = p.analytic_float64
+    if a64 is None:
+        return None
+    eps = float(np.finfo(p.tol_dtype).eps)
+    with np.errstate(invalid="ignore"):
+        gap = np.abs(p.analytic - a64)
+        out = np.maximum(MEASURED_SAFETY * gap, MEASURED_ULPS * eps * np.abs(p.analytic))
+    return np.where(np.isfinite(out), out, np.inf)
 
 
 def zero_is_resolved(

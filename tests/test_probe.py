@@ -185,3 +185,25 @@ def test_check_grad_probe_reuses_compiled_code(key, monkeypatch):
     count = len(traces)
     jaxcheck.check_grad(loss, (jax.tree.map(lambda a: 0.5 * a, params), x + 1.0), mode="probe")
     assert len(traces) == count
+
+
+def test_probe_sees_a_small_needle_at_the_analytic_sides_own_rounding():
+    """The analytic side's rounding is measured against the float64 gradient, so a float32
+    probe resolves a single element wrong by 0.5% of a typical element in 40000 (2.5e-5 of the
+    leaf's gradient norm, invisible to a tolerance of rtol * the leaf's largest element)."""
+    w = jnp.cos(jnp.arange(40_000.0)).reshape(200, 200)
+    x = jnp.sin(jnp.arange(200.0))
+
+    def loss(w, x):
+        return jnp.sum(jnp.tanh(w * x) ** 2)
+
+    def needle(w, x):
+        return jax.grad(loss)(w, x).at[17, 101].multiply(1.005)
+
+    good = jaxcheck.check_grad(loss, (w, x), mode="probe")
+    bad = jaxcheck.check_grad(loss, (w, x), mode="probe", grad_fn=needle)
+    assert good.status == "passed", str(good)
+    assert bad.status == "failed" and bad.leaves[0].worst_index == (17, 101), str(bad)
+    floor = good.leaves[0]
+    assert floor.probe_floor is not None and floor.probe_floor / floor.gradient_norm < 1e-5
+    assert "one wrong element off by less than about" in str(good)
