@@ -7,7 +7,6 @@ undecorated `f.fun`, with the VJP JAX derives from it by transposition (the dot-
 test), under `vmap` and `jit`, and optionally differentiated once more.
 """
 
-import time
 from typing import Any
 
 import jax
@@ -17,7 +16,6 @@ import numpy as np
 from . import _rule_checks as rc
 from . import _rule_fd as rfd
 from ._errors import raise_unless_passed
-from ._flatten import check_args
 from ._rule_checks import RuleError, Target, guarded, skipped
 from ._rule_result import CheckReport, RuleCheckResult
 
@@ -732,11 +730,9 @@ def check_custom_jvp(
       >>> jaxcheck.check_custom_jvp(jax.nn.relu, (jnp.array([-1.5, 0.5, 2.0]),)).status
       'passed'
     """
-    start = time.perf_counter()
-    rc.validate_rule(f, "jvp")
-    rc.validate_common(f, order, mode, eps, rtol, atol, seed)
-    args = rc.bind_defaults(f, check_args(args))
-    state = _JvpCheck(
+    return rc.run_battery(
+        "jvp",
+        _JvpCheck,
         f,
         args,
         order=order,
@@ -744,15 +740,8 @@ def check_custom_jvp(
         eps=eps,
         rtol=rtol,
         atol=atol,
-        seed=int(seed),
-        reference=reference,
-    )
-    return rc.run_battery(
-        "jvp",
-        state,
-        order=order,
         seed=seed,
-        start=start,
+        reference=reference,
         run_order=RUN_ORDER,
         report_order=CHECK_ORDER,
     )

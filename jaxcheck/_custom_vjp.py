@@ -7,7 +7,6 @@ JAX's autodiff of the undecorated `f.fun`, under `vmap` and `jit`, and optionall
 differentiated once more.
 """
 
-import time
 from typing import Any
 
 import jax
@@ -857,14 +856,9 @@ def check_custom_vjp(
       >>> jaxcheck.check_custom_vjp(f, (jnp.arange(3.0),)).status
       'passed'
     """
-    start = time.perf_counter()
-    f = rc.adapt_rule(f, args, "vjp")
-    rc.validate_rule(f, "vjp")
-    rc.validate_common(f, order, mode, eps, rtol, atol, seed)
-    from ._flatten import check_args
-
-    args = rc.bind_defaults(f, check_args(args))
-    state = _VjpCheck(
+    return rc.run_battery(
+        "vjp",
+        _VjpCheck,
         f,
         args,
         order=order,
@@ -872,15 +866,8 @@ def check_custom_vjp(
         eps=eps,
         rtol=rtol,
         atol=atol,
-        seed=int(seed),
-        reference=reference,
-    )
-    return rc.run_battery(
-        "vjp",
-        state,
-        order=order,
         seed=seed,
-        start=start,
+        reference=reference,
         run_order=RUN_ORDER,
         report_order=CHECK_ORDER,
     )

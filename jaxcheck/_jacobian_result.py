@@ -285,8 +285,8 @@ def format_jacobian_result(r: JacobianCheckResult) -> list[str]:
         f"{r.n_evaluations} evaluations{f', {r.devices} devices' if r.devices > 1 else ''}, "
         f"{r.seconds:.2f} s"
     )
-    for hint in r.hints:
-        lines.append(f"  try: {hint}")
     for finding in r.rule_findings:
         lines.append(f"  rule: {finding}")
+    for hint in r.hints:
+        lines.append(f"  try: {hint}")
     return lines

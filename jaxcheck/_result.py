@@ -351,8 +351,8 @@ def format_grad_result(r: GradCheckResult) -> list[str]:
     for leaf in r.leaves:
         if leaf.probe_floor is not None:
             lines.append(f"  probe floor {leaf.path}: {probe_floor_words(leaf)}")
-    for hint in r.hints:
-        lines.append(f"  try: {hint}")
     for finding in r.rule_findings:
         lines.append(f"  rule: {finding}")
+    for hint in r.hints:
+        lines.append(f"  try: {hint}")
     return lines

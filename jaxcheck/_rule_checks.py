@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
+from ._flatten import check_args
 from ._problem import function_name, validate_options
 from ._result import shape_str
 from ._rule_compare import Mismatch as Mismatch
@@ -602,26 +603,46 @@ NO_FREE_LEAVES = "no finite floating-point leaves in the differentiable argument
 
 def run_battery(
     kind: str,
-    state: Any,
+    state_class: Callable[..., Any],
+    f: Any,
+    args: Any,
     *,
     order: int,
+    mode: str,
+    eps: float | None,
+    rtol: float | None,
+    atol: float | None,
     seed: int,
-    start: float,
+    reference: str,
     run_order: tuple[str, ...],
     report_order: tuple[str, ...],
 ) -> RuleCheckResult:
     """The custom-rule battery shared by `check_custom_vjp` and `check_custom_jvp`.
 
-    Runs `state`'s check methods (named like the checks, "-" as "_"; "second-order" only at
-    order 2) in `run_order`, skips the value checks when no leaf is free, and assembles
-    the `RuleCheckResult`.
+    Validates the rule and the options, binds default nondiff arguments, builds the rule's
+    state at its point, runs its check methods (named like the checks, "-" as "_";
+    "second-order" only at order 2) in `run_order`, skips the value checks when no leaf is
+    free, and assembles the `RuleCheckResult`.
 
     Args:
       kind: "vjp" or "jvp".
-      state: The rule at its point (`_VjpCheck` or `_JvpCheck`).
-      order, seed, start: The check's order and seed, and when it started.
+      state_class: The rule at its point (`_VjpCheck` or `_JvpCheck`), built as
+        `state_class(f, args, order=..., mode=..., eps=..., rtol=..., atol=..., seed=...,
+        reference=...)`.
+      f, args: The rule and the arguments, as given to `check_custom_*`.
+      order, mode, eps, rtol, atol, seed, reference: The check's options.
       run_order, report_order: The order the checks run in and are reported in.
+
+    Raises:
+      TypeError, ValueError: `f` is not a rule of this kind; misuse of the options.
     """
+    start = time.perf_counter()
+    f = adapt_rule(f, args, kind)
+    validate_rule(f, kind)
+    validate_common(f, order, mode, eps, rtol, atol, seed)
+    args = bind_defaults(f, check_args(args))
+    options = {"mode": mode, "eps": eps, "rtol": rtol, "atol": atol, "reference": reference}
+    state = state_class(f, args, order=order, seed=int(seed), **options)
     names = tuple(n for n in run_order if order == 2 or n != "second-order")
     methods = {name: getattr(state, name.replace("-", "_")) for name in names}
     if not state.t.free_slots:

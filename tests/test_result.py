@@ -100,7 +100,9 @@ def test_records_are_plain_python_and_json_round_trips(failed):
     leaf = failed.leaves[0]
     for field in dataclasses.fields(leaf):
         value = getattr(leaf, field.name)
-        assert type(value) in (str, int, float, tuple), (field.name, type(value))
+        optional = field.name in ("probe_floor", "gradient_norm")  # None outside probe mode
+        allowed = (str, int, float, tuple) + ((type(None),) if optional else ())
+        assert type(value) in allowed, (field.name, type(value))
     assert all(type(i) is int for i in leaf.worst_index)
     data = json.loads(failed.to_json())
     assert data["status"] == "failed" and data["passed"] is False
