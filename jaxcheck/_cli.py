@@ -70,7 +70,9 @@ CHECK_EPILOG = (
     """\
 the factory:
   MODULE:FACTORY names a function returning the tuple `args` for `FUNCTION(*args)`:
-  a tuple of pytrees of arrays (Python numbers are allowed and held fixed). With
+  a tuple of pytrees of arrays. Python floats in a differentiated argument are
+  differentiated like float arrays (as `jax.grad` does); Python ints, bools and
+  strings are held fixed. With
   --points K it is called as `factory(seed)` for seed = 0..K-1 and every point is
   checked and reported; the exit code is the worst. The factory decides what a seed
   means -- practitioners advise checking at initialisation and again after some
@@ -373,7 +375,7 @@ def build_args(factory: Callable, name: str, seed: int | None) -> tuple:
         if not _is_allowed_leaf(leaf):
             raise UsageError(
                 f"the factory `{name}{call}` returned a {type(leaf).__name__} at args{jtu.keystr(path)}; "
-                "arguments must be pytrees of arrays (Python numbers are held fixed). Bind other "
+                "arguments must be pytrees of arrays and Python numbers. Bind other "
                 "options into the function instead (e.g. with functools.partial)."
             )
     return args

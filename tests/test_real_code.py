@@ -591,7 +591,6 @@ def test_item14_cli_ctrl_c_exits_130_with_one_line(tmp_path):
 # Item 15: read-only results; Python floats vs the CLI help; non-traceable f.
 
 
-@_xfail(15, "result.analytic / result.numeric are writable numpy arrays")
 @pytest.mark.parametrize("field", ["analytic", "numeric"])
 def test_item15_result_arrays_read_only(field):
     result = jaxcheck.check_grad(lambda x: jnp.sum(jnp.sin(x)), (jnp.linspace(0.0, 1.0, 3),))
@@ -599,7 +598,6 @@ def test_item15_result_arrays_read_only(field):
         getattr(result, field)[0] = 5.0
 
 
-@_xfail(15, "Python floats are differentiated while the CLI help says they are held fixed")
 def test_item15_python_numbers_code_and_help_agree():
     result = jaxcheck.check_grad(lambda a, x: a * jnp.sum(x), (2.0, jnp.ones(3)), argnums=(0, 1))
     differentiated = any(leaf.path == "args[0]" for leaf in result.leaves)
