@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from . import _grad_full, _probe, _summary
+from ._diagnose import explained
 from ._errors import raise_unless_passed
 from ._problem import Problem, build_problem
 from ._problem import function_name as function_name
@@ -105,20 +106,21 @@ def numerical_grad(
       >>> np.round(g, 4).tolist()
       [0.0, 2.0, 4.0]
     """
-    p = build_problem(
-        "grad",
-        f,
-        args,
-        argnums=argnums,
-        has_aux=has_aux,
-        eps=eps,
-        batch_size=batch_size,
-        seed=seed,
-        reference=reference,
-        analytic=False,
-    )
-    est = _grad_full.estimates(p)
-    return p.as_pytree(np.asarray(est.numeric, np.float64)[:, 0])
+    with explained("numerical_grad", f, args):
+        p = build_problem(
+            "grad",
+            f,
+            args,
+            argnums=argnums,
+            has_aux=has_aux,
+            eps=eps,
+            batch_size=batch_size,
+            seed=seed,
+            reference=reference,
+            analytic=False,
+        )
+        est = _grad_full.estimates(p)
+        return p.as_pytree(np.asarray(est.numeric, np.float64)[:, 0])
 
 
 def check_grad(
@@ -183,28 +185,29 @@ def check_grad(
       'passed'
     """
     start = time.perf_counter()
-    p = build_problem(
-        "grad",
-        f,
-        args,
-        argnums=argnums,
-        has_aux=has_aux,
-        eps=eps,
-        rtol=rtol,
-        atol=atol,
-        batch_size=batch_size,
-        seed=seed,
-        reference=reference,
-        mode=mode,
-        progress=progress,
-        grad_fn=grad_fn,
-        devices=devices,
-        locate_rules=locate_rules,
-        start=start,
-    )
-    resolved = choose_mode(p, mode)
-    strategy = _probe.run_grad if resolved == "probe" else _grad_full.run
-    return grad_result(p, strategy(p), resolved)
+    with explained("check_grad", f, args):
+        p = build_problem(
+            "grad",
+            f,
+            args,
+            argnums=argnums,
+            has_aux=has_aux,
+            eps=eps,
+            rtol=rtol,
+            atol=atol,
+            batch_size=batch_size,
+            seed=seed,
+            reference=reference,
+            mode=mode,
+            progress=progress,
+            grad_fn=grad_fn,
+            devices=devices,
+            locate_rules=locate_rules,
+            start=start,
+        )
+        resolved = choose_mode(p, mode)
+        strategy = _probe.run_grad if resolved == "probe" else _grad_full.run
+        return grad_result(p, strategy(p), resolved)
 
 
 def assert_grad_correct(
