@@ -383,6 +383,15 @@ def _tolerance_for(
     return tol, dtype
 
 
+def _gradient_dtype_ok(got: np.dtype, want: np.dtype) -> bool:
+    """The parameter's own dtype, or float32 for a 16-bit float parameter: mixed-precision
+    code keeps float16/bfloat16 parameters and computes (and differentiates) in float32, and
+    such a gradient is exact, not wrong. Any other dtype is a mistake worth naming."""
+    if got == want:
+        return True
+    return want.itemsize == 2 and jnp.issubdtype(want, jnp.floating) and got == np.float32
+
+
 def _user_gradient(
     grad_fn: Callable,
     args: tuple,
@@ -449,7 +458,7 @@ def _user_gradient(
             raise ValueError(
                 f"{where} has shape {tuple(g.shape)}, but the parameter has shape {leaf.shape}."
             )
-        if np.dtype(g.dtype) != leaf.dtype:
+        if not _gradient_dtype_ok(np.dtype(g.dtype), leaf.dtype):
             raise TypeError(
                 f"{where} has dtype {g.dtype}, but the parameter has dtype {leaf.dtype}. Return "
                 f"gradients in the parameters' dtype (e.g. `.astype(jnp.{leaf.dtype})`)."

@@ -518,7 +518,6 @@ def test_item13_custom_vjp_closing_over_user_vmap_tracer():
 # Item 14: options validated up front; Ctrl-C in the CLI; float16 grad_fn.
 
 
-@_xfail(14, "progress=5 reaches the loop: 'int' object is not callable")
 def test_item14_progress_validated_up_front():
     with pytest.raises(TypeError, match=r"`progress`"):
         jaxcheck.check_grad(lambda x: jnp.sum(x**2), (jnp.ones(3),), progress=5)
@@ -531,7 +530,6 @@ def test_item14_float16_grad_fn_accepted():
     assert result.status == "passed", str(result)
 
 
-@_xfail(14, "a float32 grad_fn result for a float16 leaf computed in float32 is rejected")
 def test_item14_float16_grad_fn_from_float32_math():
     x = jnp.linspace(-1.0, 1.0, 4, dtype=jnp.float16)
     f = lambda x: jnp.sum(x.astype(jnp.float32) ** 2)
@@ -555,7 +553,6 @@ def args():
 """
 
 
-@_xfail(14, "JAX wraps the KeyboardInterrupt in a JaxRuntimeError: exit 2, not 130")
 def test_item14_cli_ctrl_c_exits_130_with_one_line(tmp_path):
     marker = tmp_path / "started"
     module = tmp_path / "slowmod.py"
