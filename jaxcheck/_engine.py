@@ -357,6 +357,8 @@ class Evaluator:
                 "`eps=None`."
             )
         count = coords.size
+        if count == 0:  # no coordinates (an empty leaf): nothing to evaluate
+            return jnp.zeros((0, len(offsets), self.f0.size), self.theta_dtype), points
         if self.eager:  # op by op, in chunks of `batch_size` (default: one pass)
             self.n_evaluations += count * len(offsets)
             return self._eager_stencil(coords, points, batch_size or count, progress), points

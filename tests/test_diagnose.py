@@ -54,3 +54,24 @@ def test_not_traceable_names_f(kind):
     g = f if kind == "check_grad" else (lambda x: f(x) * x)
     with pytest.raises(TypeError, match=r"jaxcheck needs a jax-traceable `f`: `" + kind):
         getattr(jaxcheck, kind)(g, (X,))
+
+
+# Issue 10 item 10: empty inputs and outputs pass with "nothing to compare".
+
+
+def test_empty_leaf_beside_a_full_one_is_checked():
+    x, y = jnp.zeros((0,), jnp.float32), jnp.linspace(0.1, 1.0, 3)
+    result = jaxcheck.check_vjp(lambda x, y: (2 * x, jnp.sin(y)), (x, y), argnums=(0, 1))
+    assert result.status == "passed" and result.n_inputs == 3
+
+
+def test_empty_everything_reasons_and_numerical_grad():
+    x = jnp.zeros((0,), jnp.float32)
+    result = jaxcheck.check_grad(jnp.sum, (x,))
+    assert (
+        result.reason == "nothing to compare: the differentiated inputs are empty (args[0]: f32[0])"
+    )
+    assert jaxcheck.numerical_grad(jnp.sum, (x,)).shape == (0,)
+    out_empty = jaxcheck.check_jvp(lambda x: x[:0], (jnp.ones(3),))
+    assert out_empty.status == "passed"
+    assert out_empty.reason == "nothing to compare: every output of f is empty (out: f32[0])"
