@@ -91,6 +91,22 @@ def _bwd_message(error: BaseException, entry: str, f: Callable, args: tuple) -> 
 
 
 @contextlib.contextmanager
+def own_config() -> Iterator[None]:
+    """The JAX configuration a check's own kernels run under: the user's, except
+    `jax_enable_checks`, which is scoped off. It checks JAX's internal invariants, not the
+    user's code, and JAX itself fails some of its own rules under it (`jax.jit(jax.jvp(...))`
+    of `jax.scipy.special.log_ndtr`, a custom_jvp with a non-differentiable argument, trips
+    its debug-info assertion). Every other option (rank and dtype promotion, x64,
+    `disable_jit`, debug NaNs) stays as the user set it.
+    """
+    if not jax.config.jax_enable_checks:
+        yield
+        return
+    with jax.enable_checks(False):
+        yield
+
+
+@contextlib.contextmanager
 def explained(entry: str, f: Callable, args: tuple) -> Iterator[None]:
     """Runs a check, translating JAX errors caused by f into one clear error.
 
@@ -103,7 +119,8 @@ def explained(entry: str, f: Callable, args: tuple) -> Iterator[None]:
       ValueError: reverse mode through a `lax.while_loop`.
     """
     try:
-        yield
+        with own_config():
+            yield
     except TRACER_ERRORS as error:
         new = TypeError(
             f"jaxcheck needs a jax-traceable `f`: `{entry}` evaluates f under `jax.jit`, "

@@ -1,9 +1,16 @@
-"""Shared fixtures: deterministic, order-independent keys per test."""
+"""Shared fixtures: deterministic, order-independent keys per test; strict JAX configuration.
+
+The suite runs as strict users' suites do (JAX's own harness, equinox): implicit rank
+promotion raises (`jax_numpy_rank_promotion="raise"`) and warnings are errors
+(`filterwarnings = ["error"]` in pyproject.toml), so jaxcheck must work under both.
+"""
 
 import zlib
 
 import jax
 import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 @pytest.fixture
