@@ -32,7 +32,6 @@ NOT_YET_STRICT = frozenset(
         "test_rules.py",
         "test_sparsity.py",
         "test_suites.py",
-        "test_grad.py",
     }
 )
 
