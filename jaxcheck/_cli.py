@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import logging
 import os
 import sys
 import textwrap
@@ -70,7 +71,9 @@ CHECK_EPILOG = (
     """\
 the factory:
   MODULE:FACTORY names a function returning the tuple `args` for `FUNCTION(*args)`:
-  a tuple of pytrees of arrays (Python numbers are allowed and held fixed). With
+  a tuple of pytrees of arrays. Python floats in a differentiated argument are
+  differentiated like float arrays (as `jax.grad` does); Python ints, bools and
+  strings are held fixed. With
   --points K it is called as `factory(seed)` for seed = 0..K-1 and every point is
   checked and reported; the exit code is the worst. The factory decides what a seed
   means -- practitioners advise checking at initialisation and again after some
@@ -373,7 +376,7 @@ def build_args(factory: Callable, name: str, seed: int | None) -> tuple:
         if not _is_allowed_leaf(leaf):
             raise UsageError(
                 f"the factory `{name}{call}` returned a {type(leaf).__name__} at args{jtu.keystr(path)}; "
-                "arguments must be pytrees of arrays (Python numbers are held fixed). Bind other "
+                "arguments must be pytrees of arrays and Python numbers. Bind other "
                 "options into the function instead (e.g. with functools.partial)."
             )
     return args
@@ -607,6 +610,27 @@ def run_check(options: argparse.Namespace) -> int:
     return max(codes)
 
 
+def _is_interrupt(error: BaseException) -> bool:
+    """Whether `error` is a Ctrl-C in disguise: JAX re-raises a KeyboardInterrupt that hits a
+    host callback (`jax.pure_callback`) as a `JaxRuntimeError` naming it in its message."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        if type(error).__name__ == "JaxRuntimeError" and "KeyboardInterrupt" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _quiet_interrupts(record: logging.LogRecord) -> bool:
+    """Logging filter: drop JAX's "pure_callback failed" traceback when it is a Ctrl-C (the
+    interrupt is reported once, as one line)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, KeyboardInterrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the `jaxcheck` command line; returns the exit code (0 passed, 1 wrong, 2 usage)."""
     parser = build_parser()
@@ -617,6 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    callback_log = logging.getLogger("jax._src.callback")
+    callback_log.addFilter(_quiet_interrupts)
     try:
         return run_demo(options) if options.command == "demo" else run_check(options)
     except UsageError as error:
@@ -630,6 +656,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush stays quiet
         return EXIT_WRONG
     except Exception as error:  # an unexpected failure inside the user's code or jaxcheck
+        if _is_interrupt(error):
+            print("jaxcheck: interrupted", file=sys.stderr)
+            return 130
         if options.traceback:
             traceback.print_exc()
         else:
@@ -638,3 +667,5 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return EXIT_USAGE
+    finally:
+        callback_log.removeFilter(_quiet_interrupts)

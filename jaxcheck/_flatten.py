@@ -6,8 +6,9 @@ user's arguments from a flat real vector theta (`rebuild_args`, `unravel`).
 Differentiated leaves are the inexact (floating or complex) array leaves of the
 arguments named by `argnums`. Complex leaves contribute two real coordinates per
 element (real part block, then imaginary part block). Integer, boolean and PRNG-key
-leaves are held fixed and reported as skipped. Python scalars that are not
-differentiated (flags, counts, strings) are passed as static values, exactly as the
+leaves are held fixed and reported as skipped. Python floats (and complex numbers) in
+a differentiated argument are differentiated like arrays, as `jax.grad` does; other
+Python scalars (flags, counts, strings) are passed as static values, exactly as the
 user passed them.
 """
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from . import _grad_full, _probe, _summary
+from ._diagnose import explained
 from ._errors import raise_unless_passed
 from ._problem import Problem, build_problem
 from ._problem import function_name as function_name
@@ -84,6 +85,32 @@ def grad_result(
     )
 
 
+def _nothing_to_compare(p: Problem, reason: str) -> GradCheckResult:
+    """The passed result of a check with no coordinates (every differentiated leaf empty)."""
+    empty = np.zeros(0)
+    return GradCheckResult(
+        name=p.name,
+        status="passed",
+        reason=reason,
+        relative_error=0.0,
+        leaves=(),
+        skipped=p.layout.skipped,
+        taylor=(),
+        reference=p.ev.reference.description,
+        reference_fallback=None,
+        step_policy=p.step_policy,
+        eps=None if p.eps is None else float(p.eps),
+        tolerance=p.tol,
+        seed=p.seed,
+        mode="full",
+        n_evaluations=int(p.ev.n_evaluations),
+        devices=len(p.ev.devices),
+        seconds=time.perf_counter() - p.start,
+        analytic=p.as_pytree(empty),
+        numeric=p.as_pytree(empty),
+    )
+
+
 def numerical_grad(
     f: Callable,
     args: tuple,
@@ -119,20 +146,21 @@ def numerical_grad(
       >>> np.round(g, 4).tolist()
       [0.0, 2.0, 4.0]
     """
-    p = build_problem(
-        "grad",
-        f,
-        args,
-        argnums=argnums,
-        has_aux=has_aux,
-        eps=eps,
-        batch_size=batch_size,
-        seed=seed,
-        reference=reference,
-        analytic=False,
-    )
-    est = _grad_full.estimates(p)
-    return p.as_pytree(np.asarray(est.numeric, np.float64)[:, 0])
+    with explained("numerical_grad", f, args):
+        p = build_problem(
+            "grad",
+            f,
+            args,
+            argnums=argnums,
+            has_aux=has_aux,
+            eps=eps,
+            batch_size=batch_size,
+            seed=seed,
+            reference=reference,
+            analytic=False,
+        )
+        est = _grad_full.estimates(p)
+        return p.as_pytree(np.asarray(est.numeric, np.float64)[:, 0])
 
 
 def check_grad(
@@ -202,28 +230,32 @@ def check_grad(
     start = time.perf_counter()
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0:
         raise ValueError(f"`budget` must be a non-negative number of seconds; got {budget!r}.")
-    p = build_problem(
-        "grad",
-        f,
-        args,
-        argnums=argnums,
-        has_aux=has_aux,
-        eps=eps,
-        rtol=rtol,
-        atol=atol,
-        batch_size=batch_size,
-        seed=seed,
-        reference=reference,
-        mode=mode,
-        progress=progress,
-        grad_fn=grad_fn,
-        devices=devices,
-        locate_rules=locate_rules,
-        start=start,
-    )
-    resolved, note = choose_mode(p, mode, budget)
-    strategy = _probe.run_grad if resolved == "probe" else _grad_full.run
-    return grad_result(p, strategy(p), resolved, note)
+    with explained("check_grad", f, args):
+        p = build_problem(
+            "grad",
+            f,
+            args,
+            argnums=argnums,
+            has_aux=has_aux,
+            eps=eps,
+            rtol=rtol,
+            atol=atol,
+            batch_size=batch_size,
+            seed=seed,
+            reference=reference,
+            mode=mode,
+            progress=progress,
+            grad_fn=grad_fn,
+            devices=devices,
+            locate_rules=locate_rules,
+            start=start,
+        )
+        empty = p.nothing_to_compare()
+        if empty:
+            return _nothing_to_compare(p, empty)
+        resolved, note = choose_mode(p, mode, budget)
+        strategy = _probe.run_grad if resolved == "probe" else _grad_full.run
+        return grad_result(p, strategy(p), resolved, note)
 
 
 def assert_grad_correct(

@@ -1,5 +1,6 @@
 """`check_vjp`, `check_jvp` and their `assert_*` twins: Jacobians of pytree -> pytree functions."""
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 
 from . import _jacobian_kernels as jk
 from . import _summary
+from ._diagnose import explained
 from ._errors import raise_unless_passed
 from ._jacobian_full import run_full
 from ._jacobian_result import BlockReport, JacobianCheckResult, sort_blocks
@@ -161,7 +163,25 @@ def _check(
         raise ValueError(f"`n_probes` must be a positive int; got {n_probes!r}.")
     if sparse is not None and not isinstance(sparse, bool):
         raise TypeError(f"`sparse` must be None (automatic), True or False; got {sparse!r}.")
+    with explained(f"check_{kind}", f, args):
+        return _run(kind, f, args, mode, n_probes, sparse, start, options)
+
+
+def _run(
+    kind: str,
+    f: Callable,
+    args: tuple,
+    mode: str,
+    n_probes: int,
+    sparse: bool | None,
+    start: float,
+    options: dict,
+) -> JacobianCheckResult:
     p = build_problem(kind, f, args, mode=mode, start=start, **options)
+    empty = p.nothing_to_compare()
+    if empty:
+        result = finish(p, [], "full", 0.0, "none (nothing to compare)")
+        return dataclasses.replace(result, status="passed", reason=empty)
     if kind == "jvp":
         _require_forward_mode(p)
     resolved = resolve_mode(mode, p.n, p.m)

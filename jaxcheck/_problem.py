@@ -34,6 +34,7 @@ from ._flatten import (
     rebuild_args,
     unravel_host,
 )
+from ._result import shape_str
 from ._tolerance import Tolerance
 
 PyTree = Any
@@ -169,6 +170,23 @@ class Problem:
         self.floor_in = _tolerance.floor_atol(self.tol_dtype, 1.0, self.scales)
         self.h = self.ev.steps(self.eps)
         self.user_atol = -1.0 if self.tol.atol is None else float(self.tol.atol)
+
+    def nothing_to_compare(self) -> str | None:
+        """Why there is nothing to compare (every differentiated input or every output is
+        empty), or None. Such a check passes with this reason."""
+        if self.n == 0:
+            leaves = ", ".join(
+                f"{leaf.path}: {shape_str(str(leaf.dtype), leaf.shape)}"
+                for leaf in self.layout.diff
+            )
+            return f"nothing to compare: the differentiated inputs are empty ({leaves})"
+        if self.m == 0:
+            outs = [leaf for leaf in self.skipped if leaf.path.startswith("out")]
+            empty = ", ".join(
+                f"{leaf.path}: {shape_str(str(leaf.dtype), leaf.shape)}" for leaf in outs
+            )
+            return f"nothing to compare: every output of f is empty ({empty})"
+        return None
 
     @property
     def n_in(self) -> int:
@@ -381,6 +399,8 @@ def _classify_outputs(
         keep.append(pos)
         values.append(arr)
         offset += size
+    if not outs and any(leaf.reason.startswith("empty output") for leaf in skipped):
+        return (), (), tuple(skipped), np.zeros(0)  # nothing to compare (see `nothing_to_compare`)
     if not outs:
         raise ValueError(
             f"`f` has no floating-point outputs to differentiate ({len(skipped)} integer, "
@@ -396,7 +416,7 @@ def _tolerance_for(
     """The dtype whose rounding the analytic side is allowed (the coarser of inputs and
     outputs) and its `Tolerance`, with the user's rtol/atol in place of the defaults."""
     dtype_in = np.dtype(np.result_type(*[leaf.real_dtype for leaf in layout.diff]))
-    dtype_out = np.dtype(np.result_type(*[np.finfo(o.dtype).dtype for o in outs]))
+    dtype_out = np.dtype(np.result_type(*[np.finfo(o.dtype).dtype for o in outs] or [dtype_in]))
     dtype = dtype_in if np.finfo(dtype_in).eps >= np.finfo(dtype_out).eps else dtype_out
     tol = _tolerance.default_tolerance(dtype)
     if rtol is not None or atol is not None:
@@ -405,6 +425,15 @@ def _tolerance_for(
             atol=None if atol is None else float(atol),
         )
     return tol, dtype
+
+
+def _gradient_dtype_ok(got: np.dtype, want: np.dtype) -> bool:
+    """The parameter's own dtype, or float32 for a 16-bit float parameter: mixed-precision
+    code keeps float16/bfloat16 parameters and computes (and differentiates) in float32, and
+    such a gradient is exact, not wrong. Any other dtype is a mistake worth naming."""
+    if got == want:
+        return True
+    return want.itemsize == 2 and jnp.issubdtype(want, jnp.floating) and got == np.float32
 
 
 def _user_gradient(
@@ -473,7 +502,7 @@ def _user_gradient(
             raise ValueError(
                 f"{where} has shape {tuple(g.shape)}, but the parameter has shape {leaf.shape}."
             )
-        if np.dtype(g.dtype) != leaf.dtype:
+        if not _gradient_dtype_ok(np.dtype(g.dtype), leaf.dtype):
             raise TypeError(
                 f"{where} has dtype {g.dtype}, but the parameter has dtype {leaf.dtype}. Return "
                 f"gradients in the parameters' dtype (e.g. `.astype(jnp.{leaf.dtype})`)."
@@ -566,6 +595,8 @@ def build_problem(
         outs, keep, out_skipped, value = _classify_outputs(f, args, has_aux)
         tol, tol_dtype = _tolerance_for(layout, outs, rtol, atol)
     sel = jk.OutputSelect(f, has_aux, keep)
+    if layout.n == 0 or not outs:  # nothing to difference: no float64 probe either
+        reference = "native"
     ev = Evaluator(sel, False, layout, diff_values, dynamic, reference, value, seed, devices)
     gradient, source = None, ""
     if kind == "grad" and analytic:

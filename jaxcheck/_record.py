@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import jax.tree_util as jtu
 import numpy as np
 
 STATUSES = ("passed", "failed", "inconclusive")
@@ -31,6 +32,20 @@ def plain(obj: Any, skip: tuple[str, ...] = ()) -> Any:
     if isinstance(obj, float) and not np.isfinite(obj):
         return str(obj)
     return obj
+
+
+def read_only(tree: Any) -> Any:
+    """`tree` with every numpy array leaf replaced by a read-only copy (results are frozen:
+    writing into `result.analytic` must not silently change what the report says)."""
+
+    def freeze(leaf: Any) -> Any:
+        if not isinstance(leaf, np.ndarray):
+            return leaf
+        leaf = np.array(leaf, copy=True)
+        leaf.setflags(write=False)
+        return leaf
+
+    return jtu.tree_map(freeze, tree)
 
 
 class CheckResult:

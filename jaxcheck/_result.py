@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._flatten import SkippedLeaf
-from ._record import CheckResult
+from ._record import CheckResult, read_only
 from ._tolerance import Tolerance
 
 PyTree = Any
@@ -234,6 +234,11 @@ class GradCheckResult(CheckResult):
 
     ITEMS: ClassVar[str] = "leaves"
     DICT_SKIP: ClassVar[tuple[str, ...]] = ("analytic", "numeric")
+
+    def __post_init__(self) -> None:
+        for name in ("analytic", "numeric"):
+            object.__setattr__(self, name, read_only(getattr(self, name)))
+
     DICT_EXTRA: ClassVar[dict[str, Any]] = {"kind": "grad"}
 
     def leaf(self, path: str) -> LeafReport:

@@ -79,6 +79,9 @@ def _combine(
     fm2, fm1, fp1, fp2 = (values[:, k, :] for k in range(4))
     xm2, xm1, xp1, xp2 = (points[:, k, None] for k in range(4))
     x0 = x0[:, None]
+    f0 = f0[None, :]  # explicit ranks: users run with jax_numpy_rank_promotion="raise"
+    if xp.ndim(noise_floor) == 1:
+        noise_floor = noise_floor[None, :]
     d1, d2 = xp1 - xm1, xp2 - xm2
     c1 = (fp1 - fm1) / d1
     c2 = (fp2 - fm2) / d2
@@ -87,7 +90,7 @@ def _combine(
     truncation = xp.abs(c1 - c2) / (ratio2 - 1)
     eps = jnp.finfo(values.dtype).eps if eps is None else eps
     fscale = xp.max(xp.abs(values), axis=1)
-    fscale = xp.maximum(fscale, xp.abs(f0)[None, :])
+    fscale = xp.maximum(fscale, xp.abs(f0))
     noise = xp.maximum(NOISE_ULPS * eps * fscale, noise_floor) / d1
     slopes = xp.stack(
         [

@@ -20,7 +20,7 @@ def counting_loss(counter: list[int]):
     def loss(params, x):
         if isinstance(params["w"], jax.core.Tracer):
             counter[0] += 1
-        hidden = jnp.tanh(x @ params["w"] + params["b"])
+        hidden = jnp.tanh(x @ params["w"] + params["b"][None, :])
         return jnp.sum(hidden**2) / x.shape[0]
 
     return loss
@@ -69,7 +69,7 @@ def test_small_check_of_a_fresh_function_compiles_nothing(key, caplog, dtype):
 
     def make(scale):
         def loss(params, x):
-            return jnp.sum(jnp.tanh(x @ params["w"] * scale + params["b"]) ** 2)
+            return jnp.sum(jnp.tanh(x @ params["w"] * scale + params["b"][None, :]) ** 2)
 
         return loss
 

@@ -37,7 +37,7 @@ def _params(key, dtype=jnp.float32):
 
 
 def _loss(params, x, op=jnp.tanh):
-    h = op(x @ params["layer1"]["w"] + params["layer1"]["b"])
+    h = op(x @ params["layer1"]["w"] + params["layer1"]["b"][None, :])
     return jnp.sum((h @ params["layer2"]["w"] + params["layer2"]["b"]) ** 2) + 0.1 * jnp.sum(
         params["layer1"]["w"] ** 2
     )

@@ -36,7 +36,7 @@ def section(title_start: str, sub: str) -> set[str]:
 
 
 def loss(params, x, n):
-    h = jnp.tanh(x @ params["w"] + params["b"])
+    h = jnp.tanh(x @ params["w"] + params["b"][None, :])
     return jnp.sum(h**2) * n
 
 
