@@ -13,6 +13,7 @@ from . import _summary
 from ._errors import raise_unless_passed
 from ._jacobian_full import run_full
 from ._jacobian_result import BlockReport, JacobianCheckResult, sort_blocks
+from ._orders import check_orders, validate_order
 from ._probe import run_probe
 from ._problem import Problem, build_problem
 
@@ -141,6 +142,7 @@ def finish(
         seconds=time.perf_counter() - p.start,
         hints=_hints(p, ordered, problem),
         rule_findings=p.rule_findings(status),
+        notes=p.notes(),
     )
 
 
@@ -162,6 +164,36 @@ def _check(
     if problem and problem.startswith("the VJP cannot be transposed"):
         source, problem = f"{source}; {problem}", None
     return finish(p, blocks, "full", acc.relative_error(), source, problem)
+
+
+def check_jacobian(
+    kind: str,
+    f: Callable,
+    args: tuple,
+    *,
+    mode: str = "auto",
+    n_probes: int = DEFAULT_PROBES,
+    order: int = 1,
+    **options: Any,
+) -> JacobianCheckResult:
+    """`check_vjp` (kind "vjp") or `check_jvp` ("jvp") with `options`, at any `order`."""
+    if validate_order(order) == 1:
+        return _check(kind, f, args, mode, n_probes, **options)
+    return check_orders(
+        kind,
+        f,
+        args,
+        order,
+        first=lambda: _check(kind, f, args, mode, n_probes, **options),
+        check=lambda k, fn, aux: _check(
+            k, fn, args, mode, n_probes, **{**options, "has_aux": aux, "locate_rules": False}
+        ),
+        argnums=options.get("argnums"),
+        has_aux=options.get("has_aux", False),
+        seed=options.get("seed", 0),
+        locate_rules=options.get("locate_rules", True),
+        rule_options={k: options.get(k) for k in ("seed", "reference", "atol") if k in options},
+    )
 
 
 _ARGS_DOC = """
@@ -188,6 +220,10 @@ _ARGS_DOC = """
         k) or a sequence of `jax.Device`. Recorded as `result.devices`.
       locate_rules: When the check fails, check every custom_vjp/custom_jvp rule inside f at
         its own call-site inputs and name the failing ones (`result.rule_findings`).
+      order: Highest derivative order to check (`jax.test_util.check_grads`'s `order`): order
+        k > 1 also checks the Jacobian of the map x -> (the order-1 product at x with a seeded
+        cotangent or tangent), and so on up (`jaxcheck._orders`), stopping at the first order
+        that fails; `result.order` says which.
 
     Complex numbers are compared in the real view: a complex input is its (real, imag)
     coordinates, a complex output its (real, imag) outputs. JAX's JVP is complex-linear
@@ -224,6 +260,7 @@ def check_vjp(
     has_aux: bool = False,
     devices: Any = None,
     locate_rules: bool = True,
+    order: int = 1,
 ) -> JacobianCheckResult:
     """Checks `jax.vjp(f, *args)` (including custom_vjp bwd rules) against finite differences.
 
@@ -237,12 +274,13 @@ def check_vjp(
       >>> jaxcheck.check_vjp(jnp.sin, (jnp.arange(3.0),)).status
       'passed'
     """
-    return _check(
+    return check_jacobian(
         "vjp",
         f,
         args,
-        mode,
-        n_probes,
+        mode=mode,
+        n_probes=n_probes,
+        order=order,
         argnums=argnums,
         eps=eps,
         rtol=rtol,
@@ -272,6 +310,7 @@ def check_jvp(
     has_aux: bool = False,
     devices: Any = None,
     locate_rules: bool = True,
+    order: int = 1,
 ) -> JacobianCheckResult:
     """Checks `jax.jvp(f, ...)` (including custom_jvp rules) against finite differences.
 
@@ -283,12 +322,13 @@ def check_jvp(
       >>> jaxcheck.check_jvp(jnp.sin, (jnp.arange(3.0),)).status
       'passed'
     """
-    return _check(
+    return check_jacobian(
         "jvp",
         f,
         args,
-        mode,
-        n_probes,
+        mode=mode,
+        n_probes=n_probes,
+        order=order,
         argnums=argnums,
         eps=eps,
         rtol=rtol,

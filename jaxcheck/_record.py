@@ -33,6 +33,11 @@ def plain(obj: Any, skip: tuple[str, ...] = ()) -> Any:
     return obj
 
 
+def order_note(order: int) -> str:
+    """The footer's order suffix: empty at order 1 (so first-order reports read as ever)."""
+    return f", order {order}" if order > 1 else ""
+
+
 class CheckResult:
     """Mixin of every result record (a frozen dataclass with `status` and `reason` fields).
 
