@@ -598,7 +598,7 @@ def test_demo_json(capsys, fake_demos, tmp_path):
     assert code == 0 and json.loads(target.read_text())["status"] == "failed"
 
 
-def test_real_demo_registry_lists_the_three_demos(capsys):
+def test_real_demo_registry_lists_the_demos(capsys):
     pytest.importorskip("jaxcheck.catalogue.demos")
     code, out, _ = run(capsys, "demo", "--list")
     assert code == 0
@@ -606,7 +606,7 @@ def test_real_demo_registry_lists_the_three_demos(capsys):
         line.split()[0]
         for line in out.splitlines()[1:]
         if line.startswith("  ") and not line.startswith("   ")
-    ] == ["mlp", "layernorm", "dropout"]
+    ] == ["mlp", "layernorm", "dropout", "pallas"]
 
 
 def test_python_m_jaxcheck_demo_as_a_user_runs_it():
