@@ -253,7 +253,16 @@ def check_orders(
         if level == 1 and kind == "grad" and _forward_mode_problem(fn, args, nums):
             check_kind = "vjp"  # the gradient calls a custom_vjp: reverse-over-reverse
         map_kind = check_kind
-        result = check(check_kind, fn, False)
+        try:
+            result = check(check_kind, fn, False)
+        except (TypeError, ValueError, NotImplementedError) as error:
+            # Order 1 passed at these arguments and options: the derivative is the problem.
+            raise ValueError(
+                f"`order={order}`: JAX cannot differentiate `{name}` (the order-{level} "
+                f"derivative of `{function_name(f)}`) to check order {level + 1}: "
+                f"{type(error).__name__}: {str(error).strip().splitlines()[0]} Check at "
+                f"`order={level}`, or give the non-differentiable part a custom rule."
+            ) from error
         evaluations += result.n_evaluations
         if not result.passed:
             if locate_rules and result.status == "failed":

@@ -4,6 +4,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax import lax
 
@@ -187,6 +188,27 @@ def test_catalogue_at_order_2_float32(name):
 @pytest.mark.parametrize("name", FLOAT64)
 def test_catalogue_at_order_2_float64(name):
     _check_case(name, jnp.float64)
+
+
+def test_a_derivative_jax_cannot_differentiate_is_a_clear_error():
+    @jax.custom_vjp
+    def np_sin(x):
+        return jnp.sin(x)
+
+    def bwd(x, g):
+        cos = jax.pure_callback(
+            np.cos, jax.ShapeDtypeStruct(x.shape, x.dtype), x, vmap_method="sequential"
+        )
+        return (g * cos,)
+
+    np_sin.defvjp(lambda x: (jnp.sin(x), x), bwd)
+    assert jaxcheck.check_vjp(np_sin, (X,), locate_rules=False).passed
+    message = (
+        "`order=2`: JAX cannot differentiate `vjp(np_sin)` (the order-1 derivative of `np_sin`) to "
+        "check order 2: ValueError: Pure callbacks do not support JVP."
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        jaxcheck.check_vjp(np_sin, (X,), order=2, locate_rules=False)
 
 
 def test_validate_order_returns_the_int():
