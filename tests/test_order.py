@@ -157,7 +157,6 @@ CAUGHT_AT = {  # the order at which a broken rule fails (None: correct, passes)
     "vjp/sin": None,
     "jvp/sin": None,
     "vjp/sin_sign": 1,
-    "jvp/pytree_bug": 1,
     "vjp/second_order_stop_gradient": 2,
     "jvp/second_order_stop_gradient": 2,
 }
@@ -209,6 +208,15 @@ def test_a_derivative_jax_cannot_differentiate_is_a_clear_error():
     )
     with pytest.raises(ValueError, match=re.escape(message)):
         jaxcheck.check_vjp(np_sin, (X,), order=2, locate_rules=False)
+
+
+def test_catalogue_sinc_rule_is_right_at_order_1_only():
+    # Its bwd returns the constant 0 at x == 0 (a `where`), whose derivative is 0; sinc''(0) = -1/3.
+    f, args = CASES["vjp/sinc_at_zero"].build(jnp.float32)
+    result = jaxcheck.check_vjp(f, args, order=2, locate_rules=False)
+    assert result.status == "failed" and result.order == 2, str(result)
+    assert result.failed_blocks[0].worst.where == "[1] -> [1]"  # args[0][1] == 0.0
+    assert result.failed_blocks[0].worst.analytic == 0.0
 
 
 def test_validate_order_returns_the_int():
