@@ -218,7 +218,7 @@ class Evaluator:
             with jax.enable_x64(True):
                 theta = jnp.asarray(self.theta, jnp.float64)
                 # Fixed float inputs (data) are widened too: strict ops reject mixed dtypes.
-                self._dynamic64 = [_widen(v) for v in self.dynamic]
+                self._dynamic64 = [widen(v) for v in self.dynamic]
                 if self.eager:
                     value_at = ft.partial(fd.value_at.__wrapped__, spec)
                     out = jax.eval_shape(value_at, theta, self._dynamic64)
@@ -338,40 +338,51 @@ class Evaluator:
         h: np.ndarray,
         batch_size: int | None = None,
         progress: Callable[[int, int], None] | None = None,
+        offsets: tuple[int, ...] = fd.STENCIL,
     ) -> tuple[jax.Array, np.ndarray]:
-        """f at theta + k h_i e_i for k in STENCIL and each coordinate i in `coords`.
+        """f at theta + k h_i e_i for k in `offsets` and each coordinate i in `coords`.
+
+        Args:
+          coords: (b,) theta coordinates.
+          h: (b,) their steps.
+          batch_size: Coordinates per vmapped chunk; None bounds memory automatically.
+          progress: Called as `progress(done, total)` after each group of chunks.
+          offsets: Stencil offsets in units of h, increasing, none zero (default STENCIL).
 
         Returns:
-          (values, points): device array (len(coords), 4, m) and the host (len(coords), 4)
-          coordinate values used (exact in the evaluation dtype).
+          (values, points): device array (b, K, m) and the host (b, K) coordinate values
+          used (exact in the evaluation dtype), K = len(offsets).
 
         Raises:
           ValueError: a step is too small to change the coordinate in its dtype.
         """
         coords = np.asarray(coords, np.int64)
         points = _tolerance.stencil_points(
-            self.theta[coords], h, self.coord_dtype_codes[coords], self.real_dtypes
+            self.theta[coords], h, self.coord_dtype_codes[coords], self.real_dtypes, offsets
         )
-        if np.any(points[:, 2] <= points[:, 1]) or np.any(points[:, 3] <= points[:, 0]):
-            bad = int(
-                coords[np.argmax((points[:, 2] <= points[:, 1]) | (points[:, 3] <= points[:, 0]))]
-            )
+        # Every pair of points of opposite offsets must differ, or the difference is 0/0.
+        half = len(offsets) // 2
+        collapsed = np.any(points[:, half:] <= points[:, half - 1 :: -1], axis=1)
+        if np.any(collapsed):
+            bad = int(coords[np.argmax(collapsed)])
             leaf, index, _ = self.layout.locate(bad)
             raise ValueError(
-                f"The finite-difference step at {leaf.path}{list(index)} is too small to change the value "
-                f"{self.theta[bad]:.6g} in {self.real_dtypes[self.coord_dtype_codes[bad]]}: pass a larger `eps` or leave `eps=None`."
+                f"The finite-difference step at {leaf.path}{list(index)} is too small to change "
+                f"the value {self.theta[bad]:.6g} in "
+                f"{self.real_dtypes[self.coord_dtype_codes[bad]]}: pass a larger `eps` or leave "
+                "`eps=None`."
             )
         count = coords.size
         if self.eager:  # op by op, in chunks of `batch_size` (default: one pass)
-            self.n_evaluations += count * len(fd.STENCIL)
+            self.n_evaluations += count * len(offsets)
             return self._eager_stencil(coords, points, batch_size or count, progress), points
-        batch = batch_size or self.auto_batch_size(len(fd.STENCIL))
+        batch = batch_size or self.auto_batch_size(len(offsets))
         batch = max(1, min(batch, count))
         if self.on_devices:  # rows split over the mesh
             values = self._stencil_on_devices(coords, points, batch)
             if progress is not None:
                 progress(count, count)
-            self.n_evaluations += count * len(fd.STENCIL)
+            self.n_evaluations += count * len(offsets)
             return values, points
         # Chunks of `batch` coordinates, the last padded with copies of the first so that
         # every chunk has one shape; host numpy in the kernel's dtypes (no conversion ops).
@@ -418,7 +429,7 @@ class Evaluator:
                     jax.block_until_ready(outs[-1])
                     progress(min(stop * batch, count), count)
                 values = jnp.asarray(np.concatenate(jax.device_get(outs))[:count])
-        self.n_evaluations += count * len(fd.STENCIL)
+        self.n_evaluations += count * len(offsets)
         return values, points
 
     def _eager_stencil(
@@ -594,7 +605,7 @@ def _vmap_problem(
     return batching_problem(lambda: fd.values_at_points.trace(spec, thetas, dynamic))
 
 
-def _widen(value: Any) -> Any:
+def widen(value: Any) -> Any:
     """A fixed float array leaf in float64 (complex128); other leaves unchanged. Call under x64."""
     dtype = getattr(value, "dtype", None)
     if (

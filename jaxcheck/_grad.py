@@ -19,19 +19,32 @@ from ._summary import GradFindings
 from ._taylor import evidence
 
 PyTree = Any
-# mode="auto" runs full mode while its estimated cost stays under this many evaluations of f
-# per coordinate times coordinates (see `choose_mode`), probe mode beyond.
-GRAD_FULL_MAX = _probe.GRAD_FULL_MAX
+# mode="auto" runs full mode while its estimated time stays within this many seconds.
+DEFAULT_BUDGET = 10.0
 
 
-def choose_mode(p: Problem, mode: str) -> str:
-    """ "full" or "probe" for the user's `mode` ("auto", "full", "probe")."""
+def choose_mode(p: Problem, mode: str, budget: float) -> tuple[str, str]:
+    """("full" or "probe", why) for the user's `mode` ("auto", "full", "probe").
+
+    "auto" is "full" when the problem runs op by op (small) or when the full check's main
+    pass, extrapolated from one chunk, takes at most `budget` seconds; "probe" beyond.
+    """
     if mode != "auto":
-        return mode
-    return "full" if p.n <= GRAD_FULL_MAX else "probe"
+        return mode, ""
+    if p.ev.eager:
+        return "full", ""
+    seconds = _grad_full.estimated_seconds(p)
+    if seconds <= budget:
+        return "full", ""
+    return "probe", (
+        f"mode='auto': a full check would take about {seconds:.3g} s (more than budget="
+        f"{budget:g} s), so probe mode ran"
+    )
 
 
-def grad_result(p: Problem, findings: GradFindings, mode: str) -> GradCheckResult:
+def grad_result(
+    p: Problem, findings: GradFindings, mode: str, mode_note: str = ""
+) -> GradCheckResult:
     """Assembles the `GradCheckResult`: verdict, evidence (Taylor test, step sweep), settings."""
     ev = p.ev
     status, reason = _summary.overall(findings.leaves)
@@ -55,7 +68,8 @@ def grad_result(p: Problem, findings: GradFindings, mode: str) -> GradCheckResul
         leaves=findings.leaves,
         skipped=p.layout.skipped,
         taylor=taylor,
-        reference=f"{ev.reference.description}; {findings.reference}",
+        reference=f"{ev.reference.description}; {findings.reference}"
+        + (f"; {mode_note}" if mode_note else ""),
         reference_fallback=ev.reference.fallback,
         step_policy=p.step_policy,
         eps=None if p.eps is None else float(p.eps),
@@ -142,6 +156,7 @@ def check_grad(
     progress: Callable[[int, int], None] | None = None,
     devices: Any = None,
     locate_rules: bool = True,
+    budget: float = DEFAULT_BUDGET,
     order: int = 1,
 ) -> GradCheckResult | JacobianCheckResult:
     """Checks the gradient of a scalar `f(*args)` against finite differences, element by element.
@@ -166,13 +181,15 @@ def check_grad(
       seed: Seed for the random directions (Taylor test, precision probe). Recorded.
       mode: "full" checks every coordinate; "probe" compares directional derivatives <g, v> along
         random directions per leaf and narrows a failing leaf to its worst elements (for large n);
-        "auto" (default) is "full" up to `jaxcheck._probe.GRAD_FULL_MAX` coordinates, "probe" beyond.
+        "auto" (default) is "full" when a full check fits in `budget` seconds (small problems
+        always; larger ones as extrapolated from one chunk of evaluations), "probe" beyond.
       reference: "auto", "float64" or "native": where finite differences are evaluated.
       progress: Optional callback `progress(done, total)` after each chunk (once at the end
         when the finite differences run on several devices).
       devices: Devices the finite differences are split over: None (all devices of the
         arguments' platform; all global ones under `jax.distributed`), an int k (the first
         k) or a sequence of `jax.Device`. Recorded as `result.devices`.
+      budget: Seconds a full check may take for `mode="auto"` to choose it (default 10).
       locate_rules: When the check fails, check every custom_vjp/custom_jvp rule inside f at
         its own call-site inputs and name the failing ones (`result.rule_findings`).
       order: Highest derivative order to check (`jax.test_util.check_grads`'s `order`). Order
@@ -217,6 +234,7 @@ def check_grad(
                 has_aux=has_aux,
                 progress=progress,
                 locate_rules=locate_rules,
+                budget=budget,
                 **options,
             ),
             check=lambda kind, fn, aux: check_jacobian(
@@ -230,6 +248,8 @@ def check_grad(
             rule_options={"seed": seed, "reference": reference, "atol": atol},
         )
     start = time.perf_counter()
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0:
+        raise ValueError(f"`budget` must be a non-negative number of seconds; got {budget!r}.")
     p = build_problem(
         "grad",
         f,
@@ -249,9 +269,9 @@ def check_grad(
         locate_rules=locate_rules,
         start=start,
     )
-    resolved = choose_mode(p, mode)
+    resolved, note = choose_mode(p, mode, budget)
     strategy = _probe.run_grad if resolved == "probe" else _grad_full.run
-    return grad_result(p, strategy(p), resolved)
+    return grad_result(p, strategy(p), resolved, note)
 
 
 def assert_grad_correct(

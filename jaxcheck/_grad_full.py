@@ -1,10 +1,27 @@
 """Host-side orchestration of the full gradient strategy: every coordinate, element by element.
 
-Runs the stencil of `_engine.Evaluator` over every coordinate of a kind-"grad" `Problem`,
-turns the values into estimates with an error estimate (`_stencil`), classifies each
-analytic element against them and summarises the leaves. Takes a problem, returns
-`GradFindings`; imports no entry point.
+Evaluates f around every coordinate of a kind-"grad" `Problem`, turns the values into
+estimates with an error estimate (`_stencil`), classifies each analytic element against
+them and summarises the leaves. Takes a problem, returns `GradFindings`; imports no entry
+point.
+
+Two points decide most coordinates. Above TWO_POINT_MIN coordinates the check runs in
+passes, so that a correct gradient costs about 2n evaluations, not 4n:
+
+  1. f(x +- h e_i) for every coordinate: the central difference D1_i.
+  2. f(x +- 2h e_i) for a calibration sample (CALIBRATION coordinates, evenly spaced): the
+     full 4-point stencil there measures f's rounding noise (fourth differences).
+  3. A coordinate is decided by D1 alone when |a_i - D1_i| <= safety * noise_i +
+     rtol |D1_i| + atol_i: that is the 4-point tolerance without its truncation term,
+     so it is tighter than the 4-point check, and an analytic value wrong by just the
+     truncation error of D1 would be a coincidence. Every other coordinate (a mismatch,
+     near the tolerance, NaN, a kink) gets +-2h as well and the full 4-point verdict:
+     Richardson extrapolation, truncation estimate, kink test, exactly as below the
+     threshold, where every coordinate gets all four points.
 """
+
+import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -12,39 +29,133 @@ import numpy as np
 
 from . import _stencil as st
 from . import _summary, _tolerance
+from ._finite_diff import STENCIL
 from ._problem import Problem
 from ._summary import GradFindings
 
 REFERENCE = "4-point central differences (+-h, +-2h) with Richardson extrapolation"
+TWO_POINT_REFERENCE = (
+    "central differences at +-h for every coordinate; +-2h and Richardson extrapolation "
+    "for {extended} coordinates (a calibration sample and every one +-h did not decide)"
+)
 ZERO_FRACTION = 1e-3  # see zero_is_resolved
+TWO_POINT_MIN = 512  # below this many coordinates every coordinate gets all four points
+CALIBRATION = 64  # coordinates of the 4-point calibration sample
+MEASURED_ULPS = 4.0  # least rounding allowed an analytic element, when measured (see above)
+# Multiplier on the measured rounding: probes sum it over many elements in quadrature, and
+# the sum of the actual errors may sit several of those standard deviations out.
+MEASURED_SAFETY = 8.0
+
+
+def _eps(p: Problem, coords: np.ndarray) -> np.ndarray:
+    """(k, 1) machine epsilon of the dtype each coordinate is evaluated in."""
+    ev = p.ev
+    eps = np.array([float(jnp.finfo(d).eps) for d in ev.real_dtypes])
+    return eps[ev.coord_dtype_codes[coords]][:, None]
+
+
+def _values(p: Problem, coords: np.ndarray, offsets: tuple[int, ...], progress=None) -> tuple:
+    values, points = p.ev.stencil(coords, p.h[coords], p.batch_size, progress, offsets)
+    return np.asarray(jax.device_get(values), np.float64), points
 
 
 def estimates(
     p: Problem, coords: np.ndarray | None = None, measure_noise: bool = True
 ) -> st.Estimates:
-    """The stencil over `coords` (default: every coordinate), as host `Estimates` (k, 1).
+    """The 4-point stencil over `coords` (default: every coordinate), as host `Estimates`
+    (k, 1).
 
     `measure_noise` adds the rounding noise measured across the coordinates to the error
     estimate (meaningful over many coordinates, not over a narrowed handful).
     """
     ev = p.ev
     coords = np.arange(ev.n) if coords is None else np.asarray(coords)
-    values, points = ev.stencil(coords, p.h[coords], p.batch_size, p.progress)
-    values = np.asarray(jax.device_get(values), np.float64)
-    eps = np.array([float(jnp.finfo(d).eps) for d in ev.real_dtypes])
-    eps = eps[ev.coord_dtype_codes[coords]][:, None]
+    values, points = _values(p, coords, STENCIL, p.progress)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         noise = st.measured_noise_host(values, ev.f0) if measure_noise else 0.0
-        return st.combine_host(values, ev.f0, points, ev.theta[coords], eps, noise)
+        return st.combine_host(values, ev.f0, points, ev.theta[coords], _eps(p, coords), noise)
 
 
-def element_atol(p: Problem, gradient: np.ndarray, floor_dtype: np.dtype) -> np.ndarray:
+def _two_point(
+    p: Problem, values: np.ndarray, points: np.ndarray, coords: np.ndarray, noise_floor: Any
+) -> st.Estimates:
+    """Estimates from f(x +- h) alone: D1, with the rounding noise as its whole error
+    estimate and no kink evidence (one-sided slopes all equal to D1)."""
+    fm, fp = values[:, 0, :], values[:, 1, :]
+    xm, xp = points[:, 0, None], points[:, 1, None]
+    d1 = xp - xm
+    numeric = (fp - fm) / d1
+    fscale = np.maximum(np.maximum(np.abs(fm), np.abs(fp)), np.abs(p.ev.f0)[None, :])
+    noise = np.maximum(st.NOISE_ULPS * _eps(p, coords) * fscale, noise_floor) / d1
+    return st.Estimates(numeric, noise, noise, np.broadcast_to(numeric, (4,) + numeric.shape))
+
+
+def _merge(a: st.Estimates, b: st.Estimates, rows: np.ndarray) -> st.Estimates:
+    """`a` with its rows `rows` replaced by `b`."""
+    out = [np.array(x, np.float64, copy=True) for x in a]
+    out[3][:, rows] = b.slopes
+    for k in range(3):
+        out[k][rows] = b[k]
+    return st.Estimates(*out)
+
+
+def two_point_estimates(p: Problem) -> tuple[st.Estimates, np.ndarray, int]:
+    """Estimates for every coordinate, spending about 2n evaluations (module docstring).
+
+    Returns:
+      (estimates (n, 1), atol (n,) per element, how many coordinates got four points).
+    """
+    ev, tol = p.ev, p.tol
+    coords = np.arange(p.n)
+    inner, inner_points = _values(p, coords, (-1, 1), p.progress)
+    sample = np.unique(np.linspace(0, p.n - 1, CALIBRATION).round().astype(np.int64))
+    outer, outer_points = _values(p, sample, (-2, 2))
+
+    def four(rows: np.ndarray, outer: np.ndarray, outer_points: np.ndarray) -> tuple:
+        values = np.stack([outer[:, 0], inner[rows, 0], inner[rows, 1], outer[:, 1]], axis=1)
+        points = np.stack(
+            [outer_points[:, 0], inner_points[rows, 0], inner_points[rows, 1], outer_points[:, 1]],
+            axis=1,
+        )
+        return values, points
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        values, points = four(sample, outer, outer_points)
+        noise = st.measured_noise_host(values, ev.f0)
+        est = _two_point(p, inner, inner_points, coords, noise)
+        numeric = np.asarray(est.numeric, np.float64)[:, 0]
+        atol = element_atol(p, numeric, p.tol_dtype)
+        tolerance = tol.safety * est.fd_error[:, 0] + tol.rtol * np.abs(numeric) + atol
+        undecided = ~(np.abs(p.analytic - numeric) <= tolerance)  # True for NaN/Inf
+        undecided[sample] = False  # these have all four points already
+        rest = np.flatnonzero(undecided)
+        four_point = np.union1d(sample, rest)
+        if rest.size:
+            more, more_points = _values(p, rest, (-2, 2))
+            outer = np.concatenate([outer, more])
+            outer_points = np.concatenate([outer_points, more_points])
+            order = np.argsort(np.concatenate([sample, rest]), kind="stable")
+            outer, outer_points = outer[order], outer_points[order]
+        values, points = four(four_point, outer, outer_points)
+        eps = _eps(p, four_point)
+        est4 = st.combine_host(values, ev.f0, points, ev.theta[four_point], eps, noise)
+        return _merge(est, est4, four_point), atol, int(four_point.size)
+
+
+def element_atol(
+    p: Problem,
+    gradient: np.ndarray,
+    floor_dtype: np.dtype,
+    measured: np.ndarray | None = None,
+) -> np.ndarray:
     """Absolute tolerance per coordinate: the user's atol, or rtol * leaf max + rounding floor.
 
     Args:
       p: The problem.
       gradient: (n,) the gradient whose magnitudes set the allowances (numeric in full mode).
       floor_dtype: The dtype whose rounding sets the floor.
+      measured: (n,) the analytic side's measured rounding, or None. Where given, it
+        replaces rtol * leaf max when smaller (never loosens the allowance).
     """
     tol = p.tol
     if tol.atol is not None:
@@ -55,8 +166,23 @@ def element_atol(p: Problem, gradient: np.ndarray, floor_dtype: np.dtype) -> np.
     for leaf in p.layout.diff:
         sl = slice(leaf.offset, leaf.offset + leaf.size)
         block = gradient[sl]
-        out[sl] += tol.rtol * float(np.max(np.abs(block[np.isfinite(block)]), initial=0.0))
+        rounding = tol.rtol * float(np.max(np.abs(block[np.isfinite(block)]), initial=0.0))
+        out[sl] += rounding if measured is None else np.minimum(rounding, measured[sl])
     return out
+
+
+def measured_rounding(p: Problem) -> np.ndarray | None:
+    """(n,) the analytic gradient's own rounding, measured against the same gradient computed
+    in float64 (`Problem.analytic_float64`): MEASURED_SAFETY * |a - a64|, at least MEASURED_ULPS ulps
+    of |a| in the analytic dtype; None when no float64 gradient is available."""
+    a64 = p.analytic_float64
+    if a64 is None:
+        return None
+    eps = float(np.finfo(p.tol_dtype).eps)
+    with np.errstate(invalid="ignore"):
+        gap = np.abs(p.analytic - a64)
+        out = np.maximum(MEASURED_SAFETY * gap, MEASURED_ULPS * eps * np.abs(p.analytic))
+    return np.where(np.isfinite(out), out, np.inf)
 
 
 def zero_is_resolved(
@@ -123,12 +249,32 @@ def worst_of(analytic: np.ndarray, numeric: np.ndarray, tolerance: np.ndarray) -
     return int(np.argmax(ratio))
 
 
+def estimated_seconds(p: Problem) -> float:
+    """How long the full strategy's main pass would take, extrapolated from one chunk.
+
+    Runs one chunk of the +-h pass twice (the first compiles) and scales the second's
+    time to every coordinate; the evaluations are counted like any others.
+    """
+    ev = p.ev
+    batch = p.batch_size or ev.auto_batch_size(2)
+    coords = np.arange(min(p.n, batch))
+    offsets = (-1, 1) if p.n >= TWO_POINT_MIN else STENCIL
+    jax.block_until_ready(ev.stencil(coords, p.h[coords], coords.size, None, offsets)[0])
+    start = time.perf_counter()
+    jax.block_until_ready(ev.stencil(coords, p.h[coords], coords.size, None, offsets)[0])
+    return (time.perf_counter() - start) * p.n / coords.size
+
+
 def run(p: Problem) -> GradFindings:
     """The full strategy: every coordinate of a kind-"grad" problem."""
     coords = np.arange(p.n)
-    est = estimates(p, coords)
-    numeric = np.asarray(est.numeric, np.float64)[:, 0]
-    atol = element_atol(p, numeric, p.tol_dtype)
+    if p.n < TWO_POINT_MIN:
+        est = estimates(p, coords)
+        atol = element_atol(p, np.asarray(est.numeric, np.float64)[:, 0], p.tol_dtype)
+        reference = REFERENCE
+    else:
+        est, atol, extended = two_point_estimates(p)
+        reference = TWO_POINT_REFERENCE.format(extended=extended)
     leaves, numeric, tolerance = summarize(p, coords, p.analytic, est, atol)
     worst = worst_of(p.analytic, numeric, tolerance)
     return GradFindings(
@@ -137,5 +283,5 @@ def run(p: Problem) -> GradFindings:
         worst=worst,
         worst_numeric=float(numeric[worst]),
         numeric=numeric,
-        reference=REFERENCE,
+        reference=reference,
     )

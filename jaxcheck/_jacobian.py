@@ -16,6 +16,7 @@ from ._jacobian_result import BlockReport, JacobianCheckResult, sort_blocks
 from ._orders import check_orders, validate_order
 from ._probe import run_probe
 from ._problem import Problem, build_problem
+from ._sparse import run_sparse
 
 PyTree = Any
 MODES = ("auto", "full", "probe")
@@ -102,6 +103,7 @@ def finish(
     relative_error: float,
     source: str,
     problem: str | None = None,
+    sparsity: str = "",
 ) -> JacobianCheckResult:
     """Assembles the `JacobianCheckResult` from block reports."""
     ordered = sort_blocks(blocks)
@@ -142,28 +144,45 @@ def finish(
         seconds=time.perf_counter() - p.start,
         hints=_hints(p, ordered, problem),
         rule_findings=p.rule_findings(status),
+        sparsity=sparsity,
         notes=p.notes(),
     )
 
 
 def _check(
-    kind: str, f: Callable, args: tuple, mode: str, n_probes: int, **options: Any
+    kind: str,
+    f: Callable,
+    args: tuple,
+    mode: str,
+    n_probes: int,
+    sparse: bool | None,
+    **options: Any,
 ) -> JacobianCheckResult:
     start = time.perf_counter()
     if isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer)) or n_probes < 1:
         raise ValueError(f"`n_probes` must be a positive int; got {n_probes!r}.")
+    if sparse is not None and not isinstance(sparse, bool):
+        raise TypeError(f"`sparse` must be None (automatic), True or False; got {sparse!r}.")
     p = build_problem(kind, f, args, mode=mode, start=start, **options)
     if kind == "jvp":
         _require_forward_mode(p)
     resolved = resolve_mode(mode, p.n, p.m)
-    if resolved == "probe":
+    acc, source, sparsity = None, "", ""
+    if mode != "probe" and (sparse or (sparse is None and not p.ev.eager)):
+        # In auto mode as many colour groups as full mode would take input coordinates.
+        limit = FULL_MAX_INPUTS if mode == "auto" else None
+        acc, source, summary = run_sparse(p, max_colors=limit)
+        sparsity = summary.describe()
+    if acc is None and resolved == "probe":
         blocks, relerr, source = run_probe(p, n_probes)
-        return finish(p, blocks, "probe", relerr, source)
-    acc, source, problem = run_full(p)
+        return finish(p, blocks, "probe", relerr, source, sparsity=sparsity)
+    problem = None
+    if acc is None:
+        acc, source, problem = run_full(p)
     blocks = [acc.report(i, o) for i in range(p.n_in) for o in range(p.n_out)]
     if problem and problem.startswith("the VJP cannot be transposed"):
         source, problem = f"{source}; {problem}", None
-    return finish(p, blocks, "full", acc.relative_error(), source, problem)
+    return finish(p, blocks, "full", acc.relative_error(), source, problem, sparsity=sparsity)
 
 
 def check_jacobian(
@@ -173,20 +192,27 @@ def check_jacobian(
     *,
     mode: str = "auto",
     n_probes: int = DEFAULT_PROBES,
+    sparse: bool | None = None,
     order: int = 1,
     **options: Any,
 ) -> JacobianCheckResult:
     """`check_vjp` (kind "vjp") or `check_jvp` ("jvp") with `options`, at any `order`."""
     if validate_order(order) == 1:
-        return _check(kind, f, args, mode, n_probes, **options)
+        return _check(kind, f, args, mode, n_probes, sparse, **options)
     return check_orders(
         kind,
         f,
         args,
         order,
-        first=lambda: _check(kind, f, args, mode, n_probes, **options),
+        first=lambda: _check(kind, f, args, mode, n_probes, sparse, **options),
         check=lambda k, fn, aux: _check(
-            k, fn, args, mode, n_probes, **{**options, "has_aux": aux, "locate_rules": False}
+            k,
+            fn,
+            args,
+            mode,
+            n_probes,
+            sparse,
+            **{**options, "has_aux": aux, "locate_rules": False},
         ),
         argnums=options.get("argnums"),
         has_aux=options.get("has_aux", False),
@@ -220,6 +246,10 @@ _ARGS_DOC = """
         k) or a sequence of `jax.Device`. Recorded as `result.devices`.
       locate_rules: When the check fails, check every custom_vjp/custom_jvp rule inside f at
         its own call-site inputs and name the failing ones (`result.rule_findings`).
+      sparse: Full mode on a sparse Jacobian: detect its pattern from f's jaxpr, colour the
+        columns and perturb a colour group per evaluation (validated against dense columns;
+        any doubt falls back to dense, and `result.sparsity` says why). None (default):
+        tried for problems too large to run op by op; True: always tried; False: never.
       order: Highest derivative order to check (`jax.test_util.check_grads`'s `order`): order
         k > 1 also checks the Jacobian of the map x -> (the order-1 product at x with a seeded
         cotangent or tangent), and so on up (`jaxcheck._orders`), stopping at the first order
@@ -260,6 +290,7 @@ def check_vjp(
     has_aux: bool = False,
     devices: Any = None,
     locate_rules: bool = True,
+    sparse: bool | None = None,
     order: int = 1,
 ) -> JacobianCheckResult:
     """Checks `jax.vjp(f, *args)` (including custom_vjp bwd rules) against finite differences.
@@ -281,6 +312,7 @@ def check_vjp(
         mode=mode,
         n_probes=n_probes,
         order=order,
+        sparse=sparse,
         argnums=argnums,
         eps=eps,
         rtol=rtol,
@@ -310,6 +342,7 @@ def check_jvp(
     has_aux: bool = False,
     devices: Any = None,
     locate_rules: bool = True,
+    sparse: bool | None = None,
     order: int = 1,
 ) -> JacobianCheckResult:
     """Checks `jax.jvp(f, ...)` (including custom_jvp rules) against finite differences.
@@ -329,6 +362,7 @@ def check_jvp(
         mode=mode,
         n_probes=n_probes,
         order=order,
+        sparse=sparse,
         argnums=argnums,
         eps=eps,
         rtol=rtol,

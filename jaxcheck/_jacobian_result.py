@@ -138,6 +138,8 @@ class JacobianCheckResult(CheckResult):
       devices: Devices the finite differences were split over (global devices in a
         multi-process run).
       hints: What to try next.
+      sparsity: Full mode on a sparse Jacobian: colour groups, evaluations and pattern
+        density, or why the dense plan ran instead ("" when not tried).
       rule_findings: On failure, the custom rules inside f that fail their own check at their
         call-site inputs, one line each (empty when none does, or `locate_rules=False`).
       order: The order of the derivative the verdict is about: `order=` as passed when every
@@ -170,6 +172,7 @@ class JacobianCheckResult(CheckResult):
     rule_findings: tuple[str, ...] = ()
     order: int = 1
     notes: tuple[str, ...] = ()
+    sparsity: str = ""
 
     ITEMS: ClassVar[str] = "blocks"
 
@@ -269,6 +272,8 @@ def format_jacobian_result(r: JacobianCheckResult) -> list[str]:
         lines.append(f"  float64 not used: {r.reference_fallback}")
     lines.append(f"  analytic: {r.analytic_source}")
     lines.append(f"  steps: {r.step_policy}")
+    if r.sparsity:
+        lines.append(f"  sparsity: {r.sparsity}")
     tol = r.tolerance
     if tol.atol is not None:
         atol = f"{tol.atol:.1e} per entry"

@@ -51,10 +51,6 @@ from ._problem import TILE_ENTRIES, Problem
 from ._result import LeafReport
 from ._summary import GradFindings
 
-# check_grad(mode="auto") checks every coordinate up to GRAD_FULL_MAX coordinates, probes beyond.
-# A full check costs 4 n evaluations of f, each O(n): for a cheap f on a 2-core CPU, 20k
-# coordinates take ~4 s and 50k ~30 s, while probes take under a second at either size.
-GRAD_FULL_MAX = 20_000
 PROBE_SPLIT = 4  # output narrowing (check_vjp) splits into this many parts per round
 NARROW_PROBES = 2  # directions followed down the input bisection
 NARROW_COORDS = 16
@@ -109,6 +105,9 @@ class Prober:
         self, p: Problem, n_probes: int, grad: tuple[np.ndarray, np.ndarray] | None = None
     ):
         self.p, self.P = p, int(n_probes)
+        # Relative allowance of a probe value for the analytic side's rounding (run_grad
+        # lowers it when that rounding is measured element by element).
+        self.rtol = p.tol.rtol
         # Directions carry the step: Z * h (P, n), restricted per probe to a leaf or a part of one.
         self.Zh = p.ev.random_directions(self.P, "probe") * p.h
         self._zh: dict = {}
@@ -272,7 +271,7 @@ class Prober:
                     U,
                     A,
                     atol,
-                    dtype(p.tol.rtol),
+                    dtype(self.rtol),
                     dtype(p.tol.safety),
                 )
         else:
@@ -280,7 +279,7 @@ class Prober:
                 dtype = values.dtype
                 out = jk.probe_assess(
                     values, jnp.asarray(p.ev.f0, dtype), jnp.asarray(TS, dtype), jnp.asarray(U), jnp.asarray(A, dtype),
-                    jnp.asarray(atol, dtype), jnp.asarray(p.tol.rtol, dtype), jnp.asarray(p.tol.safety, dtype),
+                    jnp.asarray(atol, dtype), jnp.asarray(self.rtol, dtype), jnp.asarray(p.tol.safety, dtype),
                 )  # fmt: skip
         return tuple(np.asarray(x)[:valid] for x in jax.device_get(out))
 
@@ -577,8 +576,13 @@ def run_grad(p: Problem, n_probes: int = 4) -> GradFindings:
     analytic = p.analytic
     # check_grad's per-element atol, with the analytic leaf maximum standing in for the numeric
     # one and the rounding floor taken in the reference's precision (see the module docstring).
-    atol_vec = _grad_full.element_atol(p, analytic, np.dtype(p.ev.reference.dtype))
+    # Where the gradient is also available in float64, the analytic side's rounding is
+    # measured instead of bounded by rtol * leaf max (far tighter over many elements).
+    measured = _grad_full.measured_rounding(p)
+    atol_vec = _grad_full.element_atol(p, analytic, np.dtype(p.ev.reference.dtype), measured)
     pr = Prober(p, n_probes, grad=(analytic, atol_vec))
+    if measured is not None and p.tol.atol is None:
+        pr.rtol = _grad_full.MEASURED_ULPS * float(np.finfo(p.tol_dtype).eps)
     res, specs = pr.top_level()
     layout = p.layout
     counts = [_probe_counts(res, _leaf_rows(specs, leaf), np.arange(1)) for leaf in layout.diff]
@@ -601,6 +605,14 @@ def run_grad(p: Problem, n_probes: int = 4) -> GradFindings:
     if worst is None:
         worst = int(np.argmax(np.abs(np.where(np.isfinite(analytic), analytic, 0))))
         worst_numeric = float(analytic[worst])
+    leaves = [
+        dataclasses.replace(
+            report,
+            probe_floor=_probe_floor(p, res, leaf, _leaf_rows(specs, leaf)),
+            gradient_norm=float(np.linalg.norm(analytic[leaf.offset : leaf.offset + leaf.size])),
+        )
+        for report, leaf in zip(leaves, layout.diff)
+    ]
     reference = (
         "4-point central differences with Richardson extrapolation along "
         f"{pr.P} random directions per leaf ({pr.n_probes_run} probes), failing leaves "
@@ -614,6 +626,20 @@ def run_grad(p: Problem, n_probes: int = 4) -> GradFindings:
         numeric=None,
         reference=reference,
     )
+
+
+def _probe_floor(p: Problem, res: Round, leaf: Any, rows: np.ndarray) -> float | None:
+    """The smallest error of one typical element of a leaf its probes would see.
+
+    One element k wrong by d moves the probe <g, v> by d * v_k; per unit step v_k is
+    z_k * scale_k with z_k standard normal. So d is seen when it exceeds the probe's
+    tolerance over the leaf's typical scale; the median over the leaf's probes is quoted.
+    """
+    if not rows.size:
+        return None
+    scales = p.scales[leaf.offset : leaf.offset + leaf.size]
+    typical = 1.0 if p.eps is not None else float(np.sqrt(np.mean(np.square(scales))))
+    return float(np.median(res.tolerance[rows, 0])) / typical if typical > 0 else None
 
 
 def _narrow_grad_leaf(

@@ -23,7 +23,7 @@ from . import _finite_diff as fd
 from . import _jacobian_kernels as jk
 from . import _tolerance
 from ._devices import resolve_devices
-from ._engine import Evaluator, batching_problem
+from ._engine import Evaluator, batching_problem, widen
 from ._flatten import (
     ArgLayout,
     SkippedLeaf,
@@ -147,6 +147,7 @@ class Problem:
     analytic: np.ndarray | None = None
     analytic_source: str = ""
     locate_rules: bool = True
+    grad_fn: Callable | None = None
     start: float = dataclasses.field(default_factory=time.perf_counter)
     analytic_unbatchable: str | None = None
 
@@ -192,6 +193,29 @@ class Problem:
     def args(self) -> tuple:
         """The arguments the check ran at (differentiated leaves as given, others unchanged)."""
         return rebuild_args(self.layout, self.diff_values, self.dynamic)
+
+    @ft.cached_property
+    def analytic_float64(self) -> np.ndarray | None:
+        """Kind "grad": the analytic gradient computed again in float64 (f or `grad_fn` at
+        the widened arguments under x64), when the reference is float64 and that works;
+        else None. Its distance from `analytic` measures the analytic side's own rounding."""
+        if self.kind != "grad" or not self.ev.reference.x64 or self.analytic is None:
+            return None
+        try:
+            with jax.enable_x64(True):
+                diff64 = [widen(v) for v in self.diff_values]
+                dynamic64 = [widen(v) for v in self.dynamic]
+                if self.grad_fn is None:
+                    kernel = self.ev.kernel(fd.analytic_grad)
+                    _, grads = kernel(self.sel.f, self.sel.has_aux, self.layout, diff64, dynamic64)
+                else:
+                    args64 = rebuild_args(self.layout, diff64, dynamic64)
+                    grads = _user_gradient_leaves(self.grad_fn, args64, self.argnums, self.layout)
+                if any(np.dtype(g.dtype) not in (np.float64, np.complex128) for g in grads):
+                    return None
+                return _theta_vector(self.layout, grads)
+        except Exception:  # noqa: BLE001 - not computable in float64: no measured rounding
+            return None
 
     def rule_findings(self, status: str) -> tuple[str, ...]:
         """When the check failed and `locate_rules`: one line per custom rule inside f that
@@ -473,6 +497,18 @@ def _user_gradient(
     return grads
 
 
+def _user_gradient_leaves(grad_fn: Callable, args: tuple, argnums: Any, layout: ArgLayout) -> list:
+    """`grad_fn(*args)` as one array per differentiated leaf (no dtype checks)."""
+    out = grad_fn(*args)
+    single = isinstance(argnums, (int, np.integer))
+    outs = (out,) if single else tuple(out)
+    first_slot = np.cumsum([0] + [jtu.tree_structure(a).num_leaves for a in args])
+    per_arg = {
+        a: jtu.tree_structure(args[a]).flatten_up_to(g) for a, g in zip(layout.argnums, outs)
+    }
+    return [per_arg[leaf.argnum][leaf.slot - first_slot[leaf.argnum]] for leaf in layout.diff]
+
+
 def _theta_vector(layout: ArgLayout, grads: list) -> np.ndarray:
     """Gradient leaves as a real theta vector (complex: JAX convention -> d/dRe, d/dIm)."""
     host = jax.device_get(grads)
@@ -580,6 +616,7 @@ def build_problem(
         analytic=gradient,
         analytic_source=source,
         locate_rules=locate_rules,
+        grad_fn=grad_fn,
         start=start,
         analytic_unbatchable=analytic_unbatchable,
     )

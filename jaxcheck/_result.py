@@ -60,6 +60,9 @@ class LeafReport:
       n_unresolved: Elements whose reference error exceeds half their magnitude.
       reason: One sentence explaining the status.
       elements: The worst few elements (failures first), for the report.
+      probe_floor: Probe mode: the smallest error of one element the probes would see (a
+        typical element; absolute), or None in full mode.
+      gradient_norm: Probe mode: the norm of the leaf's analytic gradient, or None.
     """
 
     path: str
@@ -79,6 +82,8 @@ class LeafReport:
     n_unresolved: int
     reason: str
     elements: tuple[ElementReport, ...] = ()
+    probe_floor: float | None = None
+    gradient_norm: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -259,6 +264,17 @@ class GradCheckResult(CheckResult):
         return format_grad_result(self)
 
 
+def probe_floor_words(leaf: LeafReport) -> str:
+    """The detection floor of probe mode for one leaf, in words a user reads."""
+    share = ""
+    if leaf.gradient_norm:
+        share = f" ({_sci(leaf.probe_floor / leaf.gradient_norm)} of this leaf's gradient norm)"
+    return (
+        f"one wrong element off by less than about {_sci(leaf.probe_floor)}{share} "
+        "would not be seen in probe mode"
+    )
+
+
 def format_grad_result(r: GradCheckResult) -> list[str]:
     """The report's lines: verdict, leaf table, worst elements, evidence, settings, hints."""
     lines = [f"{r.status.upper()}: check_grad({r.name}): {r.reason}"]
@@ -339,6 +355,9 @@ def format_grad_result(r: GradCheckResult) -> list[str]:
         f"  mode {r.mode}, seed {r.seed}, {r.n_evaluations} evaluations{on_devices}, {r.seconds:.2f} s"
         + order_note(r.order)
     )
+    for leaf in r.leaves:
+        if leaf.probe_floor is not None:
+            lines.append(f"  probe floor {leaf.path}: {probe_floor_words(leaf)}")
     for note in r.notes:
         lines.append(f"  note: {note}")
     for hint in r.hints:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxcheck
-from jaxcheck import _engine, _probe
+from jaxcheck import _engine
 
 
 def _net(params, x, n_steps):
@@ -53,7 +53,7 @@ def _elementwise(bug_index, factor):
 
 def test_one_element_bug_in_20000_leaf_is_narrowed_to_its_index():
     x = jnp.linspace(-3.0, 3.0, 20_000)
-    r = jaxcheck.check_vjp(_elementwise(12_345, 1.5), (x,))  # auto: 4e8 entries -> probe
+    r = jaxcheck.check_vjp(_elementwise(12_345, 1.5), (x,), mode="probe")
     assert r.mode == "probe" and r.status == "failed"
     block = r.block("args[0]", "out")
     assert block.worst.input_index == (12_345,) and block.worst.output_index == (12_345,)
@@ -122,7 +122,7 @@ def test_check_grad_probe_finds_leaf_and_element(dtype):
     with _ctx(dtype):
         params = {"w": jnp.linspace(-1.0, 1.0, n).astype(dtype), "c": jnp.arange(3.0).astype(dtype)}
         x = jnp.cos(jnp.arange(n)).astype(dtype)
-        r = jaxcheck.check_grad(loss, (params, x))  # auto: n > GRAD_FULL_MAX -> probe
+        r = jaxcheck.check_grad(loss, (params, x), budget=0.0)  # auto, over budget -> probe
     assert r.mode == "probe" and r.status == "failed"
     assert [l.path for l in r.failed_leaves] == ["args[0]['w']"]
     leaf = r.leaf("args[0]['w']")
@@ -138,8 +138,10 @@ def test_check_grad_probe_passes_a_correct_loss_and_auto_stays_full_when_small(k
     r = jaxcheck.check_grad(loss, (params, x), mode="probe")
     assert r.status == "passed" and r.mode == "probe" and r.numeric is None
     assert jaxcheck.check_grad(loss, (params, x)).mode == "full"
-    big = (jnp.ones(_probe.GRAD_FULL_MAX + 1),)
-    assert jaxcheck.check_grad(lambda x: jnp.sum(x**2), big).mode == "probe"
+    big = (jnp.linspace(-1.0, 1.0, 4096),)
+    over = jaxcheck.check_grad(lambda x: jnp.sum(x**2), big, budget=0.0)
+    assert over.mode == "probe" and "(more than budget=0 s), so probe mode ran" in over.reference
+    assert jaxcheck.check_grad(lambda x: jnp.sum(x**2), big, budget=1e6).mode == "full"
 
 
 def test_complex_probe_passes_and_conjugation_bug_fails():
@@ -183,3 +185,25 @@ def test_check_grad_probe_reuses_compiled_code(key, monkeypatch):
     count = len(traces)
     jaxcheck.check_grad(loss, (jax.tree.map(lambda a: 0.5 * a, params), x + 1.0), mode="probe")
     assert len(traces) == count
+
+
+def test_probe_sees_a_small_needle_at_the_analytic_sides_own_rounding():
+    """The analytic side's rounding is measured against the float64 gradient, so a float32
+    probe resolves a single element wrong by 0.5% of a typical element in 40000 (2.5e-5 of the
+    leaf's gradient norm, invisible to a tolerance of rtol * the leaf's largest element)."""
+    w = jnp.cos(jnp.arange(40_000.0)).reshape(200, 200)
+    x = jnp.sin(jnp.arange(200.0))
+
+    def loss(w, x):
+        return jnp.sum(jnp.tanh(w * x) ** 2)
+
+    def needle(w, x):
+        return jax.grad(loss)(w, x).at[17, 101].multiply(1.005)
+
+    good = jaxcheck.check_grad(loss, (w, x), mode="probe")
+    bad = jaxcheck.check_grad(loss, (w, x), mode="probe", grad_fn=needle)
+    assert good.status == "passed", str(good)
+    assert bad.status == "failed" and bad.leaves[0].worst_index == (17, 101), str(bad)
+    floor = good.leaves[0]
+    assert floor.probe_floor is not None and floor.probe_floor / floor.gradient_norm < 1e-5
+    assert "one wrong element off by less than about" in str(good)

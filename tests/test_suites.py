@@ -219,3 +219,29 @@ def test_check_grad_elementwise_bug_float32(case):
 def test_check_grad_elementwise_bug_float64(case):
     with jax.enable_x64(True):
         _check(case, jnp.float64)
+
+
+# ----------------------------------------------------------------------------
+# The two-point full mode (large n): same verdicts on the whole catalogue.
+
+
+@pytest.fixture
+def two_point(monkeypatch):
+    """Every check takes the 2n path of large problems: +-h everywhere, a small
+    calibration sample and +-2h only where +-h does not decide (`_grad_full`)."""
+    from jaxcheck import _grad_full
+
+    monkeypatch.setattr(_grad_full, "TWO_POINT_MIN", 1)
+    monkeypatch.setattr(_grad_full, "CALIBRATION", 4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("case", GRAD_CASES, ids=_ids(GRAD_CASES))
+def test_check_grad_two_point_path(case, dtype, two_point):
+    with _precision(dtype):
+        _check(case, dtype)
+
+
+@pytest.mark.parametrize("case", OP_CASES_F32_BUG, ids=_ids(OP_CASES_F32_BUG))
+def test_check_grad_two_point_path_elementwise_bug_float32(case, two_point):
+    _check(case, jnp.float32)
