@@ -222,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--atol", type=float, help="absolute tolerance (default: derived per leaf)")
     check.add_argument("--has-aux", action="store_true", help="FUNCTION returns (value, aux)")
     check.add_argument(
+        "--order",
+        type=_positive_int,
+        metavar="K",
+        help="also check derivatives up to order K (default 1; custom-vjp/custom-jvp/rules: 1 or 2)",
+    )
+    check.add_argument(
         "--allow-inconclusive",
         action="store_true",
         help="exit 0 instead of 1 when the check is inconclusive",
@@ -528,7 +534,7 @@ def _check_kwargs(
     if options.argnums is not None:
         nums = options.argnums
         wanted["argnums"] = ("--argnums", nums[0] if len(nums) == 1 else tuple(nums))
-    for option in ("seed", "mode", "eps", "rtol", "atol"):
+    for option in ("seed", "mode", "eps", "rtol", "atol", "order"):
         if getattr(options, option) is not None:
             wanted[option] = (f"--{option}", getattr(options, option))
     if options.has_aux:

@@ -135,12 +135,14 @@ class Evaluator:
         self.n_evaluations = 0
         self.native_dtypes = tuple(leaf.dtype for leaf in layout.diff)
         self._dynamic64: list[Any] | None = None
+        # Why f cannot be batched with vmap (then every batch is evaluated sequentially).
+        self.unbatchable = _vmap_problem(f, has_aux, layout, self.native_dtypes, self.dynamic)
         self.reference_arg = reference
         self.reference = self._choose_reference(reference, native_value)
         if self.reference.x64:
             self.dynamic = self._dynamic64
         self.dtypes = tuple(_leaf_eval_dtype(d, self.reference.x64) for d in self.native_dtypes)
-        self.spec = fd.EvalSpec(f, has_aux, layout, self.dtypes)
+        self.spec = fd.EvalSpec(f, has_aux, layout, self.dtypes, self.sequential)
         self.real_dtypes = tuple(sorted({_real_dtype(d) for d in self.dtypes}, key=str))
         self.coord_dtype_codes = np.zeros(self.n, np.int8)
         for leaf, dtype in zip(layout.diff, self.dtypes):
@@ -165,6 +167,20 @@ class Evaluator:
         )
 
     # -- execution ---------------------------------------------------------------
+
+    @property
+    def sequential(self) -> bool:
+        """Whether batches of evaluations run one after another (f has no batching rule)."""
+        return self.unbatchable is not None
+
+    def sequential_note(self) -> str | None:
+        """The report's note on sequential evaluation and its cost, or None."""
+        if self.unbatchable is None:
+            return None
+        return (
+            f"f cannot be batched with vmap ({self.unbatchable}): evaluated sequentially "
+            f"(jax.lax.map), {self.n_evaluations} evaluations one at a time"
+        )
 
     def kernel(self, kernel: Callable) -> Callable:
         """`kernel` (a jitted function of this package) as this problem runs it: the jitted
@@ -200,7 +216,7 @@ class Evaluator:
     def _float64_problem(self, native_value: np.ndarray) -> str | None:
         """Why f cannot serve as a float64 reference, or None if it can."""
         dtypes = tuple(_leaf_eval_dtype(d, True) for d in self.native_dtypes)
-        spec = fd.EvalSpec(self.f, self.has_aux, self.layout, dtypes)
+        spec = fd.EvalSpec(self.f, self.has_aux, self.layout, dtypes, self.sequential)
         try:
             with jax.enable_x64(True):
                 theta = jnp.asarray(self.theta, jnp.float64)
@@ -594,6 +610,33 @@ def _small(layout: ArgLayout, f: Callable, has_aux: bool, diff_values: Any, dyna
         per_eval = layout.n * 8 + _jaxpr_bytes(jaxpr.jaxpr)
         return per_eval * len(fd.STENCIL) * max(1, layout.n) <= EAGER_BUDGET_BYTES
     return True
+
+
+def batching_problem(trace: Callable[[], Any]) -> str | None:
+    """Why `trace()` (tracing a jitted kernel that vmaps f) fails for want of a batching rule,
+    as the first line of JAX's error, or None when it traces (or fails for another reason,
+    which the unbatched evaluation reports itself).
+
+    A `jax.pure_callback` without `vmap_method` and a primitive without a batching rule
+    raise `NotImplementedError` under `vmap` (JAX 0.10.2), while `jax.lax.map` runs them.
+    """
+    try:
+        trace()
+    except NotImplementedError as error:
+        return _first_line(error)
+    except Exception:  # noqa: BLE001 - not a batching problem: the unbatched call reports it
+        return None
+    return None
+
+
+def _vmap_problem(
+    f: Callable, has_aux: bool, layout: ArgLayout, dtypes: tuple, dynamic: list
+) -> str | None:
+    """Why f cannot be batched with vmap, or None (one cached trace of a batch of two)."""
+    spec = fd.EvalSpec(f, has_aux, layout, dtypes)
+    real = np.result_type(*[_real_dtype(d) for d in dtypes])
+    thetas = jax.ShapeDtypeStruct((2, layout.n), real)
+    return batching_problem(lambda: fd.values_at_points.trace(spec, thetas, dynamic))
 
 
 def widen(value: Any) -> Any:

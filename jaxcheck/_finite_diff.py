@@ -27,6 +27,15 @@ class EvalSpec(NamedTuple):
     has_aux: bool
     layout: ArgLayout
     dtypes: tuple[Any, ...]  # dtype each differentiated leaf is evaluated in
+    sequential: bool = False  # f has no batching rule: map with `jax.lax.map`, not `vmap`
+
+
+def over_batch(fn: Callable, sequential: bool) -> Callable:
+    """`fn` mapped over the leading axis of all its arguments: `jax.vmap`, or `jax.lax.map`
+    (one evaluation after another inside the compiled loop; needs no batching rule)."""
+    if not sequential:
+        return jax.vmap(fn)
+    return lambda *xs: jax.lax.map(lambda x: fn(*x), xs)
 
 
 def _call(spec: EvalSpec, theta: jax.Array, dynamic: Any) -> jax.Array:
@@ -37,6 +46,13 @@ def _call(spec: EvalSpec, theta: jax.Array, dynamic: Any) -> jax.Array:
 def value_at(spec: EvalSpec, theta: jax.Array, dynamic: Any) -> jax.Array:
     """f(theta) as a real vector (m,)."""
     return _call(spec, theta, dynamic)
+
+
+@ft.partial(jax.jit, static_argnums=0)
+def values_at_points(spec: EvalSpec, thetas: jax.Array, dynamic: Any) -> jax.Array:
+    """f at each row of thetas (b, n): (b, m), always through `jax.vmap` (traced, never run,
+    to learn whether f can be batched; jit's trace cache makes a repeat check free)."""
+    return jax.vmap(lambda theta: _call(spec, theta, dynamic))(thetas)
 
 
 @ft.partial(jax.jit, static_argnums=0)
@@ -60,9 +76,9 @@ def values_at_coordinates(
         return _call(spec, theta.at[i].set(x), dynamic)
 
     def one_coordinate(i, xs):
-        return jax.vmap(one_point, in_axes=(None, 0))(i, xs)
+        return over_batch(lambda x: one_point(i, x), spec.sequential)(xs)
 
-    return jax.vmap(one_coordinate)(coords, points)
+    return over_batch(one_coordinate, spec.sequential)(coords, points)
 
 
 @ft.partial(jax.jit, static_argnums=0)
@@ -85,7 +101,8 @@ def values_along_directions(
     def one(v, t):
         return _call(spec, theta + t * v, dynamic)
 
-    return jax.vmap(lambda v: jax.vmap(lambda t: one(v, t))(ts))(directions)
+    along = lambda v: over_batch(lambda t: one(v, t), spec.sequential)(ts)  # noqa: E731
+    return over_batch(along, spec.sequential)(directions)
 
 
 @ft.partial(jax.jit, static_argnums=(0, 1, 2))

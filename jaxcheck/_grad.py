@@ -9,6 +9,9 @@ import numpy as np
 from . import _grad_full, _probe, _summary
 from ._diagnose import explained
 from ._errors import raise_unless_passed
+from ._jacobian import check_jacobian
+from ._jacobian_result import JacobianCheckResult
+from ._orders import check_orders, validate_order
 from ._problem import Problem, build_problem
 from ._problem import function_name as function_name
 from ._problem import validate_options as validate_options
@@ -79,6 +82,7 @@ def grad_result(
         seconds=time.perf_counter() - p.start,
         hints=_summary.hints(findings.leaves, ev.reference.dtype == np.float64),
         rule_findings=p.rule_findings(status),
+        notes=p.notes(),
         step_sweep=sweep,
         analytic=p.as_pytree(p.analytic),
         numeric=None if findings.numeric is None else p.as_pytree(findings.numeric),
@@ -181,7 +185,8 @@ def check_grad(
     devices: Any = None,
     locate_rules: bool = True,
     budget: float = DEFAULT_BUDGET,
-) -> GradCheckResult:
+    order: int = 1,
+) -> GradCheckResult | JacobianCheckResult:
     """Checks the gradient of a scalar `f(*args)` against finite differences, element by element.
 
     The analytic gradient is `jax.grad(f, argnums)` (exercising any custom_vjp/custom_jvp
@@ -215,9 +220,15 @@ def check_grad(
       budget: Seconds a full check may take for `mode="auto"` to choose it (default 10).
       locate_rules: When the check fails, check every custom_vjp/custom_jvp rule inside f at
         its own call-site inputs and name the failing ones (`result.rule_findings`).
+      order: Highest derivative order to check (`jax.test_util.check_grads`'s `order`). Order
+        k > 1 also checks the Hessian (forward-over-reverse, `check_jvp` of `jax.grad(f)`, or
+        of `grad_fn`) and, beyond, the Jacobians of Hessian-vector products along seeded
+        directions (`jaxcheck._orders`), stopping at the first order that fails.
 
     Returns:
-      A `GradCheckResult`; `str(result)` is the full report.
+      A `GradCheckResult` (order 1, or the order-1 check failed); for order > 1 otherwise
+      the `JacobianCheckResult` of the highest order checked (or the first failing one),
+      with `result.order` saying which. `str(result)` is the full report.
 
     Raises:
       TypeError, ValueError: misuse (non-scalar f, no float leaves, bad argnums, a
@@ -227,6 +238,43 @@ def check_grad(
       >>> jaxcheck.check_grad(lambda x: jnp.sum(jnp.sin(x)), (jnp.arange(3.0),)).status
       'passed'
     """
+    if validate_order(order) > 1:
+        options = dict(
+            eps=eps,
+            rtol=rtol,
+            atol=atol,
+            batch_size=batch_size,
+            seed=seed,
+            mode=mode,
+            reference=reference,
+            devices=devices,
+        )
+        return check_orders(
+            "grad",
+            f,
+            args,
+            order,
+            first=lambda: check_grad(
+                f,
+                args,
+                argnums=argnums,
+                grad_fn=grad_fn,
+                has_aux=has_aux,
+                progress=progress,
+                locate_rules=locate_rules,
+                budget=budget,
+                **options,
+            ),
+            check=lambda kind, fn, aux: check_jacobian(
+                kind, fn, args, argnums=argnums, has_aux=aux, locate_rules=False, **options
+            ),
+            argnums=argnums,
+            has_aux=has_aux,
+            seed=seed,
+            grad_fn=grad_fn,
+            locate_rules=locate_rules,
+            rule_options={"seed": seed, "reference": reference, "atol": atol},
+        )
     start = time.perf_counter()
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0:
         raise ValueError(f"`budget` must be a non-negative number of seconds; got {budget!r}.")

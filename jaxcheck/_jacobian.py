@@ -15,6 +15,7 @@ from ._diagnose import explained
 from ._errors import raise_unless_passed
 from ._jacobian_full import run_full
 from ._jacobian_result import BlockReport, JacobianCheckResult, sort_blocks
+from ._orders import check_orders, validate_order
 from ._probe import run_probe
 from ._problem import Problem, build_problem
 from ._sparse import run_sparse
@@ -146,6 +147,7 @@ def finish(
         hints=_hints(p, ordered, problem),
         rule_findings=p.rule_findings(status),
         sparsity=sparsity,
+        notes=p.notes(),
     )
 
 
@@ -203,6 +205,43 @@ def _run(
     return finish(p, blocks, "full", acc.relative_error(), source, problem, sparsity=sparsity)
 
 
+def check_jacobian(
+    kind: str,
+    f: Callable,
+    args: tuple,
+    *,
+    mode: str = "auto",
+    n_probes: int = DEFAULT_PROBES,
+    sparse: bool | None = None,
+    order: int = 1,
+    **options: Any,
+) -> JacobianCheckResult:
+    """`check_vjp` (kind "vjp") or `check_jvp` ("jvp") with `options`, at any `order`."""
+    if validate_order(order) == 1:
+        return _check(kind, f, args, mode, n_probes, sparse, **options)
+    return check_orders(
+        kind,
+        f,
+        args,
+        order,
+        first=lambda: _check(kind, f, args, mode, n_probes, sparse, **options),
+        check=lambda k, fn, aux: _check(
+            k,
+            fn,
+            args,
+            mode,
+            n_probes,
+            sparse,
+            **{**options, "has_aux": aux, "locate_rules": False},
+        ),
+        argnums=options.get("argnums"),
+        has_aux=options.get("has_aux", False),
+        seed=options.get("seed", 0),
+        locate_rules=options.get("locate_rules", True),
+        rule_options={k: options.get(k) for k in ("seed", "reference", "atol") if k in options},
+    )
+
+
 _ARGS_DOC = """
     Args:
       f: Function to check, called as `f(*args)`; any pytree of arrays in and out.
@@ -231,6 +270,10 @@ _ARGS_DOC = """
         columns and perturb a colour group per evaluation (validated against dense columns;
         any doubt falls back to dense, and `result.sparsity` says why). None (default):
         tried for problems too large to run op by op; True: always tried; False: never.
+      order: Highest derivative order to check (`jax.test_util.check_grads`'s `order`): order
+        k > 1 also checks the Jacobian of the map x -> (the order-1 product at x with a seeded
+        cotangent or tangent), and so on up (`jaxcheck._orders`), stopping at the first order
+        that fails; `result.order` says which.
 
     Complex numbers are compared in the real view: a complex input is its (real, imag)
     coordinates, a complex output its (real, imag) outputs. JAX's JVP is complex-linear
@@ -268,6 +311,7 @@ def check_vjp(
     devices: Any = None,
     locate_rules: bool = True,
     sparse: bool | None = None,
+    order: int = 1,
 ) -> JacobianCheckResult:
     """Checks `jax.vjp(f, *args)` (including custom_vjp bwd rules) against finite differences.
 
@@ -281,13 +325,14 @@ def check_vjp(
       >>> jaxcheck.check_vjp(jnp.sin, (jnp.arange(3.0),)).status
       'passed'
     """
-    return _check(
+    return check_jacobian(
         "vjp",
         f,
         args,
-        mode,
-        n_probes,
-        sparse,
+        mode=mode,
+        n_probes=n_probes,
+        order=order,
+        sparse=sparse,
         argnums=argnums,
         eps=eps,
         rtol=rtol,
@@ -318,6 +363,7 @@ def check_jvp(
     devices: Any = None,
     locate_rules: bool = True,
     sparse: bool | None = None,
+    order: int = 1,
 ) -> JacobianCheckResult:
     """Checks `jax.jvp(f, ...)` (including custom_jvp rules) against finite differences.
 
@@ -329,13 +375,14 @@ def check_jvp(
       >>> jaxcheck.check_jvp(jnp.sin, (jnp.arange(3.0),)).status
       'passed'
     """
-    return _check(
+    return check_jacobian(
         "jvp",
         f,
         args,
-        mode,
-        n_probes,
-        sparse,
+        mode=mode,
+        n_probes=n_probes,
+        order=order,
+        sparse=sparse,
         argnums=argnums,
         eps=eps,
         rtol=rtol,

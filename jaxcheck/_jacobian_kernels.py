@@ -31,6 +31,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from . import _stencil as st
+from ._finite_diff import over_batch
 from ._flatten import ArgLayout, ravel_output, rebuild_args, unravel
 
 
@@ -44,6 +45,7 @@ class OutputSelect:
     f: Callable
     has_aux: bool
     keep: tuple[int, ...]  # positions among f's output leaves
+    sequential: bool = False  # f's derivative has no batching rule: products one at a time
 
     def __call__(self, *args: Any) -> tuple:
         out = self.f(*args)
@@ -147,7 +149,7 @@ def vjp_products(
 ) -> jax.Array:
     """J^T u for each row u of U (b, m): (b, n), through `jax.vjp` (so custom_vjp bwd rules run)."""
     lin, u_dtype = _vjp_linear(sel, layout, outs, diff_values, dynamic)
-    return jax.vmap(lin)(U.astype(u_dtype))
+    return over_batch(lin, sel.sequential)(U.astype(u_dtype))
 
 
 @ft.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -162,7 +164,7 @@ def vjp_rows(
     """Rows `rows` (r,) of J from VJPs at output basis vectors: (r, n)."""
     m = sum(o.size for o in outs)
     lin, u_dtype = _vjp_linear(sel, layout, outs, diff_values, dynamic)
-    return jax.vmap(lin)(_basis(rows, m, u_dtype))
+    return over_batch(lin, sel.sequential)(_basis(rows, m, u_dtype))
 
 
 @ft.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -203,7 +205,9 @@ def vjp_columns(
     m = sum(o.size for o in outs)
     lin, u_dtype = _vjp_linear(sel, layout, outs, diff_values, dynamic)
     transpose = jax.linear_transpose(lin, jax.ShapeDtypeStruct((m,), u_dtype))
-    return jax.vmap(lambda v: transpose(v)[0])(_basis(coords, layout.n, _in_dtype(layout)))
+    return over_batch(lambda v: transpose(v)[0], sel.sequential)(
+        _basis(coords, layout.n, _in_dtype(layout))
+    )
 
 
 def _jvp_linear(sel, layout, outs, diff_values, dynamic) -> Callable:
@@ -223,7 +227,7 @@ def jvp_products(
 ) -> jax.Array:
     """J v for each row v of V (b, n): (b, m), through `jax.linearize` (custom_jvp rules run)."""
     lin = _jvp_linear(sel, layout, outs, diff_values, dynamic)
-    return jax.vmap(lin)(V.astype(_in_dtype(layout)))
+    return over_batch(lin, sel.sequential)(V.astype(_in_dtype(layout)))
 
 
 @ft.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -237,7 +241,7 @@ def jvp_columns(
 ) -> jax.Array:
     """Columns `coords` (k,) of J from JVPs at input basis vectors: (k, m)."""
     lin = _jvp_linear(sel, layout, outs, diff_values, dynamic)
-    return jax.vmap(lin)(_basis(coords, layout.n, _in_dtype(layout)))
+    return over_batch(lin, sel.sequential)(_basis(coords, layout.n, _in_dtype(layout)))
 
 
 @ft.partial(jax.jit, static_argnums=(3,))

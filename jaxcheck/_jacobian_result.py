@@ -11,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 
 from ._flatten import SkippedLeaf
-from ._record import CheckResult
+from ._record import CheckResult, order_note
 from ._result import _index_str, _num, _sci, _table, shape_str
 from ._tolerance import Tolerance
 
@@ -142,6 +142,10 @@ class JacobianCheckResult(CheckResult):
         density, or why the dense plan ran instead ("" when not tried).
       rule_findings: On failure, the custom rules inside f that fail their own check at their
         call-site inputs, one line each (empty when none does, or `locate_rules=False`).
+      order: The order of the derivative the verdict is about: `order=` as passed when every
+        order up to it passed, else the first order that did not pass (see `jaxcheck._orders`).
+      notes: How f was evaluated, when not as usual (e.g. sequentially, since vmap cannot
+        batch it, with the number of evaluations).
     """
 
     name: str
@@ -166,6 +170,8 @@ class JacobianCheckResult(CheckResult):
     devices: int = 1
     hints: tuple[str, ...] = ()
     rule_findings: tuple[str, ...] = ()
+    order: int = 1
+    notes: tuple[str, ...] = ()
     sparsity: str = ""
 
     ITEMS: ClassVar[str] = "blocks"
@@ -283,8 +289,10 @@ def format_jacobian_result(r: JacobianCheckResult) -> list[str]:
     lines.append(
         f"  mode {r.mode}, seed {r.seed}, {r.n_inputs} inputs x {r.n_outputs} outputs (real coordinates), "
         f"{r.n_evaluations} evaluations{f', {r.devices} devices' if r.devices > 1 else ''}, "
-        f"{r.seconds:.2f} s"
+        f"{r.seconds:.2f} s" + order_note(r.order)
     )
+    for note in r.notes:
+        lines.append(f"  note: {note}")
     for finding in r.rule_findings:
         lines.append(f"  rule: {finding}")
     for hint in r.hints:

@@ -23,7 +23,7 @@ from . import _finite_diff as fd
 from . import _jacobian_kernels as jk
 from . import _tolerance
 from ._devices import resolve_devices
-from ._engine import Evaluator, widen
+from ._engine import Evaluator, batching_problem, widen
 from ._flatten import (
     ArgLayout,
     SkippedLeaf,
@@ -150,6 +150,7 @@ class Problem:
     locate_rules: bool = True
     grad_fn: Callable | None = None
     start: float = dataclasses.field(default_factory=time.perf_counter)
+    analytic_unbatchable: str | None = None
 
     def __post_init__(self) -> None:
         # Device copies once, so the analytic kernels do not transfer the arguments on every call.
@@ -243,6 +244,20 @@ class Problem:
 
         options = {"seed": self.seed, "reference": self.ev.reference_arg, "atol": self.tol.atol}
         return diagnose_rules(self.sel.f, self.args, argnums=self.layout.argnums, **options)
+
+    def notes(self) -> tuple[str, ...]:
+        """The report's notes on how f was evaluated (sequentially, when vmap cannot batch it)."""
+        out = []
+        note = self.ev.sequential_note()
+        if note:
+            out.append(note)
+        if self.analytic_unbatchable:
+            what = "VJP" if self.kind == "vjp" else "JVP"
+            out.append(
+                f"the {what} of f cannot be batched with vmap ({self.analytic_unbatchable}): "
+                "Jacobian products computed one at a time (jax.lax.map)"
+            )
+        return tuple(out)
 
     def as_pytree(self, flat: np.ndarray) -> PyTree:
         """Theta-coordinate vector -> pytree like the differentiated arguments (others None)."""
@@ -595,8 +610,15 @@ def build_problem(
         outs, keep, out_skipped, value = _classify_outputs(f, args, has_aux)
         tol, tol_dtype = _tolerance_for(layout, outs, rtol, atol)
     sel = jk.OutputSelect(f, has_aux, keep)
+    analytic_unbatchable = None
     if layout.n == 0 or not outs:  # nothing to difference: no float64 probe either
         reference = "native"
+    else:
+        analytic_unbatchable = _derivative_vmap_problem(
+            kind, sel, layout, outs, diff_values, dynamic
+        )
+        if analytic_unbatchable:
+            sel = dataclasses.replace(sel, sequential=True)
     ev = Evaluator(sel, False, layout, diff_values, dynamic, reference, value, seed, devices)
     gradient, source = None, ""
     if kind == "grad" and analytic:
@@ -631,7 +653,26 @@ def build_problem(
         locate_rules=locate_rules,
         grad_fn=grad_fn,
         start=start,
+        analytic_unbatchable=analytic_unbatchable,
     )
+
+
+def _derivative_vmap_problem(
+    kind: str, sel: jk.OutputSelect, layout: ArgLayout, outs: jk.OutLayout, diff: Any, dynamic: Any
+) -> str | None:
+    """Why the VJP (kind "vjp") or JVP (kind "jvp") of f cannot be batched over cotangents or
+    tangents with vmap, or None (kind "grad": one gradient, nothing is batched). One cached
+    trace of the product kernel at a batch of two."""
+    if kind == "vjp":
+        u_dtype = jnp.result_type(*[jnp.finfo(o.dtype).dtype for o in outs])
+        batch = jax.ShapeDtypeStruct((2, sum(o.size for o in outs)), u_dtype)
+        kernel = jk.vjp_products
+    elif kind == "jvp":
+        batch = jax.ShapeDtypeStruct((2, layout.n), jk._in_dtype(layout))
+        kernel = jk.jvp_products
+    else:
+        return None
+    return batching_problem(lambda: kernel.trace(sel, layout, outs, diff, dynamic, batch))
 
 
 def call_jitted(fn: Callable, layout: ArgLayout, diff_values: list, dynamic: list) -> Any:

@@ -48,6 +48,11 @@ def read_only(tree: Any) -> Any:
     return jtu.tree_map(freeze, tree)
 
 
+def order_note(order: int) -> str:
+    """The footer's order suffix: empty at order 1 (so first-order reports read as ever)."""
+    return f", order {order}" if order > 1 else ""
+
+
 class CheckResult:
     """Mixin of every result record (a frozen dataclass with `status` and `reason` fields).
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._flatten import SkippedLeaf
-from ._record import CheckResult, read_only
+from ._record import CheckResult, order_note, read_only
 from ._tolerance import Tolerance
 
 PyTree = Any
@@ -204,6 +204,10 @@ class GradCheckResult(CheckResult):
       hints: What to try next.
       rule_findings: On failure, the custom rules inside f that fail their own check at their
         call-site inputs, one line each (empty when none does, or `locate_rules=False`).
+      order: The order of the derivative the verdict is about: `order=` as passed when every
+        order up to it passed, else the first order that did not pass (see `jaxcheck._orders`).
+      notes: How f was evaluated, when not as usual (e.g. sequentially, since vmap cannot
+        batch it, with the number of evaluations).
       step_sweep: Estimates of the worst element's derivative across step sizes (for plots).
       analytic: The analytic gradient, shaped like the differentiated arguments (numpy).
       numeric: The finite-difference gradient, same structure.
@@ -228,6 +232,8 @@ class GradCheckResult(CheckResult):
     devices: int = 1
     hints: tuple[str, ...] = ()
     rule_findings: tuple[str, ...] = ()
+    order: int = 1
+    notes: tuple[str, ...] = ()
     step_sweep: StepSweep | None = None
     analytic: PyTree = dataclasses.field(default=None, repr=False)
     numeric: PyTree = dataclasses.field(default=None, repr=False)
@@ -352,10 +358,13 @@ def format_grad_result(r: GradCheckResult) -> list[str]:
     on_devices = f", {r.devices} devices" if r.devices > 1 else ""
     lines.append(
         f"  mode {r.mode}, seed {r.seed}, {r.n_evaluations} evaluations{on_devices}, {r.seconds:.2f} s"
+        + order_note(r.order)
     )
     for leaf in r.leaves:
         if leaf.probe_floor is not None:
             lines.append(f"  probe floor {leaf.path}: {probe_floor_words(leaf)}")
+    for note in r.notes:
+        lines.append(f"  note: {note}")
     for finding in r.rule_findings:
         lines.append(f"  rule: {finding}")
     for hint in r.hints:

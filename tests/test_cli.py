@@ -598,7 +598,7 @@ def test_demo_json(capsys, fake_demos, tmp_path):
     assert code == 0 and json.loads(target.read_text())["status"] == "failed"
 
 
-def test_real_demo_registry_lists_the_three_demos(capsys):
+def test_real_demo_registry_lists_the_demos(capsys):
     pytest.importorskip("jaxcheck.catalogue.demos")
     code, out, _ = run(capsys, "demo", "--list")
     assert code == 0
@@ -606,7 +606,7 @@ def test_real_demo_registry_lists_the_three_demos(capsys):
         line.split()[0]
         for line in out.splitlines()[1:]
         if line.startswith("  ") and not line.startswith("   ")
-    ] == ["mlp", "layernorm", "dropout"]
+    ] == ["mlp", "layernorm", "dropout", "pallas"]
 
 
 def test_python_m_jaxcheck_demo_as_a_user_runs_it():
@@ -656,3 +656,43 @@ def test_rules_kind_without_rules_passes(capsys, user_file):
     )
     assert code == 0
     assert out.startswith("PASSED: check_rules(loss): no custom_vjp or custom_jvp rules were found")
+
+
+ORDER_MODULE = textwrap.dedent(
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+
+    @jax.custom_vjp
+    def sin_sg(x):
+        return jnp.sin(x)
+
+
+    # Right gradient; its derivative is 0 (the stopped cos), not -sin.
+    sin_sg.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (g * lax.stop_gradient(jnp.cos(x)),))
+
+
+    def loss(x):
+        return jnp.sum(sin_sg(x))
+
+
+    def make_x():
+        return (jnp.array([0.5, -1.0, 1.5], jnp.float32),)
+    """
+)
+
+
+def test_order_flag_checks_second_derivatives(capsys, tmp_path):
+    path = tmp_path / "order_model.py"
+    path.write_text(ORDER_MODULE)
+    argv = ("check", f"{path}:loss", "--args", f"{path}:make_x")
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and out.startswith("PASSED: check_grad(loss)")
+    code, out, _ = run(capsys, *argv, "--order", "2")
+    assert code == 1
+    assert out.startswith("FAILED: check_jvp(grad(loss)): order 2: 1 of 1 blocks wrong")
+    assert "the custom_vjp rule `sin_sg`" in out
+    code, _, err = run(capsys, *argv, "--order", "0")
+    assert code == 2 and "--order" in err

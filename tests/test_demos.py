@@ -15,6 +15,7 @@ PLANTED = {
     "mlp": "args[0]['layer2']['b']",
     "layernorm": "args[0]['W']",
     "dropout": "args[0]['W1']",
+    "pallas": "args[0]['W']",
 }
 
 
@@ -61,3 +62,10 @@ def test_mlp_demo_names_worst_element():
 def test_run_demo_unknown_name():
     with pytest.raises(ValueError, match="Did you mean `mlp`"):
         _demos.run_demo("mpl")
+
+
+def test_pallas_demo_names_the_rule_and_the_worst_element():
+    result = _result("pallas", False)
+    (leaf,) = [leaf for leaf in result.leaves if leaf.status == "failed"]
+    assert leaf.worst_index == (1, 5)
+    assert any("`pallas_softmax`" in line for line in result.rule_findings), str(result)

@@ -117,6 +117,64 @@ def _run_dropout(fixed: bool):
     return _check_grad(_suites.dropout_loss, args, argnums=0, grad_fn=backprop)
 
 
+# ----------------------------------------------------------------------------
+# pallas: a Pallas softmax kernel whose hand-written backward kernel reduces over the
+# wrong axis. Both kernels run with `interpret=True`, so the demo runs on CPU.
+
+
+def _softmax_kernel(x_ref, y_ref):
+    x = x_ref[...]
+    e = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
+    y_ref[...] = e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def _softmax_bwd_kernel(axis: int) -> Callable:
+    """dx = y * (g - sum(g * y)) with the sum over `axis` (-1 is right, 0 the bug)."""
+
+    def kernel(y_ref, g_ref, dx_ref):
+        y, g = y_ref[...], g_ref[...]
+        dx_ref[...] = y * (g - jnp.sum(g * y, axis=axis, keepdims=True))
+
+    return kernel
+
+
+def _pallas(kernel: Callable, like: jax.Array, *operands: jax.Array) -> jax.Array:
+    from jax.experimental import pallas as pl
+
+    out_shape = jax.ShapeDtypeStruct(like.shape, like.dtype)
+    return pl.pallas_call(kernel, out_shape=out_shape, interpret=True)(*operands)
+
+
+def _pallas_softmax_rule(reduce_axis: int) -> Callable:
+    """Row softmax (last axis) as a custom_vjp of two Pallas kernels."""
+
+    @jax.custom_vjp
+    def pallas_softmax(x):
+        return _pallas(_softmax_kernel, x, x)
+
+    def fwd(x):
+        y = pallas_softmax(x)
+        return y, y
+
+    def bwd(y, g):
+        return (_pallas(_softmax_bwd_kernel(reduce_axis), y, y, g),)
+
+    pallas_softmax.defvjp(fwd, bwd)
+    return pallas_softmax
+
+
+def _run_pallas(fixed: bool):
+    softmax = _pallas_softmax_rule(-1 if fixed else 0)
+
+    def loss(params, x, v):
+        return jnp.sum(v * (softmax(x @ params["W"]) + params["b"]))
+
+    f32 = jnp.float32
+    params = {"W": _suites._normal(310, (6, 8), f32, 0.5), "b": _suites._normal(311, (8,), f32)}
+    args = (params, _suites._normal(312, (4, 6), f32), _suites._normal(313, (4, 8), f32))
+    return _check_grad(loss, args, argnums=0)
+
+
 DEMOS: dict[str, Demo] = {
     demo.name: demo
     for demo in (
@@ -141,6 +199,14 @@ DEMOS: dict[str, Demo] = {
             "before the dropout, args[0]['W1'], is affected.",
             _run_dropout,
         ),
+        Demo(
+            "pallas",
+            "A row softmax written as two Pallas kernels (forward and a hand-written "
+            "backward) in a jax.custom_vjp, run with interpret=True on CPU. The backward "
+            "kernel sums g * y over the wrong axis, so the gradient of args[0]['W'] is wrong "
+            "while the bias after the softmax is right; the report names the rule.",
+            _run_pallas,
+        ),
     )
 }
 
@@ -149,7 +215,7 @@ def run_demo(name: str = "mlp", *, fixed: bool = False) -> Any:
     """Runs one built-in demo and returns its `GradCheckResult`.
 
     Args:
-      name: A key of `DEMOS`: "mlp", "layernorm" or "dropout".
+      name: A key of `DEMOS`: "mlp", "layernorm", "dropout" or "pallas".
       fixed: Check the corrected derivative instead of the planted bug.
 
     Raises:
