@@ -221,7 +221,7 @@ class Problem:
         dtype = self.ev.reference.dtype
         rel = _tolerance.relative_step(dtype)
         return (
-            f"h_i = {rel:.2e} * max(|x_i|, rms of its leaf) ({dtype} eps**(1/3)); "
+            f"h_i = {rel:.2e} * max(|x_i|, min(1, rms of its leaf)) ({dtype} eps**(1/3)); "
             "stencil at +-h, +-2h"
         )
 
