@@ -56,6 +56,9 @@ def _is_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer))
 
 
+PRECISIONS = ("note", "strict")
+
+
 def validate_options(
     *,
     f: Callable,
@@ -68,6 +71,7 @@ def validate_options(
     mode: str | None = None,
     progress: Any = None,
     locate_rules: bool = True,
+    precision: str = "note",
 ) -> None:
     """Checks the common keyword options of every `check_*` function.
 
@@ -98,6 +102,8 @@ def validate_options(
         raise TypeError(f"`has_aux` must be a bool; got {type(has_aux).__name__}.")
     if mode is not None and mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"`precision` must be one of {PRECISIONS}; got {precision!r}.")
     if not isinstance(locate_rules, bool):
         raise TypeError(f"`locate_rules` must be a bool; got {type(locate_rules).__name__}.")
     if progress is not None and not callable(progress):
@@ -147,6 +153,10 @@ class Problem:
     analytic: np.ndarray | None = None
     analytic_source: str = ""
     locate_rules: bool = True
+    precision: str = "note"
+    # Kind "grad": () -> jax.grad in float64 as a theta vector, or None (`_float64_gradient`).
+    analytic64: Callable[[], np.ndarray | None] | None = None
+    notes: list = dataclasses.field(default_factory=list)
     start: float = dataclasses.field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
@@ -165,7 +175,10 @@ class Problem:
             self.out_ids[sl] = k
             self.out_scale[sl] = _tolerance.magnitudes(f0[sl])
         self.scales = _tolerance.coordinate_scales(self.layout, self.ev.theta)
-        self.floor_in = _tolerance.floor_atol(self.tol_dtype, 1.0, self.scales)
+        # The Jacobian paths' rounding floor, in the precision the reference is computed in
+        # (the analytic side's rounding is rtol * the leaf's largest entry): a float64
+        # reference does not give a float32 floor that grows as x_i nears zero (item 8).
+        self.floor_in = _tolerance.floor_atol(self.ev.reference.dtype, 1.0, self.scales)
         self.h = self.ev.steps(self.eps)
         self.user_atol = -1.0 if self.tol.atol is None else float(self.tol.atol)
 
@@ -484,6 +497,7 @@ def build_problem(
     locate_rules: bool = True,
     analytic: bool = True,
     start: float | None = None,
+    precision: str = "note",
 ) -> Problem:
     """Validates the options and builds the `Problem` every strategy runs on.
 
@@ -512,6 +526,7 @@ def build_problem(
         mode=mode,
         progress=progress,
         locate_rules=locate_rules,
+        precision=precision,
     )
     args = check_args(args)
     devices = resolve_devices(devices, args)
@@ -531,7 +546,7 @@ def build_problem(
         tol, tol_dtype = _tolerance_for(layout, outs, rtol, atol)
     sel = jk.OutputSelect(f, has_aux, keep)
     ev = Evaluator(sel, False, layout, diff_values, dynamic, reference, value, seed, devices)
-    gradient, source = None, ""
+    gradient, source, gradient64 = None, "", None
     if kind == "grad" and analytic:
         if grad_fn is not None:
             partition = (list(diff_values), list(dynamic))
@@ -541,6 +556,10 @@ def build_problem(
             kernel = ev.kernel(fd.analytic_grad)
             _, grads = kernel(f, has_aux, layout, list(diff_values), dynamic)
             source = "jax.grad"
+            # Computed only if an element fails (one more compilation otherwise wasted).
+            gradient64 = ft.cache(
+                ft.partial(_float64_gradient, ev, f, has_aux, layout, diff_values)
+            )
         gradient = _theta_vector(layout, grads)
     return Problem(
         kind=kind,
@@ -562,8 +581,29 @@ def build_problem(
         analytic=gradient,
         analytic_source=source,
         locate_rules=locate_rules,
+        precision=precision,
+        analytic64=gradient64,
         start=start,
     )
+
+
+def _float64_gradient(
+    ev: Evaluator, f: Callable, has_aux: bool, layout: ArgLayout, diff_values: list
+) -> np.ndarray | None:
+    """`jax.grad` of f in float64, when the reference is float64 and a leaf is narrower: it
+    tells float32 rounding of a right formula from a wrong formula (issue 10 item 5).
+    None when there is nothing to gain or f's gradient cannot be taken in float64."""
+    if not ev.reference.x64 or tuple(ev.native_dtypes) == tuple(ev.dtypes):
+        return None
+    try:
+        with ev.context():
+            wide = [np.asarray(v, d) for v, d in zip(jax.device_get(diff_values), ev.dtypes)]
+            _, grads = ev.kernel(fd.analytic_grad)(f, has_aux, layout, wide, ev.dynamic)
+            host = jax.device_get(grads)
+        theta = ravel_leaves(layout, [np.conj(g) if np.iscomplexobj(g) else g for g in host])
+    except Exception:  # noqa: BLE001 - a float64 gradient is optional evidence
+        return None
+    return theta
 
 
 def call_jitted(fn: Callable, layout: ArgLayout, diff_values: list, dynamic: list) -> Any:

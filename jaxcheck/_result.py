@@ -197,6 +197,8 @@ class GradCheckResult(CheckResult):
       devices: Devices the finite differences were split over (global devices in a
         multi-process run).
       hints: What to try next.
+      notes: Remarks that do not change the verdict (e.g. float32 precision loss of a
+        right formula, `precision="note"`).
       rule_findings: On failure, the custom rules inside f that fail their own check at their
         call-site inputs, one line each (empty when none does, or `locate_rules=False`).
       step_sweep: Estimates of the worst element's derivative across step sizes (for plots).
@@ -222,6 +224,7 @@ class GradCheckResult(CheckResult):
     seconds: float
     devices: int = 1
     hints: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
     rule_findings: tuple[str, ...] = ()
     step_sweep: StepSweep | None = None
     analytic: PyTree = dataclasses.field(default=None, repr=False)
@@ -332,6 +335,8 @@ def format_grad_result(r: GradCheckResult) -> list[str]:
     lines.append(
         f"  mode {r.mode}, seed {r.seed}, {r.n_evaluations} evaluations{on_devices}, {r.seconds:.2f} s"
     )
+    for note in r.notes:
+        lines.append(f"  note: {note}")
     for hint in r.hints:
         lines.append(f"  try: {hint}")
     for finding in r.rule_findings:

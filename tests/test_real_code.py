@@ -193,7 +193,6 @@ def test_item3_det_rank1_float32():
     ],
     ids=["sin_pi_2", "cos_pi", "erf_10"],
 )
-@_xfail(3, "a derivative of ~1e-16 or less is 'unresolved' instead of passed")
 def test_item3_zero_derivative_float64(name, fn, x):
     with jax.enable_x64(True):
         result = jaxcheck.check_grad(fn, (jnp.float64(x),))
@@ -222,12 +221,19 @@ def test_item4_mixed_scales_float64():
 # Item 5: precision loss of a right formula in float32.
 
 
-@_xfail(5, "float32 rounding of 1 - tanh**2 reported FAILED (tolerance 1.3e-8)")
 def test_item5_tanh_precision_note_not_failure():
     result = jaxcheck.check_grad(jnp.tanh, (jnp.float32(4.75),))
     assert result.status == "passed", str(result)
     assert re.search(r"precision", str(result), re.IGNORECASE)
     assert re.search(r"digits", str(result), re.IGNORECASE)
+
+
+def test_item5_tanh_precision_strict_fails_with_the_note():
+    result = jaxcheck.check_grad(jnp.tanh, (jnp.float32(4.75),), precision="strict")
+    assert result.status == "failed", str(result)
+    assert any("digits" in note for note in result.notes), str(result)
+    with pytest.raises(ValueError, match="`precision`"):
+        jaxcheck.check_grad(jnp.tanh, (jnp.float32(4.75),), precision="loose")
 
 
 def test_item5_tanh_wrong_formula_still_fails():
@@ -240,7 +246,6 @@ def test_item5_tanh_wrong_formula_still_fails():
 # Item 6: underflow.
 
 
-@_xfail(6, "tolerance 1.8e-48 below the smallest normal; subnormal numeric vs -0 fails")
 def test_item6_erfc_underflow_float32():
     result = jaxcheck.check_grad(lax.erfc, (jnp.float32(10.0),))
     assert result.status != "failed", str(result)
@@ -267,7 +272,6 @@ def _two_scale_wrong(p):
     return {"big": 2 * p["big"], "small": jnp.zeros_like(p["small"])}
 
 
-@_xfail(7, "the small leaf's floor comes from the big leaf's sensitivity (tolerance >> |ref|)")
 def test_item7_zeroed_small_leaf_never_passes():
     args = ({k: jnp.asarray(v) for k, v in TWO_SCALE.items()},)
     result = jaxcheck.check_grad(_two_scale_loss, args, grad_fn=_two_scale_wrong)
@@ -285,7 +289,6 @@ X_SMALL = (np.random.RandomState(0).randn(3) * 1e-3).astype(np.float32)  # jtu.r
 
 
 @pytest.mark.parametrize("op", [lax.exp, lax.exp2], ids=lambda op: op.__name__)
-@_xfail(8, "rounding floor grows near zero: 1e-3 VJP error passes at rand_small points")
 def test_item8_small_points_mutant_caught(op):
     result = jaxcheck.check_vjp(_vjp_mutant(op, 1 + 1e-3), (jnp.asarray(X_SMALL),))
     assert result.status == "failed", str(result)
