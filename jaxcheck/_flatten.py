@@ -210,6 +210,11 @@ def build_layout(args: tuple, argnums: tuple[int, ...]) -> tuple[ArgLayout, list
         is_key = _is_key(leaf)
         inexact = not is_key and jnp.issubdtype(dtype, jnp.inexact)
         if differentiated and inexact:
+            # The dtype JAX computes in: numpy float64 with x64 off is float32 (weak types
+            # and Python scalars were made arrays above and canonicalise the same way).
+            dtype = jax.dtypes.canonicalize_dtype(dtype)
+            if isinstance(leaf, (np.ndarray, np.generic)) and np.dtype(leaf.dtype) != dtype:
+                leaf = np.asarray(leaf, dtype)
             shape = tuple(int(s) for s in np.shape(leaf))
             size = int(np.prod(shape, dtype=np.int64)) * (
                 2 if jnp.issubdtype(dtype, jnp.complexfloating) else 1

@@ -45,6 +45,9 @@ MEASURED_ULPS = 4.0  # least rounding allowed an analytic element, when measured
 # Multiplier on the measured rounding: probes sum it over many elements in quadrature, and
 # the sum of the actual errors may sit several of those standard deviations out.
 MEASURED_SAFETY = 8.0
+# Largest relative difference between native and float64 analytic values that counts as
+# rounding of a right formula (precision_loss): at least two significant digits kept.
+PRECISION_LOSS_MAX = 1e-2
 
 
 def _eps(p: Problem, coords: np.ndarray) -> np.ndarray:
@@ -161,14 +164,20 @@ def element_atol(
     if tol.atol is not None:
         return np.full(gradient.shape, tol.atol)
     effect = np.abs(gradient) * p.scales
-    sensitivity = float(np.max(effect[np.isfinite(effect)], initial=0.0))
-    out = _tolerance.floor_atol(floor_dtype, sensitivity, p.scales)
+    out = np.zeros(gradient.shape, np.float64)
     for leaf in p.layout.diff:
         sl = slice(leaf.offset, leaf.offset + leaf.size)
         block = gradient[sl]
+        # The floor of a leaf comes from its own sensitivity, never from another leaf's: a
+        # leaf of 1e-4 beside one of 1e3 keeps a floor of its own size (issue 10 item 7).
+        mine = effect[sl]
+        sensitivity = float(np.max(mine[np.isfinite(mine)], initial=0.0))
+        out[sl] = _tolerance.floor_atol(floor_dtype, sensitivity, p.scales[sl])
         rounding = tol.rtol * float(np.max(np.abs(block[np.isfinite(block)]), initial=0.0))
         out[sl] += rounding if measured is None else np.minimum(rounding, measured[sl])
-    return out
+    # No allowance below the smallest normal number of the analytic side's dtype: values
+    # beneath it are subnormal or flushed to zero (issue 10 item 6).
+    return np.maximum(out, float(jnp.finfo(p.tol_dtype).tiny))
 
 
 def measured_rounding(p: Problem) -> np.ndarray | None:
@@ -186,19 +195,97 @@ def measured_rounding(p: Problem) -> np.ndarray | None:
 
 
 def zero_is_resolved(
-    analytic: np.ndarray, numeric: np.ndarray, tolerance: np.ndarray, resolved: np.ndarray
+    analytic: np.ndarray,
+    numeric: np.ndarray,
+    tolerance: np.ndarray,
+    resolved: np.ndarray,
+    own_scale: np.ndarray | float = 0.0,
+    swamped: np.ndarray | bool = False,
+    tiny: float = 0.0,
 ) -> np.ndarray:
     """Marks numerically-zero elements as resolved when a spurious gradient would show.
 
     An element whose analytic and numeric values are both within tolerance of zero is
-    decided (not inconclusive) when its tolerance is below 0.1% of the largest gradient,
-    or when every gradient is exactly zero: a wrong nonzero value would have failed.
+    decided (not inconclusive) when its tolerance is below 0.1% of the largest gradient or
+    of f's own scale over the coordinate's (`own_scale`, |f| / scale_i: sin at pi/2 in
+    float64), or when every gradient is exactly zero: a wrong nonzero value would have
+    failed. An element whose nonzero reference is swamped by its tolerance
+    (`_stencil.swamped`) is never rescued: its reference is not zero. Analytic and
+    reference both below `tiny` (the dtype's smallest normal number) is an underflow, decided.
     """
     finite = np.isfinite(numeric)
     scale = float(np.max(np.abs(numeric[finite]), initial=0.0))
-    near_zero = (np.abs(analytic) <= tolerance) & (np.abs(numeric) <= tolerance)
-    visible = tolerance <= ZERO_FRACTION * scale if scale > 0 else analytic == 0
-    return resolved | (near_zero & visible)
+    near_zero = (np.abs(analytic) <= tolerance) & (np.abs(numeric) <= tolerance) & ~swamped
+    # f's own scale is the yardstick only when no element stands out of its tolerance: a
+    # large leaf's |f| must not make a small leaf's unresolved reference look decided.
+    yardstick = np.maximum(scale, own_scale) if np.all(near_zero | ~finite) else scale
+    visible = tolerance <= ZERO_FRACTION * yardstick
+    if scale == 0:
+        visible = visible | (analytic == 0)
+    # Below the smallest normal number of the analytic side's dtype a derivative underflows:
+    # an analytic zero (flushed) beside a subnormal-sized reference is the right value.
+    underflow = (np.abs(numeric) < tiny) & (np.abs(analytic) < tiny)
+    return resolved | (near_zero & visible) | underflow
+
+
+def precision_loss(
+    p: Problem, coords: np.ndarray, analytic: np.ndarray, est: st.Estimates, code: np.ndarray
+) -> np.ndarray:
+    """Tells float32 rounding of a right formula from a wrong formula (issue 10 item 5).
+
+    A failing element whose float64 analytic value (`Problem.analytic_float64`: the gradient
+    in float64) agrees with the float64 reference, and whose native value differs from the
+    float64 one by at most PRECISION_LOSS_MAX relatively, is a right formula that loses
+    digits to rounding in the native dtype: with `precision="note"` it passes and the
+    report says how many digits were lost; with `precision="strict"` it stays failed and
+    the note says why. A wrong formula disagrees in float64 too, and stays failed.
+
+    Returns:
+      The codes, with rescued elements PASS under `precision="note"`; notes go to
+      `p.precision_notes`.
+    """
+    if not np.any(code == st.FAIL):
+        return code
+    full = p.analytic_float64
+    if full is None:
+        return code
+    tol = p.tol
+    wide = np.asarray(full, np.float64)[coords]
+    numeric = np.asarray(est.numeric, np.float64)[:, 0]
+    rtol64 = _tolerance.default_tolerance(np.dtype(np.float64)).rtol
+    leaf_max = np.zeros(coords.shape)
+    for leaf in p.layout.diff:
+        mine = (coords >= leaf.offset) & (coords < leaf.offset + leaf.size)
+        block = np.abs(numeric[mine])
+        leaf_max[mine] = float(np.max(block[np.isfinite(block)], initial=0.0))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        tol64 = tol.safety * est.fd_error[:, 0] + rtol64 * (np.abs(numeric) + leaf_max)
+        agrees64 = np.abs(wide - numeric) <= tol64
+        lost = np.abs(analytic - wide)
+        rounding = lost <= PRECISION_LOSS_MAX * np.abs(wide)
+        rescued = (code == st.FAIL) & agrees64 & rounding & np.isfinite(analytic)
+    if not np.any(rescued):
+        return code
+    eps = float(jnp.finfo(p.tol_dtype).eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        digits = np.log10(np.maximum(lost[rescued] / np.abs(wide[rescued]), eps) / eps)
+    k = int(np.argmax(digits))
+    where = p.locate(int(coords[rescued][k]))
+    index = f"[{','.join(str(i) for i in where[1])}]" if where[1] else ""
+    verdict = (
+        'passed as precision loss (`precision="strict"` makes it a failure)'
+        if p.precision == "note"
+        else 'failed (`precision="strict"`)'
+    )
+    p.precision_notes.append(
+        f"precision: {int(rescued.sum())} element(s) lose up to {float(digits[k]):.1f} digits "
+        f"to {p.tol_dtype} rounding of a right formula, worst {where[0].path}{index}: analytic "
+        f"{float(analytic[rescued][k]):.6g} in {p.tol_dtype}, {float(wide[rescued][k]):.6g} in "
+        f"float64, reference {float(numeric[rescued][k]):.6g}; {verdict}"
+    )
+    if p.precision == "note":
+        code = np.where(rescued, st.PASS, code).astype(code.dtype)
+    return code
 
 
 def summarize(
@@ -219,7 +306,12 @@ def summarize(
         assessment = st.assess_host(est, analytic[:, None], tol.rtol, atol[:, None], tol.safety)
     code, tolerance, resolved = (np.asarray(x)[:, 0] for x in assessment)
     tolerance = np.asarray(tolerance, np.float64)
-    resolved = zero_is_resolved(analytic, numeric, tolerance, resolved)
+    code = precision_loss(p, coords, analytic, est, code)
+    fscale = float(np.max(np.abs(p.ev.f0), initial=0.0))
+    own_scale = fscale / p.scales[coords] if np.isfinite(fscale) else 0.0
+    swamped = st.swamped_host(est, tolerance, tol.safety)[:, 0]
+    tiny = float(jnp.finfo(p.tol_dtype).tiny)
+    resolved = zero_is_resolved(analytic, numeric, tolerance, resolved, own_scale, swamped, tiny)
     leaves = []
     for leaf in p.layout.diff:
         mine = (coords >= leaf.offset) & (coords < leaf.offset + leaf.size)

@@ -57,6 +57,9 @@ def _is_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer))
 
 
+PRECISIONS = ("note", "strict")
+
+
 def validate_options(
     *,
     f: Callable,
@@ -69,6 +72,7 @@ def validate_options(
     mode: str | None = None,
     progress: Any = None,
     locate_rules: bool = True,
+    precision: str = "note",
 ) -> None:
     """Checks the common keyword options of every `check_*` function.
 
@@ -99,6 +103,8 @@ def validate_options(
         raise TypeError(f"`has_aux` must be a bool; got {type(has_aux).__name__}.")
     if mode is not None and mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"`precision` must be one of {PRECISIONS}; got {precision!r}.")
     if not isinstance(locate_rules, bool):
         raise TypeError(f"`locate_rules` must be a bool; got {type(locate_rules).__name__}.")
     if progress is not None and not callable(progress):
@@ -149,6 +155,8 @@ class Problem:
     analytic_source: str = ""
     locate_rules: bool = True
     grad_fn: Callable | None = None
+    precision: str = "note"
+    precision_notes: list = dataclasses.field(default_factory=list)
     start: float = dataclasses.field(default_factory=time.perf_counter)
     analytic_unbatchable: str | None = None
 
@@ -168,7 +176,10 @@ class Problem:
             self.out_ids[sl] = k
             self.out_scale[sl] = _tolerance.magnitudes(f0[sl])
         self.scales = _tolerance.coordinate_scales(self.layout, self.ev.theta)
-        self.floor_in = _tolerance.floor_atol(self.tol_dtype, 1.0, self.scales)
+        # The Jacobian paths' rounding floor, in the precision the reference is computed in
+        # (the analytic side's rounding is rtol * the leaf's largest entry): a float64
+        # reference does not give a float32 floor that grows as x_i nears zero (item 8).
+        self.floor_in = _tolerance.floor_atol(self.ev.reference.dtype, 1.0, self.scales)
         self.h = self.ev.steps(self.eps)
         self.user_atol = -1.0 if self.tol.atol is None else float(self.tol.atol)
 
@@ -246,7 +257,8 @@ class Problem:
         return diagnose_rules(self.sel.f, self.args, argnums=self.layout.argnums, **options)
 
     def notes(self) -> tuple[str, ...]:
-        """The report's notes on how f was evaluated (sequentially, when vmap cannot batch it)."""
+        """The report's notes: how f was evaluated (sequentially, when vmap cannot batch it),
+        and precision notes (a right formula losing digits to rounding)."""
         out = []
         note = self.ev.sequential_note()
         if note:
@@ -257,7 +269,7 @@ class Problem:
                 f"the {what} of f cannot be batched with vmap ({self.analytic_unbatchable}): "
                 "Jacobian products computed one at a time (jax.lax.map)"
             )
-        return tuple(out)
+        return tuple(out) + tuple(self.precision_notes)
 
     def as_pytree(self, flat: np.ndarray) -> PyTree:
         """Theta-coordinate vector -> pytree like the differentiated arguments (others None)."""
@@ -278,7 +290,7 @@ class Problem:
         dtype = self.ev.reference.dtype
         rel = _tolerance.relative_step(dtype)
         return (
-            f"h_i = {rel:.2e} * max(|x_i|, rms of its leaf) ({dtype} eps**(1/3)); "
+            f"h_i = {rel:.2e} * max(|x_i|, min(1, rms of its leaf)) ({dtype} eps**(1/3)); "
             "stencil at +-h, +-2h"
         )
 
@@ -564,6 +576,7 @@ def build_problem(
     locate_rules: bool = True,
     analytic: bool = True,
     start: float | None = None,
+    precision: str = "note",
 ) -> Problem:
     """Validates the options and builds the `Problem` every strategy runs on.
 
@@ -592,6 +605,7 @@ def build_problem(
         mode=mode,
         progress=progress,
         locate_rules=locate_rules,
+        precision=precision,
     )
     args = check_args(args)
     devices = resolve_devices(devices, args)
@@ -652,6 +666,7 @@ def build_problem(
         analytic_source=source,
         locate_rules=locate_rules,
         grad_fn=grad_fn,
+        precision=precision,
         start=start,
         analytic_unbatchable=analytic_unbatchable,
     )

@@ -202,6 +202,8 @@ class GradCheckResult(CheckResult):
       devices: Devices the finite differences were split over (global devices in a
         multi-process run).
       hints: What to try next.
+      notes: Remarks that do not change the verdict (e.g. float32 precision loss of a
+        right formula, `precision="note"`).
       rule_findings: On failure, the custom rules inside f that fail their own check at their
         call-site inputs, one line each (empty when none does, or `locate_rules=False`).
       order: The order of the derivative the verdict is about: `order=` as passed when every
@@ -231,6 +233,7 @@ class GradCheckResult(CheckResult):
     seconds: float
     devices: int = 1
     hints: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
     rule_findings: tuple[str, ...] = ()
     order: int = 1
     notes: tuple[str, ...] = ()

@@ -31,6 +31,9 @@ KINK_SHARE = 0.1
 # ... and its slope jump must exceed the one-sided rounding noise this many times.
 KINK_NOISE_FACTOR = 10.0
 
+# A tolerance this many times the size of a resolved nonzero reference decides nothing.
+SWAMP_FACTOR = 100.0
+
 # Element codes (host code maps them to words).
 PASS, FAIL, NONSMOOTH, FAIL_NONSMOOTH, REF_NONFINITE, ANALYTIC_NONFINITE = range(6)
 
@@ -166,7 +169,19 @@ def _assess(
     resolved = safety * est.fd_error <= xp.maximum(
         0.5 * xp.abs(numeric), rtol * xp.abs(numeric) + atol
     )
+    resolved = resolved & ~_swamped(est, tolerance, safety, xp)
     return Assessment(code, tolerance, resolved)
+
+
+def _swamped(est: Estimates, tolerance: jax.Array, safety: Any, xp: Any = jnp) -> jax.Array:
+    """Elements whose reference resolves a nonzero value that their tolerance swamps.
+
+    The reference is nonzero beyond its own error (|numeric| > safety * fd_error), yet the
+    tolerance exceeds it SWAMP_FACTOR times over: any analytic value near zero would pass,
+    so the element is unresolved (inconclusive), never passed.
+    """
+    size = xp.abs(est.numeric)
+    return (size > safety * est.fd_error) & (tolerance > SWAMP_FACTOR * size)
 
 
 def _measured_noise(values: jax.Array, f0: jax.Array, xp: Any = jnp) -> jax.Array:
@@ -202,3 +217,4 @@ combine_host = ft.partial(_combine, xp=np)
 measured_noise = jax.jit(ft.partial(_measured_noise, xp=jnp))
 measured_noise_host = ft.partial(_measured_noise, xp=np)
 assess_host = ft.partial(_assess, xp=np)
+swamped_host = ft.partial(_swamped, xp=np)

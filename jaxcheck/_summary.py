@@ -90,7 +90,7 @@ def status_from_counts(
     if unresolved_share > UNRESOLVED_SHARE:
         return "inconclusive", (
             f"the finite-difference reference cannot resolve {n_unresolved} of {n} {what} "
-            "(rounding noise or non-smoothness exceeds the derivative)"
+            "(rounding noise, non-smoothness or the rounding allowance exceeds the derivative)"
         )
     reason = f"all {what} within tolerance"
     if n_nonsmooth:

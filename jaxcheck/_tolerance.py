@@ -76,15 +76,20 @@ def magnitudes(block: np.ndarray) -> np.ndarray:
 
 
 def coordinate_scales(layout: ArgLayout, theta: np.ndarray) -> np.ndarray:
-    """Per-coordinate scale: max(|theta_i|, rms of its leaf), or 1 for an all-zero leaf.
+    """Per-coordinate scale: each element's own magnitude, max(|theta_i|, floor), where the
+    floor is min(1, rms of its leaf) (1 for an all-zero leaf).
 
-    A leaf of magnitude 1e3 gets steps a million times larger than one of magnitude 1e-3.
+    Each element is scaled by itself, so an element of size 1 beside one of 1e8 in the same
+    leaf gets a step of its own size (not one from the leaf's rms). The floor keeps zeros
+    and tiny elements from getting vanishing steps: it is 1 (the usual max(|x_i|, 1)) for
+    leaves of magnitude 1 or more, and the leaf's rms for smaller leaves, so a leaf of
+    magnitude 1e-3 still gets steps of its own size.
     """
     scales = np.abs(theta).astype(np.float64)
     for leaf in layout.diff:
         block = theta[leaf.offset : leaf.offset + leaf.size]
         rms = float(np.sqrt(np.mean(np.square(block)))) if block.size else 0.0
-        floor = rms if rms > 0 and np.isfinite(rms) else 1.0
+        floor = min(rms, 1.0) if rms > 0 and np.isfinite(rms) else 1.0
         scales[leaf.offset : leaf.offset + leaf.size] = np.maximum(
             scales[leaf.offset : leaf.offset + leaf.size], floor
         )

@@ -56,33 +56,21 @@ _known(
     cause="item 3: an exact zero derivative (f32: probe reads 'internal cast')",
 )
 _known(
-    ("zero/sin_pi_2", "float64"),
-    ("zero/erf_10", "float64"),
-    cause="item 3: a derivative of ~1e-16 is 'unresolved' (inconclusive), not passed",
-)
-_known(
-    ("mixed/log1p_square", "float32"),
-    ("mixed/log1p_square", "float64"),
-    cause="item 4: steps from the leaf rms give element [1] a step of ~2.5e5",
-)
-_known(
-    ("tiny/zeroed_small_leaf@broken", "float32"),
-    cause="item 7: the small leaf's floor comes from the big leaf's sensitivity",
-)
-_known(
+    ("tiny/zeroed_small_leaf", "float32"),
     ("tiny/zeroed_small_leaf", "float64"),
-    cause="item 7: steps relative to a 1e-4 leaf beside a 1e3 leaf cannot resolve its gradient",
+    cause="item 7: steps relative to a 1e-4 leaf beside a 1e3 leaf cannot resolve its gradient "
+    "(float64 noise of |f| ~ 4e6 over h ~ 6e-10); inconclusive with the reason, no longer a "
+    "float32 pass bought by the big leaf's floor",
 )
 
-_known(("lax/erfc@10", "float32"), cause="item 6: tolerance below float32's smallest normal")
 _known(
     ("lax/sin@pi_2", "float64"),
     ("lax/cos@pi", "float64"),
     ("lax/erf@10", "float64"),
     cause="item 3: a derivative of ~1e-16 or less is 'unresolved' (inconclusive), not passed",
 )
-for _dtype in DTYPES:
-    for _op in ("exp", "exp2", "erfc"):
+for _dtype, _ops in (("float32", ("exp2",)), ("float64", ("exp", "exp2", "erfc"))):
+    for _op in _ops:
         for _where in ("all", "one"):
             _known(
                 (f"lax/{_op}@{_where}", _dtype),

@@ -72,7 +72,6 @@ def _scan_loss(x):
 X_SCAN = np.array([0.5, -1.2, 0.8, 1.5])  # numpy float64, as JAX's own tests pass
 
 
-@_xfail(1, "leaf dtype taken from the numpy array (float64), not the dtype JAX computes in")
 def test_item1_numpy_float64_reported_as_f32():
     assert not jax.config.jax_enable_x64
     result = jaxcheck.check_grad(_scan_loss, (X_SCAN,))
@@ -81,7 +80,6 @@ def test_item1_numpy_float64_reported_as_f32():
     assert "f64[4]" not in str(result)
 
 
-@_xfail(1, "float64-sized steps on an f evaluated in float32 (normalised distance 7e-3)")
 def test_item1_numpy_float64_uses_float32_policy():
     native = jaxcheck.check_grad(_scan_loss, (X_SCAN,))
     as_f32 = jaxcheck.check_grad(_scan_loss, (X_SCAN.astype(np.float32),))
@@ -93,7 +91,6 @@ def test_item1_numpy_float64_uses_float32_policy():
     assert native.leaves[0].worst_tolerance < 10 * as_f32.leaves[0].worst_tolerance
 
 
-@_xfail(1, "check_vjp of a scan: float64 steps in float32 give a 6.5e-3 distance")
 def test_item1_numpy_float64_scan_jacobian_passes_tightly():
     result = jaxcheck.check_vjp(_scan_values, (X_SCAN,))
     assert result.status == "passed"
@@ -101,7 +98,6 @@ def test_item1_numpy_float64_scan_jacobian_passes_tightly():
     assert result.blocks[0].input_dtype == "float32"
 
 
-@_xfail(1, "jaxcheck casts numpy float64 leaves itself and JAX warns (truncated to float32)")
 def test_item1_numpy_float64_no_dtype_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -109,7 +105,6 @@ def test_item1_numpy_float64_no_dtype_warning():
         jaxcheck.check_grad(fresh, (X_SCAN * 1.0,))
 
 
-@_xfail(1, "a float32 grad_fn result is rejected for a numpy float64 leaf with x64 off")
 def test_item1_numpy_float64_mutant_caught():
     def wrong(x):
         return jax.grad(_scan_loss)(x) * (1 + 1e-3)
@@ -200,7 +195,6 @@ def test_item3_det_rank1_float32():
     ],
     ids=["sin_pi_2", "cos_pi", "erf_10"],
 )
-@_xfail(3, "a derivative of ~1e-16 or less is 'unresolved' instead of passed")
 def test_item3_zero_derivative_float64(name, fn, x):
     with jax.enable_x64(True):
         result = jaxcheck.check_grad(fn, (jnp.float64(x),))
@@ -211,7 +205,6 @@ def test_item3_zero_derivative_float64(name, fn, x):
 # Item 4: mixed scales within one leaf.
 
 
-@_xfail(4, "steps from the leaf rms (5e7) give element [1] a step of 2.5e5")
 def test_item4_mixed_scales_float32():
     x = jnp.array([1e-8, 1.0, 1e8, -3e3], jnp.float32)
     result = jaxcheck.check_grad(lambda x: jnp.sum(jnp.log1p(x**2)), (x,))
@@ -219,7 +212,6 @@ def test_item4_mixed_scales_float32():
     assert result.leaves[0].n_failed == 0
 
 
-@_xfail(4, "float64 mixed scales: element [1] differenced with a step from the rms")
 def test_item4_mixed_scales_float64():
     with jax.enable_x64(True):
         x = jnp.array([1e-8, 1.0, 1e8, -3e3], jnp.float64)
@@ -231,12 +223,19 @@ def test_item4_mixed_scales_float64():
 # Item 5: precision loss of a right formula in float32.
 
 
-@_xfail(5, "float32 rounding of 1 - tanh**2 reported FAILED (tolerance 1.3e-8)")
 def test_item5_tanh_precision_note_not_failure():
     result = jaxcheck.check_grad(jnp.tanh, (jnp.float32(4.75),))
     assert result.status == "passed", str(result)
     assert re.search(r"precision", str(result), re.IGNORECASE)
     assert re.search(r"digits", str(result), re.IGNORECASE)
+
+
+def test_item5_tanh_precision_strict_fails_with_the_note():
+    result = jaxcheck.check_grad(jnp.tanh, (jnp.float32(4.75),), precision="strict")
+    assert result.status == "failed", str(result)
+    assert any("digits" in note for note in result.notes), str(result)
+    with pytest.raises(ValueError, match="`precision`"):
+        jaxcheck.check_grad(jnp.tanh, (jnp.float32(4.75),), precision="loose")
 
 
 def test_item5_tanh_wrong_formula_still_fails():
@@ -249,7 +248,6 @@ def test_item5_tanh_wrong_formula_still_fails():
 # Item 6: underflow.
 
 
-@_xfail(6, "tolerance 1.8e-48 below the smallest normal; subnormal numeric vs -0 fails")
 def test_item6_erfc_underflow_float32():
     result = jaxcheck.check_grad(lax.erfc, (jnp.float32(10.0),))
     assert result.status != "failed", str(result)
@@ -276,7 +274,6 @@ def _two_scale_wrong(p):
     return {"big": 2 * p["big"], "small": jnp.zeros_like(p["small"])}
 
 
-@_xfail(7, "the small leaf's floor comes from the big leaf's sensitivity (tolerance >> |ref|)")
 def test_item7_zeroed_small_leaf_never_passes():
     args = ({k: jnp.asarray(v) for k, v in TWO_SCALE.items()},)
     result = jaxcheck.check_grad(_two_scale_loss, args, grad_fn=_two_scale_wrong)
@@ -294,7 +291,6 @@ X_SMALL = (np.random.RandomState(0).randn(3) * 1e-3).astype(np.float32)  # jtu.r
 
 
 @pytest.mark.parametrize("op", [lax.exp, lax.exp2], ids=lambda op: op.__name__)
-@_xfail(8, "rounding floor grows near zero: 1e-3 VJP error passes at rand_small points")
 def test_item8_small_points_mutant_caught(op):
     result = jaxcheck.check_vjp(_vjp_mutant(op, 1 + 1e-3), (jnp.asarray(X_SMALL),))
     assert result.status == "failed", str(result)

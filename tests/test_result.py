@@ -75,7 +75,7 @@ def test_failed_report_lines(failed):
         in text
     )
     assert (
-        "  steps: h_i = 6.06e-06 * max(|x_i|, rms of its leaf) (float64 eps**(1/3)); stencil at +-h, +-2h"
+        "  steps: h_i = 6.06e-06 * max(|x_i|, min(1, rms of its leaf)) (float64 eps**(1/3)); stencil at +-h, +-2h"
         in text
     )
     assert (

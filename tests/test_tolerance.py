@@ -14,8 +14,8 @@ def test_steps_scale_with_each_leaf_and_are_exact():
     dtypes = tuple(np.dtype(np.float32) for _ in layout.diff)
     h = _tolerance.steps(layout, theta, dtypes, None)
     rel = _tolerance.relative_step(np.float32)
-    rms_big = np.sqrt((1e3**2 + 2e3**2) / 2)  # scale = max(|x_i|, rms of the leaf)
-    np.testing.assert_allclose(h[:2], rel * np.array([rms_big, 2e3]))
+    # scale = max(|x_i|, min(1, rms of the leaf)): each element by its own size
+    np.testing.assert_allclose(h[:2], rel * np.array([1e3, 2e3]))
     assert h[2] == pytest.approx(rel * 1e-3) and h[3] == pytest.approx(rel * np.sqrt(0.5e-6))
     np.testing.assert_allclose(h[4:], rel)
     points = _tolerance.stencil_points(
@@ -23,6 +23,13 @@ def test_steps_scale_with_each_leaf_and_are_exact():
     )
     np.testing.assert_array_equal(points, points.astype(np.float32).astype(np.float64))
     assert np.all(np.diff(points, axis=1) > 0)
+
+
+def test_mixed_scales_in_one_leaf_get_their_own_steps():
+    layout, diff, _ = _flatten.build_layout((jnp.array([1e-8, 1.0, 1e8, -3e3, 0.0]),), (0,))
+    h = _tolerance.steps(layout, _flatten.ravel_leaves(layout, diff), (np.dtype(np.float32),), None)
+    rel = _tolerance.relative_step(np.float32)
+    np.testing.assert_allclose(h, rel * np.array([1.0, 1.0, 1e8, 3e3, 1.0]))
 
 
 def test_user_eps_is_absolute():
