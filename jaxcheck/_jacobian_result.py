@@ -104,12 +104,18 @@ class BlockReport:
         return self.status == "passed"
 
 
+def _severity(item) -> float:
+    if item.status == "passed":
+        return 0.0
+    return -float(np.nan_to_num(item.relative_error, nan=np.inf))
+
+
 def sort_blocks(blocks: list[BlockReport]) -> tuple[BlockReport, ...]:
-    """Failed blocks first, then inconclusive, then passed; within a status by relative error."""
+    """Failed blocks first, then inconclusive, then passed; failed and
+    inconclusive ones by relative error, passed ones in argument order (their relative errors
+    are rounding, which would reorder them from one machine to the next)."""
     rank = {"failed": 0, "inconclusive": 1, "passed": 2}
-    return tuple(
-        sorted(blocks, key=lambda b: (rank[b.status], -np.nan_to_num(b.relative_error, nan=np.inf)))
-    )
+    return tuple(sorted(blocks, key=lambda b: (rank[b.status], _severity(b))))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)

@@ -191,12 +191,18 @@ def summarize_leaf(
     )
 
 
+def _severity(item) -> float:
+    if item.status == "passed":
+        return 0.0
+    return -float(np.nan_to_num(item.relative_error, nan=np.inf))
+
+
 def sort_worst_first(leaves: list[LeafReport]) -> tuple[LeafReport, ...]:
-    """Failed leaves first, then inconclusive, then passed; within a status by relative error."""
+    """Failed leaves first, then inconclusive, then passed; failed and
+    inconclusive ones by relative error, passed ones in argument order (their relative errors
+    are rounding, which would reorder them from one machine to the next)."""
     rank = {"failed": 0, "inconclusive": 1, "passed": 2}
-    return tuple(
-        sorted(leaves, key=lambda l: (rank[l.status], -np.nan_to_num(l.relative_error, nan=np.inf)))
-    )
+    return tuple(sorted(leaves, key=lambda l: (rank[l.status], _severity(l))))
 
 
 def overall(leaves: tuple[LeafReport, ...], noun: str = "leaves") -> tuple[str, str]:
