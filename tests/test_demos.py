@@ -67,5 +67,8 @@ def test_run_demo_unknown_name():
 def test_pallas_demo_names_the_rule_and_the_worst_element():
     result = _result("pallas", False)
     (leaf,) = [leaf for leaf in result.leaves if leaf.status == "failed"]
-    assert leaf.worst_index == (1, 5)
+    assert leaf.path == "args[0]['W']" and len(leaf.worst_index) == 2
+    # Many entries are wrong (the backward kernel reduces over the wrong axis); the worst
+    # one named is far outside its tolerance.
+    assert abs(leaf.worst_analytic - leaf.worst_numeric) > 10 * leaf.worst_tolerance
     assert any("`pallas_softmax`" in line for line in result.rule_findings), str(result)
