@@ -186,7 +186,7 @@ class Prober:
         p = self.p
         b, q = len(specs), U.shape[0]
         U64 = U.astype(np.float64)
-        floor_in = p.floor_in  # in the reference's precision already
+        floor_in = p.floor_in * (np.finfo(p.ev.reference.dtype).eps / np.finfo(p.tol_dtype).eps)
         u_floor = np.sqrt(np.square(U64 * p.out_scale).sum(axis=1))  # (q,)
         A, atol = np.zeros((b, q)), np.zeros((b, q))
         terms = np.zeros((b, q))

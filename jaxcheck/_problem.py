@@ -176,10 +176,11 @@ class Problem:
             self.out_ids[sl] = k
             self.out_scale[sl] = _tolerance.magnitudes(f0[sl])
         self.scales = _tolerance.coordinate_scales(self.layout, self.ev.theta)
-        # The Jacobian paths' rounding floor, in the precision the reference is computed in
-        # (the analytic side's rounding is rtol * the leaf's largest entry): a float64
-        # reference does not give a float32 floor that grows as x_i nears zero (item 8).
-        self.floor_in = _tolerance.floor_atol(self.ev.reference.dtype, 1.0, self.scales)
+        # The Jacobian paths' rounding floor, in the analytic side's precision: a float32
+        # JVP/VJP entry carries rounding of its intermediates beyond rtol * the row's largest
+        # entry (cancellation), which a float64-precision floor does not cover. (Item 8's
+        # floor that grows as x_i nears zero is therefore still open for these paths.)
+        self.floor_in = _tolerance.floor_atol(self.tol_dtype, 1.0, self.scales)
         self.h = self.ev.steps(self.eps)
         self.user_atol = -1.0 if self.tol.atol is None else float(self.tol.atol)
 
