@@ -24,7 +24,6 @@ NOT_YET_STRICT = frozenset(
         "test_jacobian.py",
         "test_order.py",
         "test_batching.py",
-        "test_diagnose.py",
         "test_plot.py",
         "test_probe.py",
         "test_progress.py",
