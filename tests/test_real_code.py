@@ -480,7 +480,6 @@ def host_sin(x):
 host_sin.defvjp(lambda x: (_host_sin(x), x), lambda x, g: (g * _host_cos(x),))
 
 
-@_xfail(13, "vmapped evaluation of an unbatchable f raises instead of a sequential fallback")
 def test_item13_unbatchable_f_sequential_fallback():
     x = jnp.linspace(0.1, 1.0, 4)
     assert np.isfinite(float(jnp.sum(host_sin(x))))  # unbatched: works
