@@ -557,12 +557,12 @@ def test_item14_cli_ctrl_c_exits_130_with_one_line(tmp_path):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + 180  # a loaded CI machine imports JAX slowly
         while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
         assert marker.exists(), "the slow function never started"
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
+        _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
