@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _precision, _summary, _tolerance
 from . import _stencil as st
-from . import _summary, _tolerance
 from ._finite_diff import STENCIL
 from ._problem import Problem
 from ._summary import GradFindings
@@ -45,9 +45,6 @@ MEASURED_ULPS = 4.0  # least rounding allowed an analytic element, when measured
 # Multiplier on the measured rounding: probes sum it over many elements in quadrature, and
 # the sum of the actual errors may sit several of those standard deviations out.
 MEASURED_SAFETY = 8.0
-# Largest relative difference between native and float64 analytic values that counts as
-# rounding of a right formula (precision_loss): at least two significant digits kept.
-PRECISION_LOSS_MAX = 1e-2
 
 
 def _eps(p: Problem, coords: np.ndarray) -> np.ndarray:
@@ -71,12 +68,22 @@ def estimates(
     `measure_noise` adds the rounding noise measured across the coordinates to the error
     estimate (meaningful over many coordinates, not over a narrowed handful).
     """
+    return _estimates_and_noise(p, coords, measure_noise)[0]
+
+
+def _estimates_and_noise(
+    p: Problem, coords: np.ndarray | None = None, measure_noise: bool = True
+) -> tuple[st.Estimates, np.ndarray]:
+    """`estimates`, and the noise floor (m,) it combined the values with."""
     ev = p.ev
     coords = np.arange(ev.n) if coords is None else np.asarray(coords)
     values, points = _values(p, coords, STENCIL, p.progress)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        noise = st.measured_noise_host(values, ev.f0) if measure_noise else 0.0
-        return st.combine_host(values, ev.f0, points, ev.theta[coords], _eps(p, coords), noise)
+        noise = p.noise_floor
+        if measure_noise:
+            noise = np.maximum(st.measured_noise_host(values, ev.f0), noise)
+        est = st.combine_host(values, ev.f0, points, ev.theta[coords], _eps(p, coords), noise)
+    return est, noise
 
 
 def _two_point(
@@ -91,6 +98,61 @@ def _two_point(
     fscale = np.maximum(np.maximum(np.abs(fm), np.abs(fp)), np.abs(p.ev.f0)[None, :])
     noise = np.maximum(st.NOISE_ULPS * _eps(p, coords) * fscale, noise_floor) / d1
     return st.Estimates(numeric, noise, noise, np.broadcast_to(numeric, (4,) + numeric.shape))
+
+
+def refine_steps(
+    p: Problem, coords: np.ndarray, est: st.Estimates, atol: np.ndarray, noise: np.ndarray
+) -> st.Estimates:
+    """Larger steps where f's rounding noise bounds the 4-point estimate (`_stencil.noise_bound`).
+
+    The default step balances truncation against rounding of a few ulps of |f| over a
+    coordinate's own scale. Where f's rounding is far larger than that (cancellation inside
+    f, a coordinate much smaller than the scale on which f varies, or a leaf whose effect on
+    f is tiny beside another leaf's), each such coordinate is evaluated again at larger steps
+    (`_tolerance.grown_steps`) and keeps the estimate with the smallest estimated error
+    (truncation + rounding). The steps kept are recorded in `p.h`; the coordinates
+    tried are counted in `p.grown_steps`.
+
+    Args:
+      coords: (k,) the coordinates of `est`; atol: (k,) their absolute allowances;
+      noise: (m,) the noise floor the estimates were combined with.
+    """
+    ev = p.ev
+    if p.eps is not None:  # the user chose the step
+        return est
+    eps = _eps(p, coords)[:, 0]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        bound = st.noise_bound_host(
+            est,
+            2 * p.h[coords],
+            p.scales[coords],
+            eps,
+            p.tol.rtol,
+            atol[:, None],
+            p.tol.safety,
+            p.analytic[coords, None],
+        )[:, 0]
+    rows = np.flatnonzero(bound)
+    if rows.size == 0:
+        return est
+    chosen = coords[rows]
+    candidates = [st.Estimates(*(x[..., rows, :] for x in est))]
+    steps = [p.h[chosen]]
+    grown = _tolerance.grown_steps(p.h[chosen], p.scales[chosen])
+    if not grown:  # already at the largest step allowed
+        return est
+    for h in grown:
+        values, points = ev.stencil_subset(chosen, h, p.batch_size)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            candidates.append(
+                st.combine_host(values, ev.f0, points, ev.theta[chosen], eps[rows, None], noise)
+            )
+        steps.append(h)
+    best, which = st.best_of_host(candidates)
+    which = which[:, 0]
+    p.h[chosen] = np.choose(which, steps)
+    p.grown_steps += int(rows.size)
+    return _merge(est, best, rows)
 
 
 def _merge(a: st.Estimates, b: st.Estimates, rows: np.ndarray) -> st.Estimates:
@@ -124,12 +186,16 @@ def two_point_estimates(p: Problem) -> tuple[st.Estimates, np.ndarray, int]:
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         values, points = four(sample, outer, outer_points)
-        noise = st.measured_noise_host(values, ev.f0)
+        noise = np.maximum(st.measured_noise_host(values, ev.f0), p.noise_floor)
         est = _two_point(p, inner, inner_points, coords, noise)
         numeric = np.asarray(est.numeric, np.float64)[:, 0]
         atol = element_atol(p, numeric, p.tol_dtype)
         tolerance = tol.safety * est.fd_error[:, 0] + tol.rtol * np.abs(numeric) + atol
         undecided = ~(np.abs(p.analytic - numeric) <= tolerance)  # True for NaN/Inf
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            undecided |= st.noise_bound_host(  # a larger step would tighten these
+                est, 2 * p.h, p.scales, _eps(p, coords)[:, 0], tol.rtol, atol[:, None], tol.safety
+            )[:, 0]
         undecided[sample] = False  # these have all four points already
         rest = np.flatnonzero(undecided)
         four_point = np.union1d(sample, rest)
@@ -142,7 +208,8 @@ def two_point_estimates(p: Problem) -> tuple[st.Estimates, np.ndarray, int]:
         values, points = four(four_point, outer, outer_points)
         eps = _eps(p, four_point)
         est4 = st.combine_host(values, ev.f0, points, ev.theta[four_point], eps, noise)
-        return _merge(est, est4, four_point), atol, int(four_point.size)
+    est4 = refine_steps(p, four_point, est4, atol[four_point], noise)
+    return _merge(est, est4, four_point), atol, int(four_point.size)
 
 
 def element_atol(
@@ -207,11 +274,12 @@ def zero_is_resolved(
 
     An element whose analytic and numeric values are both within tolerance of zero is
     decided (not inconclusive) when its tolerance is below 0.1% of the largest gradient or
-    of f's own scale over the coordinate's (`own_scale`, |f| / scale_i: sin at pi/2 in
-    float64), or when every gradient is exactly zero: a wrong nonzero value would have
-    failed. An element whose nonzero reference is swamped by its tolerance
-    (`_stencil.swamped`) is never rescued: its reference is not zero. Analytic and
-    reference both below `tiny` (the dtype's smallest normal number) is an underflow, decided.
+    of f's own derivative scale (`own_scale`: |f| or f's secant scale (`_noise.measure`),
+    over the coordinate's scale: sin at pi/2, det of a rank-1 matrix), or when every
+    gradient is exactly zero: a wrong nonzero value would have failed. An element whose
+    nonzero reference is swamped by its tolerance (`_stencil.swamped`) is never rescued:
+    its reference is not zero. Analytic and reference both below `tiny` (the dtype's
+    smallest normal number) is an underflow, decided.
     """
     finite = np.isfinite(numeric)
     scale = float(np.max(np.abs(numeric[finite]), initial=0.0))
@@ -231,57 +299,41 @@ def zero_is_resolved(
 def precision_loss(
     p: Problem, coords: np.ndarray, analytic: np.ndarray, est: st.Estimates, code: np.ndarray
 ) -> np.ndarray:
-    """Tells float32 rounding of a right formula from a wrong formula (issue 10 item 5).
-
-    A failing element whose float64 analytic value (`Problem.analytic_float64`: the gradient
-    in float64) agrees with the float64 reference, and whose native value differs from the
-    float64 one by at most PRECISION_LOSS_MAX relatively, is a right formula that loses
-    digits to rounding in the native dtype: with `precision="note"` it passes and the
-    report says how many digits were lost; with `precision="strict"` it stays failed and
-    the note says why. A wrong formula disagrees in float64 too, and stays failed.
+    """Tells rounding of a right formula from a wrong formula (`_precision`, issue 10 item 5).
 
     Returns:
-      The codes, with rescued elements PASS under `precision="note"`; notes go to
+      The codes, with rescued elements PASS under `precision="note"`; the note goes to
       `p.precision_notes`.
     """
-    if not np.any(code == st.FAIL):
+    if not np.any(code == st.FAIL) or p.analytic_float64 is None:
         return code
-    full = p.analytic_float64
-    if full is None:
-        return code
-    tol = p.tol
-    wide = np.asarray(full, np.float64)[coords]
+    wide = np.asarray(p.analytic_float64, np.float64)[coords]
     numeric = np.asarray(est.numeric, np.float64)[:, 0]
-    rtol64 = _tolerance.default_tolerance(np.dtype(np.float64)).rtol
     leaf_max = np.zeros(coords.shape)
     for leaf in p.layout.diff:
         mine = (coords >= leaf.offset) & (coords < leaf.offset + leaf.size)
         block = np.abs(numeric[mine])
         leaf_max[mine] = float(np.max(block[np.isfinite(block)], initial=0.0))
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        tol64 = tol.safety * est.fd_error[:, 0] + rtol64 * (np.abs(numeric) + leaf_max)
-        agrees64 = np.abs(wide - numeric) <= tol64
-        lost = np.abs(analytic - wide)
-        rounding = lost <= PRECISION_LOSS_MAX * np.abs(wide)
-        rescued = (code == st.FAIL) & agrees64 & rounding & np.isfinite(analytic)
+    allowance = _precision.allowance(wide, p.native_noise[0], p.scales[coords])
+    flat = st.Estimates(*(np.asarray(x, np.float64)[..., 0] for x in est))
+    rtol64 = _tolerance.default_tolerance(np.dtype(np.float64)).rtol
+    with np.errstate(invalid="ignore", over="ignore"):
+        rescued = st.precision_rescue_host(
+            flat, code, analytic, wide, allowance, rtol64, leaf_max, p.tol.safety
+        )
     if not np.any(rescued):
         return code
     eps = float(jnp.finfo(p.tol_dtype).eps)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        digits = np.log10(np.maximum(lost[rescued] / np.abs(wide[rescued]), eps) / eps)
+    digits = _precision.digits_lost(analytic[rescued], wide[rescued], eps)
     k = int(np.argmax(digits))
     where = p.locate(int(coords[rescued][k]))
     index = f"[{','.join(str(i) for i in where[1])}]" if where[1] else ""
-    verdict = (
-        'passed as precision loss (`precision="strict"` makes it a failure)'
-        if p.precision == "note"
-        else 'failed (`precision="strict"`)'
-    )
     p.precision_notes.append(
         f"precision: {int(rescued.sum())} element(s) lose up to {float(digits[k]):.1f} digits "
         f"to {p.tol_dtype} rounding of a right formula, worst {where[0].path}{index}: analytic "
         f"{float(analytic[rescued][k]):.6g} in {p.tol_dtype}, {float(wide[rescued][k]):.6g} in "
-        f"float64, reference {float(numeric[rescued][k]):.6g}; {verdict}"
+        f"float64, reference {float(numeric[rescued][k]):.6g}; "
+        f"{_precision.verdict_words(p.precision)}"
     )
     if p.precision == "note":
         code = np.where(rescued, st.PASS, code).astype(code.dtype)
@@ -308,7 +360,8 @@ def summarize(
     tolerance = np.asarray(tolerance, np.float64)
     code = precision_loss(p, coords, analytic, est, code)
     fscale = float(np.max(np.abs(p.ev.f0), initial=0.0))
-    own_scale = fscale / p.scales[coords] if np.isfinite(fscale) else 0.0
+    fscale = max(fscale if np.isfinite(fscale) else 0.0, float(p.ev.measured.secant[0]))
+    own_scale = fscale / p.scales[coords]
     swamped = st.swamped_host(est, tolerance, tol.safety)[:, 0]
     tiny = float(jnp.finfo(p.tol_dtype).tiny)
     resolved = zero_is_resolved(analytic, numeric, tolerance, resolved, own_scale, swamped, tiny)
@@ -361,8 +414,9 @@ def run(p: Problem) -> GradFindings:
     """The full strategy: every coordinate of a kind-"grad" problem."""
     coords = np.arange(p.n)
     if p.n < TWO_POINT_MIN:
-        est = estimates(p, coords)
+        est, noise = _estimates_and_noise(p, coords)
         atol = element_atol(p, np.asarray(est.numeric, np.float64)[:, 0], p.tol_dtype)
+        est = refine_steps(p, coords, est, atol, noise)
         reference = REFERENCE
     else:
         est, atol, extended = two_point_estimates(p)

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _jacobian_kernels as jk
+from . import _precision, _tolerance
+from . import _stencil as st
 from ._flatten import ArgLayout
 from ._jacobian_result import BlockReport, JacobianElement
 from ._problem import Problem
@@ -48,50 +50,49 @@ def _padded_chunks(index: np.ndarray, size: int):
 class BlockAccumulator:
     """Per-(input leaf, output leaf) statistics, merged tile by tile on the host."""
 
-    SUMS = (
-        "ssd",
-        "ssa",
-        "ssn",
-        "n",
-        "n_failed",
-        "n_anf",
-        "n_ref_nf",
-        "n_kink_out",
-        "n_nonsmooth",
-        "n_unres",
-        "mass",
-        "mass_unres",
-    )
+    SUMS = jk.SUM_NAMES
     CAND = ("key", "i", "j", "a", "num", "tol", "code", "block")
 
     def __init__(self, p: Problem):
         self.p = p
         shape = (p.n_in, p.n_out)
         self.s = {name: np.zeros(shape) for name in self.SUMS}
-        self.maxd = np.zeros(shape)
+        self.max = {name: np.zeros(shape) for name in jk.MAX_NAMES}
         self.cand = {name: np.zeros(0) for name in self.CAND}
         self.pending: list = []
 
-    def push(self, stats: dict, coords: np.ndarray, valid: int, col_map: np.ndarray) -> None:
-        self.pending.append((stats, coords[:valid], col_map))
+    def push(
+        self,
+        stats: dict,
+        coords: np.ndarray,
+        valid: int,
+        col_map: np.ndarray,
+        retake: Callable[[dict], dict | None] | None = None,
+    ) -> None:
+        """Queues a tile's statistics; `retake(stats)` may replace those of a tile in
+        doubt (`Retake`)."""
+        self.pending.append((stats, coords[:valid], col_map, retake))
         if len(self.pending) >= FLUSH_EVERY:
             self.flush()
 
     def flush(self) -> None:
         pending, self.pending = self.pending, []
-        for stats, coords, col_map in jax.device_get(pending):
-            self._add(
-                {k: np.asarray(v, np.float64)[: coords.size] for k, v in stats.items()},
-                coords,
-                np.asarray(col_map),
-            )
+        fetched = jax.device_get([(stats, col_map) for stats, _, col_map, _ in pending])
+        for (stats, col_map), (_, coords, _, retake) in zip(fetched, pending):
+            stats = _host(stats, coords.size)
+            if retake is not None and np.any((stats["n_failed"] + stats["n_noisy"]) > 0):
+                stats = retake(stats) or stats
+            self._add(stats, coords, np.asarray(col_map))
 
     def _add(self, t: dict, coords: np.ndarray, col_map: np.ndarray) -> None:
         rows = self.p.in_ids[coords][:, None] * np.ones((1, self.p.n_out), np.int64)
         cols = np.broadcast_to(np.arange(self.p.n_out), rows.shape)
         for name in self.SUMS:
-            np.add.at(self.s[name], (rows, cols), t[name])
-        np.maximum.at(self.maxd, (rows, cols), t["maxd"])
+            if name in t:  # (a plan without the float64 second look has no "n_prec")
+                np.add.at(self.s[name], (rows, cols), t[name])
+        for name in jk.MAX_NAMES:
+            if name in t:
+                np.maximum.at(self.max[name], (rows, cols), t[name])
         ok = t["key"] >= 0
         new = {
             "key": t["key"][ok],
@@ -172,7 +173,7 @@ class BlockAccumulator:
             status=status,
             reason=reason,
             relative_error=self.relative_error(i, o),
-            max_abs_error=float(self.maxd[i, o]),
+            max_abs_error=float(self.max["maxd"][i, o]),
             worst=elements[0] if elements else None,
             n_checked=int(self.s["n"][i, o]),
             n_failed=int(self.s["n_failed"][i, o]),
@@ -181,6 +182,11 @@ class BlockAccumulator:
             n_unresolved=int(self.s["n_unres"][i, o]),
             elements=tuple(shown),
         )  # fmt: skip
+
+
+def _host(stats: dict, rows: int) -> dict:
+    """A tile's fetched statistics as float64 numpy arrays over its `rows` real rows."""
+    return {k: np.asarray(v, np.float64)[:rows] for k, v in stats.items()}
 
 
 def make_block(p: Problem, i: int, o: int, **fields: Any) -> BlockReport:
@@ -232,10 +238,18 @@ class _Tiles:
             if rows is None
             else np.where(np.arange(rows.size) < valid_rows, p.out_ids[rows], p.n_out)
         )
-        self.f0, self.out_scale = p.ev.f0, p.out_scale
+        self.f0, self.out_scale, self.noise_floor = p.ev.f0, p.out_scale, p.noise_floor
         if rows is not None:
             self.f0, self.out_scale = self.f0[rows], self.out_scale[rows]
+            self.noise_floor = self.noise_floor[rows]
         self.leaf_max = leaf_max
+        # The rounding floor in the analytic side's precision, or in float64's where a
+        # float64 second look tells rounding from a bug (issue 10 item 8: a float32 floor
+        # of 16 eps |f| / |x_i| swallows a 1e-3 error as x_i nears zero).
+        ratio = 1.0
+        if p.precision_applies:
+            ratio = float(np.finfo(np.float64).eps / np.finfo(p.tol_dtype).eps)
+        self.floor_in = p.floor_in * ratio
         self.out_slices = (
             None if rows is not None else tuple((o.offset, o.offset + o.size) for o in p.outs)
         )
@@ -247,6 +261,7 @@ class _Tiles:
             self.dev = {
                 "f0": jnp.asarray(self.f0, dtype),
                 "out_scale": jnp.asarray(self.out_scale, dtype),
+                "noise_floor": jnp.asarray(self.noise_floor, dtype),
                 "leaf_max": jnp.asarray(self.leaf_max, dtype),
                 "out_ids": jnp.asarray(self.out_ids, jnp.int32),
                 "scalars": jnp.asarray([p.tol.rtol, p.tol.safety, p.user_atol], dtype),
@@ -254,33 +269,59 @@ class _Tiles:
             }
         return self.dev
 
+    def precision(self, c: np.ndarray, analytic64: Any, dtype: Any) -> jk.PrecisionInputs | None:
+        """The tile's float64 second look (`jk.PrecisionInputs`), or None without one."""
+        if analytic64 is None:
+            return None
+        p, xp = self.p, (np if self.host else jnp)
+        noise = p.native_noise if self.rows is None else p.native_noise[self.rows]
+        return jk.PrecisionInputs(
+            analytic64=xp.asarray(analytic64, dtype),
+            scale=xp.asarray(p.scales[c], dtype),
+            noise=xp.asarray(noise, dtype),
+            rtol64=dtype(_tolerance.default_tolerance(np.dtype(np.float64)).rtol),
+            eps=dtype(jnp.finfo(p.tol_dtype).eps),
+            note=xp.asarray(p.precision == "note"),
+        )
+
     def stats(
-        self, values: jax.Array, points: np.ndarray, c: np.ndarray, analytic: jax.Array
+        self,
+        values: jax.Array,
+        points: np.ndarray,
+        c: np.ndarray,
+        analytic: jax.Array,
+        analytic64: Any = None,
     ) -> dict:
+        """The tile's statistics (`jk.tile_stats`): values (k, 4, m) and points (k, 4), or
+        values (S, k, 4, m) and points (S, k, 4) at S steps; `analytic64`: see `precision`."""
         p = self.p
         if self.host:
             values = np.asarray(values)
             dtype = values.dtype.type
             if self.rows is not None:
-                values = values[:, :, self.rows]
+                values = values[..., self.rows]
             with np.errstate(all="ignore"):
                 return jk.tile_stats_host(
                     values, self.f0.astype(dtype), points.astype(dtype), p.ev.theta[c].astype(dtype), np.asarray(analytic),
-                    p.floor_in[c], self.out_scale, np.asarray(self.leaf_max), p.in_ids[c], self.out_ids, dtype(p.tol.rtol),
+                    self.floor_in[c], self.out_scale, np.asarray(self.leaf_max), p.in_ids[c], self.out_ids, dtype(p.tol.rtol),
                     dtype(p.tol.safety), dtype(p.user_atol), p.n_out, self.out_slices,
+                    self.noise_floor.astype(dtype), self.precision(c, analytic64, dtype), p.scales[c],
                 )  # fmt: skip
         with p.ev.context():
             dtype = values.dtype
             d = self._device(dtype)
             if d["rows"] is not None:
-                values = jnp.take(values, d["rows"], axis=2)
+                values = jnp.take(values, d["rows"], axis=-1)
+            per_step = points if points.ndim == 3 else points[None]
             rowdata = np.concatenate(
-                [points, p.ev.theta[c][:, None], p.floor_in[c][:, None], p.in_ids[c][:, None]],
+                [per_step.transpose(1, 0, 2).reshape(c.size, -1), p.ev.theta[c][:, None]]
+                + [self.floor_in[c][:, None], p.in_ids[c][:, None], p.scales[c][:, None]],
                 axis=1,
             )
             return jk.tile_stats(
                 values, d["f0"], jnp.asarray(rowdata, dtype), analytic, d["out_scale"], d["leaf_max"], d["out_ids"], d["scalars"],
-                p.n_out, self.out_slices,
+                p.n_out, self.out_slices, d["noise_floor"],
+                self.precision(c, analytic64, np.dtype(dtype).type),
             )  # fmt: skip
 
 
@@ -309,7 +350,8 @@ def check_columns(
             jv.add_columns_times(
                 analytic, np.where(np.arange(k)[:, None] < valid, freivalds[c], 0.0)
             )
-        acc.push(tiles.stats(values, points, c, analytic), c, valid, col_map)
+        look = Retake(tiles, c, analytic, lambda c=c: p.call_analytic64(kernel, c))
+        acc.push(tiles.stats(values, points, c, analytic), c, valid, col_map, look)
     acc.flush()
     return None if jv is None else jv.result()
 
@@ -413,13 +455,15 @@ def check_rows(p: Problem, coords: np.ndarray, rows_all: np.ndarray, acc: BlockA
     host = _on_host(len(coords) * rows_all.size)
     for rows, valid_rows in _padded_chunks(np.asarray(rows_all, np.int64), r):
         J = p.call_analytic(jk.vjp_rows, rows)  # (r, n)
+        rows64 = _Once(lambda rows=rows: p.call_analytic64(jk.vjp_rows, rows))
         tiles = _Tiles(
             p, host, _leaf_max_of_rows(p, host, J), rows, valid_rows
         )  # per-leaf maxima (L_in, r)
         for c, valid in _padded_chunks(np.asarray(coords, np.int64), k):
             values, points = p.ev.stencil(c, p.h[c], batch_size=k)
             analytic = _take_columns(J, jnp.asarray(c, jnp.int32))
-            acc.push(tiles.stats(values, points, c, analytic), c, valid, rows)
+            look = Retake(tiles, c, analytic, lambda c=c, rows64=rows64: _columns_of(rows64(), c))
+            acc.push(tiles.stats(values, points, c, analytic), c, valid, rows, look)
     acc.flush()
 
 
@@ -429,9 +473,14 @@ def _take_columns(J: jax.Array, c: jax.Array) -> jax.Array:
 
 
 def _vjp_linear_enough(
-    p: Problem, jv_rows: np.ndarray, ajv: np.ndarray, jv_cols: np.ndarray
+    p: Problem, jv_rows: np.ndarray, ajv: np.ndarray, jv_cols: np.ndarray, V: np.ndarray
 ) -> str | None:
-    """Why the transposed-VJP columns cannot be trusted, or None."""
+    """Why the transposed-VJP columns cannot be trusted, or None.
+
+    Rows and columns are two computations of the same entries and may differ by their
+    rounding: sqrt(eps) of |J| |V|, or what rounding of a right formula can reach under
+    cancellation (`_precision.allowance`, summed over the vector V).
+    """
     J0 = p.call_analytic(
         jk.vjp_rows, np.full(p.row_size(), p.m)
     )  # index m: the zero cotangent (same kernel shape)
@@ -439,7 +488,8 @@ def _vjp_linear_enough(
         return "the VJP at a zero cotangent is not zero (the bwd rule has a term that does not scale with the cotangent)"
     eps = float(np.finfo(p.tol_dtype).eps)
     scale = ajv + np.sqrt(np.mean(np.square(ajv), axis=0, keepdims=True))
-    if not np.all(np.abs(jv_rows - jv_cols) <= np.sqrt(eps) * scale):
+    rounding = _precision.NOISE_FACTOR * np.outer(p.native_noise, np.abs(V).T @ (1 / p.scales))
+    if not np.all(np.abs(jv_rows - jv_cols) <= np.sqrt(eps) * scale + rounding):
         return "VJP rows e_j^T J and the transpose of the VJP disagree (the VJP is not linear in its cotangent)"
     return None
 
@@ -459,6 +509,12 @@ def transposable(p: Problem) -> str | None:
 
 def run_full(p: Problem) -> tuple[BlockAccumulator, str, str | None]:
     """Checks every Jacobian entry. Returns (accumulator, analytic source, note)."""
+    acc, source, note = _run_plan(p)
+    p.precision_notes.extend(precision_notes(p, acc))
+    return acc, source, note
+
+
+def _run_plan(p: Problem) -> tuple[BlockAccumulator, str, str | None]:
     coords = np.arange(p.n)
     acc = BlockAccumulator(p)
     if p.kind == "jvp":
@@ -470,13 +526,14 @@ def run_full(p: Problem) -> tuple[BlockAccumulator, str, str | None]:
         V = p.ev.random_directions(2, "freivalds").T  # (n, 2)
         leaf_max, jv_rows, ajv = rows_prepass(p, V)
         jv_cols = check_columns(p, coords, acc, jk.vjp_columns, leaf_max, freivalds=V)
-        note = _vjp_linear_enough(p, jv_rows, ajv, jv_cols)
+        note = _vjp_linear_enough(p, jv_rows, ajv, jv_cols, V)
         if note is None:
             return (
                 acc,
                 (
-                    "VJP: rows e_j^T J (jax.vjp, vmapped over output basis vectors) for the tolerances, and columns "
-                    "from jax.linear_transpose of the same VJP, verified against the rows on 2 random vectors"
+                    "VJP: rows e_j^T J (jax.vjp, vmapped over output basis vectors) for the "
+                    "tolerances, and columns from jax.linear_transpose of the same VJP, "
+                    "verified against the rows on 2 random vectors"
                 ),
                 None,
             )
@@ -486,6 +543,105 @@ def run_full(p: Problem) -> tuple[BlockAccumulator, str, str | None]:
     check_rows(p, coords, np.arange(p.m), acc)
     return (
         acc,
-        "VJP rows e_j^T J (jax.vjp, vmapped over output basis vectors; finite differences re-run per row chunk)",
+        "VJP rows e_j^T J (jax.vjp, vmapped over output basis vectors; finite differences "
+        "re-run per row chunk)",
         note,
     )
+
+
+class _Once:
+    """A computation run on first use only (a rows chunk's float64 VJP rows)."""
+
+    def __init__(self, compute: Callable[[], Any]):
+        self.compute, self.done, self.value = compute, False, None
+
+    def __call__(self) -> Any:
+        if not self.done:
+            self.value, self.done = self.compute(), True
+        return self.value
+
+
+def _columns_of(rows: Any, c: np.ndarray) -> np.ndarray | None:
+    """Rows (r, n) of J -> the tile's entries (k, r) at input coordinates c."""
+    return None if rows is None else np.asarray(rows)[:, c].T
+
+
+class Retake:
+    """A second comparison of a tile whose first one is in doubt, at flush time.
+
+    Called with the tile's first statistics (tiles without doubt cost nothing):
+      - noise-bound entries (`_stencil.noise_bound`, counted in "n_noisy"): the tile is
+        evaluated again at larger steps too (`_tolerance.grown_steps`), and each entry
+        keeps the estimate with the smallest estimated error;
+      - failing entries, with a narrower analytic dtype than the float64 reference: the
+        tile's analytic entries are computed in float64 and tried on the worst failing entry
+        of each (input coordinate, output leaf); where one of them may be rounding of a
+        right formula (`_precision`), every entry's float64 value goes into the comparison.
+        Where none can (a wrong formula is wrong in float64 too), nothing is redone for it.
+    The new statistics replace the first.
+
+    Args:
+      tiles: The plan's `_Tiles`; c: the tile's input coordinates (padded).
+      analytic: The tile's analytic entries (k, mt), as first compared.
+      analytic64: Computes the tile's float64 entries (k, mt), or None where f's
+        derivative cannot be computed in float64.
+    """
+
+    def __init__(
+        self, tiles: "_Tiles", c: np.ndarray, analytic: Any, analytic64: Callable[[], Any]
+    ):
+        self.tiles, self.c, self.analytic, self.analytic64 = tiles, c, analytic, analytic64
+
+    def __call__(self, first: dict) -> dict | None:
+        p = self.tiles.p
+        c, k = self.c, self.c.size
+        noisy = p.eps is None and bool(np.any(first["n_noisy"] > 0))
+        grown = _tolerance.grown_steps(p.h[c], p.scales[c]) if noisy else []
+        a64 = self._rescuable(first)
+        if not grown and a64 is None:
+            return None
+        values, points = p.ev.stencil(c, p.h[c], batch_size=k)
+        if grown:
+            more = [p.ev.stencil(c, h, batch_size=k) for h in grown]
+            values = jnp.stack([values] + [v for v, _ in more])
+            points = np.stack([points] + [q for _, q in more])
+            p.grown_steps += int(np.count_nonzero(np.any(first["n_noisy"] > 0, axis=1)))
+        stats = self.tiles.stats(values, points, c, self.analytic, a64)
+        return _host(jax.device_get(stats), first["n"].shape[0])
+
+    def _rescuable(self, first: dict) -> np.ndarray | None:
+        """The tile's float64 entries, when a failing entry may be rounding; else None."""
+        p = self.tiles.p
+        if not p.precision_applies or not np.any(first["n_failed"] > 0):
+            return None
+        a64 = self.analytic64()
+        if a64 is None:
+            return None
+        a64 = np.asarray(a64, np.float64)
+        rows, leaves = np.nonzero(first["code"] == st.FAIL)
+        j = first["j"][rows, leaves].astype(np.int64)  # tile columns
+        candidate = a64[rows, j]
+        outputs = j if self.tiles.rows is None else self.tiles.rows[j]
+        allowance = _precision.allowance(candidate, p.native_noise[outputs], p.scales[self.c[rows]])
+        a, num, tol = (first[k][rows, leaves] for k in ("a", "num", "tol"))
+        with np.errstate(invalid="ignore"):
+            could = (np.abs(candidate - num) <= tol) & (np.abs(a - candidate) <= allowance)
+        return a64 if np.any(could) else None
+
+
+def precision_notes(p: Problem, acc: BlockAccumulator) -> list[str]:
+    """One note per block with entries that lose digits to rounding of a right formula."""
+    out = []
+    for i in range(p.n_in):
+        for o in range(p.n_out):
+            count = int(acc.s["n_prec"][i, o])
+            if count == 0:
+                continue
+            leaf, out_leaf = p.layout.diff[i], p.outs[o]
+            out.append(
+                f"precision: {count} entries of {leaf.path} -> {out_leaf.path} lose up to "
+                f"{float(acc.max['prec_digits'][i, o]):.1f} digits to {p.tol_dtype} rounding "
+                "of a right formula (their float64 analytic values agree with the float64 "
+                f"reference); {_precision.verdict_words(p.precision)}"
+            )
+    return out

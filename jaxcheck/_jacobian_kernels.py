@@ -23,13 +23,14 @@ arguments, so a repeated check at new arguments of the same shapes reuses compil
 import dataclasses
 import functools as ft
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
+from . import _precision
 from . import _stencil as st
 from ._finite_diff import over_batch
 from ._flatten import ArgLayout, ravel_output, rebuild_args, unravel
@@ -279,8 +280,30 @@ SUM_NAMES = (
     "n_unres",
     "mass",
     "mass_unres",
+    "n_prec",
+    "n_noisy",
 )
-STAT_NAMES = SUM_NAMES + ("maxd", "key", "j", "a", "num", "tol", "code")
+STAT_NAMES = SUM_NAMES + ("maxd", "prec_digits", "key", "j", "a", "num", "tol", "code")
+MAX_NAMES = ("maxd", "prec_digits")
+
+
+class PrecisionInputs(NamedTuple):
+    """What a tile needs for the float64 second look (`_stencil.precision_rescue`).
+
+    Attributes:
+      analytic64: (k, mt) the tile's analytic entries computed in float64.
+      scale: (k,) the input coordinates' scales.
+      noise: (mt,) f's rounding per output in the native dtype (`Problem.native_noise`).
+      rtol64, eps: float64's default rtol; the native dtype's machine epsilon.
+      note: True under `precision="note"` (rescued entries pass), False under "strict".
+    """
+
+    analytic64: Any
+    scale: Any
+    noise: Any
+    rtol64: Any
+    eps: Any
+    note: Any
 
 
 def element_key(code: jax.Array, diff: jax.Array, tolerance: jax.Array, xp: Any = jnp) -> jax.Array:
@@ -313,6 +336,9 @@ def _tile_stats(
     user_atol: Any,
     n_out: int,
     out_slices: tuple[tuple[int, int], ...] | None = None,
+    noise_floor: Any = 0.0,
+    precision: PrecisionInputs | None = None,
+    scale: Any = None,
     xp: Any = jnp,
 ) -> dict[str, jax.Array]:
     """Compares a tile of Jacobian entries (k input coordinates x mt outputs) with finite differences.
@@ -323,13 +349,19 @@ def _tile_stats(
     over i's input leaf).
 
     Args:
-      values: (k, 4, mt) stencil values; f0 (mt,); points (k, 4); x0 (k,).
+      values: (k, 4, mt) stencil values; f0 (mt,); points (k, 4); x0 (k,). Or values
+        (S, k, 4, mt) and points (S, k, 4) at S steps: each entry takes the estimate with
+        the smallest estimated error (`_stencil.best_of`).
       analytic: (k, mt) analytic entries J[j, i] (transposed: row = input coordinate).
       floor_in: (k,) 16 eps / scale_i; out_scale (mt,) max(|f_j|, rms of j's output leaf).
       leaf_max: (L_in, mt) max |J[j, :]| per input leaf; in_ids (k,) input leaf of each row.
       out_ids: (mt,) output leaf of each column (n_out for padding).
       rtol, safety, user_atol: Scalars.
       n_out: Number of output leaves (static).
+      noise_floor: (mt,) least rounding noise of each output's values (`Problem.noise_floor`).
+      precision: The float64 second look (`PrecisionInputs`), or None.
+      scale: (k,) the input coordinates' scales, to count noise-bound entries ("n_noisy",
+        `_stencil.noise_bound`) of a single stencil; None counts none.
       out_slices: (static) the column range of each output leaf when they are contiguous
         (columns plan: reductions over slices); None masks columns by `out_ids` (rows plan).
       xp: `jnp` (jitted, on device) or `np` (small tiles on the host: no compilation).
@@ -338,16 +370,42 @@ def _tile_stats(
       Dict of (k, n_out) arrays, named by STAT_NAMES: sums of squares, maximum |a - n|,
       counts by verdict, gradient mass, and the worst entry of each (row, output leaf).
     """
-    combine, assess = (st.combine, st.assess) if xp is jnp else (st.combine_host, st.assess_host)
+    host = xp is np
+    combine, assess = (st.combine_host, st.assess_host) if host else (st.combine, st.assess)
     dtype = values.dtype
-    est = combine(values, f0, points, x0)
+    if values.ndim == 4:  # several steps
+        best_of = st.best_of_host if host else st.best_of
+        stencils = range(values.shape[0])
+        est, _ = best_of(
+            [combine(values[s], f0, points[s], x0, noise_floor=noise_floor) for s in stencils]
+        )
+    else:
+        est = combine(values, f0, points, x0, noise_floor=noise_floor)
     a = analytic.astype(dtype)
     atol = floor_in[:, None].astype(dtype) * out_scale[None, :].astype(dtype) + rtol * leaf_max[
         in_ids
     ].astype(dtype)
     atol = xp.where(user_atol >= 0, user_atol, atol)
     asm = assess(est, a, rtol, atol, safety)
+    noisy = xp.zeros(a.shape, bool)
+    if scale is not None and values.ndim == 3:
+        noise_bound = st.noise_bound_host if host else st.noise_bound
+        d1 = points[:, 2] - points[:, 1]
+        eps = float(jnp.finfo(dtype).eps)
+        noisy = noise_bound(est, d1, scale.astype(dtype), eps, rtol, atol, safety, a)
     num, code = est.numeric, asm.code
+    rescued = xp.zeros(code.shape, bool)
+    digits = xp.zeros(a.shape, dtype)
+    if precision is not None:
+        a64 = precision.analytic64.astype(dtype)
+        allowance = _precision.allowance(
+            a64, precision.noise[None, :].astype(dtype), precision.scale[:, None].astype(dtype), xp
+        )
+        rescue = st.precision_rescue if xp is jnp else st.precision_rescue_host
+        leaf_rows = leaf_max[in_ids].astype(dtype)
+        rescued = rescue(est, code, a, a64, allowance, precision.rtol64, leaf_rows, safety)
+        digits = xp.where(rescued, _precision.digits_lost(a, a64, precision.eps, xp), 0.0)
+        code = xp.where(rescued & precision.note, st.PASS, code).astype(code.dtype)
     finite = xp.isfinite(a) & xp.isfinite(num)
     d = xp.where(finite, a - num, 0)
     failing = (code == st.FAIL) | (code == st.ANALYTIC_NONFINITE)
@@ -367,7 +425,10 @@ def _tile_stats(
         "n_unres": unres.astype(dtype),
         "mass": mass,
         "mass_unres": xp.where(unres, mass, 0),
+        "n_prec": rescued.astype(dtype),
+        "n_noisy": noisy.astype(dtype),
         "maxd": xp.abs(d),
+        "prec_digits": digits.astype(dtype),
     }
     if xp is jnp:
         # Materialise the per-entry values once: otherwise XLA fuses the whole comparison into
@@ -390,7 +451,8 @@ def _tile_stats(
             part = ft.partial(_masked, mask=mask, xp=xp)
             lo = 0
         for name, x in per_elem.items():
-            out[name].append(xp.max(part(x), axis=1) if name == "maxd" else xp.sum(part(x), axis=1))
+            reduce = xp.max if name in MAX_NAMES else xp.sum
+            out[name].append(reduce(part(x), axis=1))
         ko = part(key) if out_slices is not None else xp.where(mask, key, -1.0)
         j = xp.argmax(ko, axis=1)
         out["key"].append(ko[rows, j])
@@ -431,18 +493,27 @@ def tile_stats(
     scalars,
     n_out: int,
     out_slices: Any = None,
+    noise_floor: Any = 0.0,
+    precision: PrecisionInputs | None = None,
 ) -> dict[str, jax.Array]:
     """`_tile_stats` on device, with the per-row inputs packed into one transfer.
 
     Args:
-      rowdata: (k, 7) columns: the 4 stencil points, x0, floor_in, input leaf id.
+      values: (k, 4, mt) or, at S steps, (S, k, 4, mt).
+      rowdata: (k, 4 S + 4) columns: the 4 stencil points of each step, x0, floor_in, input
+        leaf id, scale.
       scalars: (3,) rtol, safety, user_atol.
+      noise_floor: (mt,) least rounding noise of each output's values.
     """
-    points, x0, floor_in, in_ids = (
-        rowdata[:, :4],
-        rowdata[:, 4],
-        rowdata[:, 5],
-        rowdata[:, 6].astype(jnp.int32),
+    steps = values.shape[0] if values.ndim == 4 else 1
+    k = rowdata.shape[0]
+    points = rowdata[:, : 4 * steps].reshape(k, steps, 4).transpose(1, 0, 2)
+    points = points if values.ndim == 4 else points[0]
+    x0, floor_in, in_ids, scale = (
+        rowdata[:, 4 * steps],
+        rowdata[:, 4 * steps + 1],
+        rowdata[:, 4 * steps + 2].astype(jnp.int32),
+        rowdata[:, 4 * steps + 3],
     )
     rtol, safety, user_atol = scalars[0], scalars[1], scalars[2]
     return _tile_stats(
@@ -461,6 +532,9 @@ def tile_stats(
         user_atol,
         n_out,
         out_slices,
+        noise_floor,
+        precision,
+        scale,
         jnp,
     )
 
@@ -478,6 +552,7 @@ def _probe_assess(
     atol: Any,
     rtol: Any,
     safety: Any,
+    noise_floor: Any = 0.0,
     xp: Any = jnp,
 ) -> tuple:
     """Compares analytic <u_q, J v_b> with finite differences of f along v_b, contracted with u_q.
@@ -491,6 +566,7 @@ def _probe_assess(
     Args:
       values: (b, 4, m) f(theta + ts[k] v_b); f0 (m,); ts (4,) exact step multipliers.
       U: (q, m) cotangents; analytic, atol: (b, q).
+      noise_floor: (m,) least rounding noise of each output's values (`Problem.noise_floor`).
       xp: `jnp` (jitted) or `np` (host).
 
     Returns:
@@ -501,7 +577,7 @@ def _probe_assess(
     b = values.shape[0]
     points = xp.broadcast_to(ts.astype(dtype), (b, 4))
     x0 = xp.zeros((b,), dtype)
-    full = combine(values, f0, points, x0)
+    full = combine(values, f0, points, x0, noise_floor=noise_floor)
     Uf = U.astype(dtype)
     used = (Uf != 0).astype(dtype)
     # Non-finite values poison only the cotangents that see them (0 * NaN would poison all).

@@ -273,6 +273,7 @@ class Prober:
                     atol,
                     dtype(self.rtol),
                     dtype(p.tol.safety),
+                    p.noise_floor.astype(dtype),
                 )
         else:
             with ev.context():
@@ -280,6 +281,7 @@ class Prober:
                 out = jk.probe_assess(
                     values, jnp.asarray(p.ev.f0, dtype), jnp.asarray(TS, dtype), jnp.asarray(U), jnp.asarray(A, dtype),
                     jnp.asarray(atol, dtype), jnp.asarray(self.rtol, dtype), jnp.asarray(p.tol.safety, dtype),
+                    jnp.asarray(p.noise_floor, dtype),
                 )  # fmt: skip
         return tuple(np.asarray(x)[:valid] for x in jax.device_get(out))
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _finite_diff as fd
 from . import _jacobian_kernels as jk
-from . import _tolerance
+from . import _noise, _precision, _tolerance
 from ._devices import resolve_devices
 from ._engine import Evaluator, batching_problem, widen
 from ._flatten import (
@@ -159,6 +159,7 @@ class Problem:
     precision_notes: list = dataclasses.field(default_factory=list)
     start: float = dataclasses.field(default_factory=time.perf_counter)
     analytic_unbatchable: str | None = None
+    grown_steps: int = 0  # coordinates whose step grew where rounding noise dominated
 
     def __post_init__(self) -> None:
         # Device copies once, so the analytic kernels do not transfer the arguments on every call.
@@ -200,6 +201,40 @@ class Problem:
             )
             return f"nothing to compare: every output of f is empty ({empty})"
         return None
+
+    @ft.cached_property
+    def noise_floor(self) -> np.ndarray:
+        """(m,) the least rounding noise of one value of each output, from f's measured noise
+        (`Evaluator.noise`, `_noise.floor`): the stencil's noise term is at least this."""
+        return _noise.floor(self.ev.noise)
+
+    @ft.cached_property
+    def native_noise(self) -> np.ndarray:
+        """(m,) f's rounding in the analytic side's dtype (`_precision.native_noise`)."""
+        return _precision.native_noise(self.ev.noise, self.ev.reference.dtype, self.tol_dtype)
+
+    @property
+    def precision_applies(self) -> bool:
+        """Whether failing elements get the float64 analytic side's second look."""
+        return _precision.applies(self.ev.reference.x64, self.tol_dtype)
+
+    def call_analytic64(self, kernel: Callable, index: np.ndarray) -> jax.Array | None:
+        """`call_analytic` with the arguments, the layout and the outputs in float64 (under
+        x64), or None when f's derivative cannot be computed in float64."""
+        try:
+            with jax.enable_x64(True):
+                return jax.device_get(
+                    self.ev.kernel(kernel)(
+                        self.sel,
+                        _precision.widened_layout(self.layout),
+                        _precision.widened_outs(self.outs),
+                        [widen(v) for v in self.diff_values],
+                        [widen(v) for v in self.dynamic],
+                        jnp.asarray(index, jnp.int32),
+                    )
+                )
+        except Exception:  # noqa: BLE001 - no float64 derivative: no second look
+            return None
 
     @property
     def n_in(self) -> int:
@@ -290,10 +325,18 @@ class Problem:
             return f"user eps = {self.eps:.3g} (absolute, every coordinate)"
         dtype = self.ev.reference.dtype
         rel = _tolerance.relative_step(dtype)
-        return (
+        text = (
             f"h_i = {rel:.2e} * max(|x_i|, min(1, rms of its leaf)) ({dtype} eps**(1/3)); "
             "stencil at +-h, +-2h"
         )
+        if self.grown_steps:
+            growth = " and ".join(f"{g:g}" for g in _tolerance.GROWTH)
+            text += (
+                f"; {self.grown_steps} coordinate(s) where f's rounding noise bound the "
+                f"estimate also at up to {growth} times their step, at most "
+                f"{_tolerance.MAX_GROWN_STEP:g} of their scale (smallest estimated error kept)"
+            )
+        return text
 
     def tile_size(self, m_tile: int, count: int) -> int:
         """Input coordinates per tile (a power of two, so few shapes compile): bounded by the

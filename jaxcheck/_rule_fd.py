@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _noise, _summary, _tolerance
 from . import _stencil as st
-from . import _summary, _tolerance
 from ._engine import Evaluator
 from ._flatten import build_layout, ravel_leaves, unravel_host
 from ._result import LeafReport, shape_str
@@ -117,6 +117,7 @@ def directional(
             jnp.asarray(ev.f0, dt),
             jnp.asarray(np.broadcast_to(ts, (b, 4)), dt),
             jnp.zeros((b,), dt),
+            noise_floor=jnp.asarray(_noise.floor(ev.noise), dt),
         )
         numeric = np.asarray(jax.device_get(est.numeric), np.float64)
     native = np.result_type(*target.free_dtypes)

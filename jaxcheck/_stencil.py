@@ -26,6 +26,18 @@ import numpy as np
 # Rounding error of one function value, in units of eps(dtype) * |f|. Reductions over
 # many terms round worse than one ulp, hence the margin.
 NOISE_ULPS = 8.0
+# Share of an element's own fourth difference |f(2h) - 4 f(h) + 6 f(0) - 4 f(-h) + f(-2h)|
+# taken as its rounding noise: about 8.4 sigma of one value for independent rounding
+# errors, so half of it is about 4 sigma at its median. This sees rounding at the
+# stencil's own scale where the measured noise (`_noise`, at steps of ulps) does not:
+# intermediates that stay on one float value over a few ulps of the input but not over h
+# (1 + tanh(z) near -1 in float64).
+OWN_NOISE_SHARE = 0.5
+# An element is noise-bound when its rounding term exceeds NOISE_DOMINANCE times both the
+# rest of its tolerance and the rounding term a benign f (rounding of a few ulps of
+# |derivative| * scale) would give at the same step; it is then worth a look at larger
+# steps (`noise_bound`, `best_of`, `_tolerance.grown_steps`).
+NOISE_DOMINANCE = 10.0
 # A kink must explain at least this fraction of the discrepancy to be called one.
 KINK_SHARE = 0.1
 # ... and its slope jump must exceed the one-sided rounding noise this many times.
@@ -86,6 +98,7 @@ def _combine(
     if xp.ndim(noise_floor) == 1:
         noise_floor = noise_floor[None, :]
     d1, d2 = xp1 - xm1, xp2 - xm2
+    own = OWN_NOISE_SHARE * _smooth_fourth(fm2, fm1, f0, fp1, fp2, xp)
     c1 = (fp1 - fm1) / d1
     c2 = (fp2 - fm2) / d2
     ratio2 = (d2 / d1) ** 2
@@ -94,7 +107,7 @@ def _combine(
     eps = jnp.finfo(values.dtype).eps if eps is None else eps
     fscale = xp.max(xp.abs(values), axis=1)
     fscale = xp.maximum(fscale, xp.abs(f0))
-    noise = xp.maximum(NOISE_ULPS * eps * fscale, noise_floor) / d1
+    noise = xp.maximum(xp.maximum(NOISE_ULPS * eps * fscale, noise_floor), own) / d1
     slopes = xp.stack(
         [
             (f0 - fm2) / (x0 - xm2),
@@ -184,6 +197,22 @@ def _swamped(est: Estimates, tolerance: jax.Array, safety: Any, xp: Any = jnp) -
     return (size > safety * est.fd_error) & (tolerance > SWAMP_FACTOR * size)
 
 
+def _kink_like(s1: Any, s2: Any, xp: Any) -> Any:
+    """Second differences at h (S1) and 2h (S2) with a kink's signature: S2 ~ 2 S1 (a slope
+    jump inside h), where a smooth f gives S2 = 4 S1 and rounding unrelated signs."""
+    return (
+        (s1 * s2 > 0) & (xp.abs(s2) >= 1.6 * xp.abs(s1)) & (xp.abs(s2 - 4 * s1) > 0.5 * xp.abs(s1))
+    )
+
+
+def _smooth_fourth(fm2: Any, fm1: Any, f0: Any, fp1: Any, fp2: Any, xp: Any) -> Any:
+    """|fourth difference| of the stencil values, 0 where it is not finite or has a kink's
+    signature (a kink is not rounding noise; the kink test below handles it)."""
+    fourth = fp2 - 4 * fp1 + 6 * f0 - 4 * fm1 + fm2
+    kink = _kink_like(fp1 - 2 * f0 + fm1, fp2 - 2 * f0 + fm2, xp)
+    return xp.where(xp.isfinite(fourth) & ~kink, xp.abs(fourth), 0.0)
+
+
 def _measured_noise(values: jax.Array, f0: jax.Array, xp: Any = jnp) -> jax.Array:
     """Rounding noise of one f value, measured from the stencil: (m,).
 
@@ -199,16 +228,109 @@ def _measured_noise(values: jax.Array, f0: jax.Array, xp: Any = jnp) -> jax.Arra
     fm2, fm1, fp1, fp2 = (values[:, k, :] for k in range(4))
     center = f0[None, :]
     fourth = fp2 - 4 * fp1 + 6 * center - 4 * fm1 + fm2
-    s1 = fp1 - 2 * center + fm1
-    s2 = fp2 - 2 * center + fm2
-    kink_like = (
-        (s1 * s2 > 0) & (xp.abs(s2) >= 1.6 * xp.abs(s1)) & (xp.abs(s2 - 4 * s1) > 0.5 * xp.abs(s1))
-    )
+    kink_like = _kink_like(fp1 - 2 * center + fm1, fp2 - 2 * center + fm2, xp)
     usable = xp.isfinite(fourth) & ~kink_like
     usable = xp.where(xp.any(usable, axis=0, keepdims=True), usable, xp.isfinite(fourth))
     squares = xp.where(usable, fourth, 0.0) ** 2
     count = xp.maximum(xp.sum(usable, axis=0), 1)
     return xp.sqrt(xp.sum(squares, axis=0) / count) / xp.sqrt(34.0)
+
+
+def _noise_bound(
+    est: Estimates,
+    d1: jax.Array,
+    scale: jax.Array,
+    eps: Any,
+    rtol: Any,
+    atol: Any,
+    safety: Any,
+    analytic: Any = None,
+    xp: Any = jnp,
+) -> jax.Array:
+    """Elements whose estimate is bound by f's rounding noise (see NOISE_DOMINANCE).
+
+    Cancellation inside f, a coordinate much smaller than the scale on which f varies
+    (exp at x = 1e-3: a step of 1e-3 eps**(1/3)), or a leaf whose effect on f is tiny
+    beside another leaf's: the default step is too small there, and a larger one resolves
+    the derivative better. An output that does not move at all along the coordinate is
+    noise-bound only where the `analytic` derivative (when given) says it must have, beyond
+    the tolerance: f's value is stuck on one float over the stencil (log(ndtr(x)) near
+    ndtr = 1), which no rounding estimate sees; elsewhere its derivative is zero.
+
+    Args:
+      est: `Estimates` (b, m); d1: (b,) the distance between the points at +-h; scale:
+        (b,) the coordinates' scales; eps: machine epsilon of the evaluation dtype.
+      rtol, atol: The analytic side's allowance (scalar and scalar or (b, m)).
+
+    Returns:
+      (b, m) boolean mask.
+    """
+    size = xp.abs(est.numeric)
+    moved = xp.any(est.slopes != 0, axis=0)
+    benign = NOISE_ULPS * eps * size * scale[:, None] / d1[:, None]
+    noisy = (
+        moved
+        & xp.isfinite(est.fd_error)
+        & (safety * est.noise > NOISE_DOMINANCE * (rtol * size + atol))
+        & (est.noise > NOISE_DOMINANCE * benign)
+    )
+    if analytic is None:
+        return noisy
+    tolerance = safety * est.fd_error + rtol * size + atol
+    stuck = ~moved & xp.isfinite(analytic) & (xp.abs(analytic) > tolerance)
+    return noisy | stuck
+
+
+def _best_of(estimates: list[Estimates], xp: Any = jnp) -> tuple[Estimates, jax.Array]:
+    """Per element, the estimate with the smallest estimated error, and which one it is (b, m).
+
+    An estimate whose values did not move at all (f stuck on one float over the stencil)
+    or whose error is not finite is never chosen over one that moved; where none did, the
+    first is kept.
+    """
+    errors = xp.stack(
+        [
+            xp.where(xp.isfinite(e.fd_error) & xp.any(e.slopes != 0, axis=0), e.fd_error, xp.inf)
+            for e in estimates
+        ]
+    )
+    best = xp.argmin(errors, axis=0)  # (b, m)
+
+    def pick(field: str) -> jax.Array:
+        stacked = xp.stack([getattr(e, field) for e in estimates])
+        index = best[None, None] if field == "slopes" else best[None]  # slopes: (S, 4, b, m)
+        return xp.take_along_axis(stacked, index, axis=0)[0]
+
+    return Estimates(*(pick(name) for name in Estimates._fields)), best
+
+
+def _precision_rescue(
+    est: Estimates,
+    code: jax.Array,
+    analytic: jax.Array,
+    analytic64: jax.Array,
+    allowance: jax.Array,
+    rtol64: Any,
+    leaf_max: Any,
+    safety: Any,
+    xp: Any = jnp,
+) -> jax.Array:
+    """Failing elements that are rounding of a right formula, not a wrong formula.
+
+    The same derivative computed in float64 (`analytic64`) agrees with the float64
+    reference within float64's tolerance (safety * fd_error + rtol64 * (|numeric| +
+    leaf_max)), and the native value differs from it by at most `allowance` (the native
+    dtype's rounding, `_precision.allowance`). A wrong formula is wrong in float64 too.
+
+    Returns:
+      Boolean mask of rescued elements (a subset of code == FAIL).
+    """
+    numeric = est.numeric
+    a64 = analytic64.astype(numeric.dtype)
+    tol64 = safety * est.fd_error + rtol64 * (xp.abs(numeric) + leaf_max)
+    agrees = xp.abs(a64 - numeric) <= tol64
+    rounding = xp.abs(analytic.astype(numeric.dtype) - a64) <= allowance
+    return (code == FAIL) & agrees & rounding & xp.isfinite(analytic) & xp.isfinite(a64)
 
 
 combine = jax.jit(ft.partial(_combine, xp=jnp))
@@ -218,3 +340,8 @@ measured_noise = jax.jit(ft.partial(_measured_noise, xp=jnp))
 measured_noise_host = ft.partial(_measured_noise, xp=np)
 assess_host = ft.partial(_assess, xp=np)
 swamped_host = ft.partial(_swamped, xp=np)
+noise_bound = ft.partial(_noise_bound, xp=jnp)
+noise_bound_host = ft.partial(_noise_bound, xp=np)
+best_of = ft.partial(_best_of, xp=jnp)
+best_of_host = ft.partial(_best_of, xp=np)
+precision_rescue_host = ft.partial(_precision_rescue, xp=np)

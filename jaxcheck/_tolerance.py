@@ -115,6 +115,27 @@ def steps(
     return rel * coordinate_scales(layout, theta)
 
 
+# Larger steps for noise-bound coordinates (`_stencil.noise_bound`): these multiples of the
+# step, but never beyond a hundredth of the coordinate's scale, where Richardson's error
+# estimate stops being a bound (in float32 that leaves about twice the default step).
+GROWTH = (16.0, 256.0)
+MAX_GROWN_STEP = 1e-2
+
+
+def grown_steps(h: np.ndarray, scales: np.ndarray) -> list[np.ndarray]:
+    """The larger steps to try for coordinates with steps `h` and scales `scales`: GROWTH
+    times h, capped at MAX_GROWN_STEP * scale (never below h); steps that the cap makes no
+    larger than the previous one are left out."""
+    out, previous = [], h
+    for growth in GROWTH:
+        step = np.maximum(h, np.minimum(h * growth, MAX_GROWN_STEP * scales))
+        if np.all(step <= previous * (1 + 1e-9)):
+            break
+        out.append(step)
+        previous = step
+    return out
+
+
 def stencil_points(
     theta: np.ndarray,
     h: np.ndarray,

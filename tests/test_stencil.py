@@ -27,8 +27,12 @@ def test_host_and_jitted_versions_agree():
     host = _estimates(np.sin, 0.3, 1e-3)
     with jax.enable_x64(True):
         dev = _estimates(np.sin, 0.3, 1e-3, xp_host=False)
-        for a, b in zip(host, dev):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+        for name, a, b in zip(st.Estimates._fields, host, dev):
+            # The rounding term includes the fourth difference of the values, a difference of
+            # nearly equal numbers that XLA (fused multiply-adds) and numpy round
+            # differently in its last ~1e-13: relatively 1e-3 of it, 1e-6 of fd_error.
+            rtol = {"noise": 1e-2, "fd_error": 1e-6}.get(name, 1e-12)
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, err_msg=name)
 
 
 def _code(fn, analytic, x0=0.0, h=1e-3):

@@ -1,0 +1,87 @@
+"""Rounding of a right formula told from a wrong formula (`_precision`, issue 10 item 5)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcheck
+from jaxcheck import _precision
+
+SATURATED = jnp.asarray([4.75, 5.0, -4.9, 5.3], jnp.float32)  # tanh' = 1 - tanh**2 cancels
+
+
+def _scaled_vjp(fn, factor_for):
+    """`fn` as a custom_vjp whose bwd multiplies JAX's VJP by `factor_for(dtype)`."""
+
+    @jax.custom_vjp
+    def wrapped(x):
+        return fn(x)
+
+    def fwd(x):
+        return jax.vjp(fn, x)
+
+    def bwd(vjp_fn, g):
+        (ct,) = vjp_fn(g)
+        return (ct * factor_for(ct.dtype),)
+
+    wrapped.defvjp(fwd, bwd)
+    return wrapped
+
+
+def test_allowance_is_two_digits_or_the_noise_over_the_scale():
+    a64 = np.array([1.0, 1e-9, 0.0])
+    got = _precision.allowance(a64, np.array([1e-12]), np.array([1.0, 1.0, 1e-3]))
+    np.testing.assert_allclose(got, [1e-2, 256e-12, 256e-9])
+
+
+def test_digits_lost_counts_all_digits_for_a_wiped_out_value():
+    eps = float(np.finfo(np.float32).eps)
+    got = _precision.digits_lost(np.array([1.0 + 1e-3, 0.0, 5.0]), np.array([1.0, 2e-6, 0.0]), eps)
+    full = np.log10(1 / eps)
+    np.testing.assert_allclose(got, [np.log10(1e-3 / eps), full, full], rtol=1e-6)
+
+
+def test_only_narrower_analytic_sides_get_the_second_look():
+    assert _precision.applies(True, np.dtype(np.float32))
+    assert _precision.applies(True, np.dtype(np.complex64))
+    assert not _precision.applies(True, np.dtype(np.float64))
+    assert not _precision.applies(False, np.dtype(np.float32))
+
+
+@pytest.mark.parametrize("check", [jaxcheck.check_vjp, jaxcheck.check_jvp])
+def test_saturated_tanh_passes_with_a_precision_note(check):
+    result = check(jnp.tanh, (SATURATED,))
+    assert result.status == "passed", str(result)
+    (note,) = [n for n in result.notes if n.startswith("precision:")]
+    assert "digits to float32 rounding of a right formula" in note
+    assert "args[0] -> out" in note
+
+
+def test_saturated_tanh_fails_under_precision_strict():
+    result = jaxcheck.check_vjp(jnp.tanh, (SATURATED,), precision="strict")
+    assert result.status == "failed", str(result)
+    assert any('`precision="strict"`' in n for n in result.notes)
+
+
+def test_a_wrong_formula_is_not_rescued_at_the_same_points():
+    result = jaxcheck.check_vjp(_scaled_vjp(jnp.tanh, lambda dtype: 1 + 1e-3), (SATURATED,))
+    assert result.status == "failed", str(result)
+    assert not any(n.startswith("precision:") for n in result.notes)
+
+
+def test_a_float32_only_error_beyond_rounding_is_not_rescued():
+    # Right in float64, 5% off in float32: not rounding (more than two digits, far more
+    # than f's rounding over the scale), so the float64 agreement does not excuse it.
+    factor = lambda dtype: 1.05 if dtype == jnp.float32 else 1.0
+    x = jnp.linspace(0.5, 2.0, 4, dtype=jnp.float32)
+    result = jaxcheck.check_vjp(_scaled_vjp(jnp.sin, factor), (x,))
+    assert result.status == "failed", str(result)
+
+
+def test_check_grad_notes_a_derivative_that_float32_wipes_out():
+    x = jnp.linspace(-6.0, -4.0, 16, dtype=jnp.float32)
+    result = jaxcheck.check_grad(lambda v: jnp.sum(jax.nn.gelu(v, approximate=True)), (x,))
+    assert result.status == "passed", str(result)
+    assert result.reference_fallback is None
+    assert any("lose up to" in n and "float64" in n for n in result.notes), result.notes
