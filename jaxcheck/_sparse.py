@@ -30,11 +30,13 @@ import numpy as np
 
 from . import _jacobian_kernels as jk
 from . import _stencil as st
+from ._coloring import color_columns
 from ._finite_diff import STENCIL, EvalSpec
 from ._flatten import call_flat
 from ._jacobian_full import FLUSH_EVERY, BlockAccumulator, transposable
+from ._pattern import Pattern
 from ._problem import Problem
-from ._sparsity import Pattern, detect_pattern
+from ._sparsity import detect_pattern
 from ._tolerance import stencil_points
 
 SLOT_BUDGET = 2**19  # (colour, output) slots compared per chunk
@@ -361,7 +363,7 @@ def run_sparse(
         pattern = problem_pattern(p)
     if isinstance(pattern, str):
         return _dense(f"no usable sparsity pattern: {pattern}")
-    colors, n_colors = pattern.color_columns()
+    colors, n_colors = color_columns(pattern)
     info = {
         "n_colors": n_colors,
         "nnz": pattern.nnz,
@@ -615,9 +617,7 @@ def _validate(p, pattern, leaf_max, val_cols, vh, carry, P, kc) -> str | None:
 
 def _column_rows(pattern: Pattern, j: int) -> np.ndarray:
     """(m,) bool: the rows whose pattern holds column j."""
-    positions = np.flatnonzero(pattern.set_cols == j)
-    sets = np.searchsorted(pattern.set_ptr, positions, side="right") - 1
-    return np.isin(pattern.row_set, sets)
+    return pattern.column_rows(j)
 
 
 def _vjp_problem(
