@@ -32,7 +32,6 @@ NOT_YET_STRICT = frozenset(
         "test_real_cases.py",
         "test_real_code.py",
         "test_rules.py",
-        "test_sparsity.py",
         "test_suites.py",
     }
 )
