@@ -20,7 +20,6 @@ NOT_YET_STRICT = frozenset(
         "test_custom_jvp.py",
         "test_custom_vjp.py",
         "test_demos.py",
-        "test_devices.py",
         "test_jacobian.py",
         "test_order.py",
         "test_batching.py",
