@@ -47,9 +47,10 @@ from ._tolerance import stencil_points
 SLOT_BUDGET = 2**18  # (colour, output) slots compared per chunk: bounds the chunk's memory
 MAX_COLOR_SHARE = 0.5  # the sparse plan runs when colours <= this share of the inputs
 SETCOL_BUDGET = 2**26  # entries of the (set, colour) -> column lookup table
-# Up to this many (colour, output) slots in all, slots are compared with numpy on the host:
-# compiling the comparison costs about 1-2 s on a CPU, more than comparing this many.
-HOST_SLOTS = 2**23
+# Up to this many (colour, output) slots in all, slots are compared with numpy on the host
+# (and the analytic columns kept there, 4 bytes a slot): compiling the comparison costs 2 s
+# of CPU, and per slot the compiled comparison takes about as much CPU as numpy (~0.1 us).
+HOST_SLOTS = 2**25
 N_VALIDATION_COLUMNS = 3
 
 

@@ -152,12 +152,12 @@ def compare_chunk(
     columns = consts["columns"]
     points = columns[:4][:, stepped]  # (4, kc, m)
     x0, floor, vh = (columns[i][stepped] for i in (4, 5, 6))
-    est = _materialized(combine(values, consts["f0"], _SlotGrid(points), _SlotGrid(x0)), xp)
+    est = combine(values, consts["f0"], _SlotGrid(points), _SlotGrid(x0))
     a = analytic.astype(dtype)
     leaf = tables["leaf_of_color"][xp.maximum(chunk, 0)]  # (kc,): every colour in one leaf
     atol = floor * consts["out_scale"][None, :] + rtol * consts["leaf_max"][leaf]
     atol = xp.where(user_atol >= 0, user_atol, atol).astype(dtype)
-    asm = _assessed(assess(est, a, rtol, atol, safety), xp)
+    est, asm = _assessed(est, assess(est, a, rtol, atol, safety), xp)
     num, code, tolerance, fd_error = est.numeric, asm.code, asm.tolerance, est.fd_error
     finite = entry & xp.isfinite(a) & xp.isfinite(num)
     d = xp.where(finite, a - num, 0)
@@ -187,24 +187,21 @@ def compare_chunk(
     return carry
 
 
-def _materialized(tree: Any, xp: Any) -> Any:
-    """`tree`, computed once. Traced, XLA would otherwise copy the stencil arithmetic into
-    every fusion that reads a result (a dozen reductions and selections below)."""
-    return jax.lax.optimization_barrier(tree) if xp is jnp else tree
-
-
-def _assessed(asm: Any, xp: Any) -> Any:
-    """`asm` (an `_stencil.Assessment`), computed once. Traced, its three outputs are packed
-    into one array behind a barrier: each output alone would become its own fusion that
-    repeats the whole assessment (three times the work)."""
+def _assessed(est: Any, asm: Any, xp: Any) -> tuple[Any, Any]:
+    """The estimates and assessment the comparison reads (numeric, fd_error; code,
+    tolerance, resolved), computed once. Traced, they are packed into one array behind a
+    barrier: left apart, each becomes its own fusion that repeats the whole stencil
+    arithmetic (several times the work), and the slopes are never written out."""
     if xp is np:
-        return asm
+        return est, asm
     dtype = asm.tolerance.dtype
-    packed = jnp.stack([asm.tolerance, asm.code.astype(dtype), asm.resolved.astype(dtype)])
-    packed = jax.lax.optimization_barrier(packed)
-    return asm._replace(
-        tolerance=packed[0], code=packed[1].astype(asm.code.dtype), resolved=packed[2] > 0
+    parts = (est.numeric, est.fd_error, asm.tolerance, asm.code, asm.resolved)
+    packed = jax.lax.optimization_barrier(jnp.stack([x.astype(dtype) for x in parts]))
+    est = est._replace(numeric=packed[0], fd_error=packed[1])
+    asm = asm._replace(
+        tolerance=packed[2], code=packed[3].astype(asm.code.dtype), resolved=packed[4] > 0
     )
+    return est, asm
 
 
 def _row_reductions(parts: list, xp: Any) -> list:

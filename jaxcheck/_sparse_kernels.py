@@ -58,10 +58,7 @@ def _analytic_columns(s: Settings, diff_values: list, dynamic: list) -> Any:
             m = sum(o.size for o in s.outs)
             vjp, u_dtype = jk._vjp_linear(s.sel, s.layout, s.outs, diff_values, dynamic)
             transpose = jax.linear_transpose(vjp, jax.ShapeDtypeStruct((m,), u_dtype))
-            # Linearised once: the bwd rule's work that does not depend on the cotangent
-            # (say, a forward pass it recomputes) runs here, not once per chunk of colours.
-            zero = jnp.zeros(s.layout.n, jk._in_dtype(s.layout))
-            lin = jax.linearize(lambda v: transpose(v)[0], zero)[1]
+            lin = lambda v: transpose(v)[0]  # noqa: E731
     in_dtype = jk._in_dtype(s.layout)
 
     def columns(chunk: jax.Array, colors: jax.Array) -> jax.Array:
