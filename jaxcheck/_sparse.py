@@ -9,11 +9,16 @@ K colours cost 4 K evaluations of f instead of 4 n, and each (colour, output) sl
 Jacobian entry, compared with the dense check's stencil (`_stencil.combine`/`assess`)
 and tolerances.
 
-Cost, by design: two compiled programs (`_sparse_kernels.AnalyticPass` and
-`ComparePass`), each one dispatch per device that loops over chunks of colours (the
-chunk sized by a memory budget), plus one `Evaluator.along` call for the validation.
-Only per-block sums, a few worst entries, the empty-slot findings and the validation
-sums come back to the host. The colour chunks are split over `Evaluator.devices`.
+Cost, by design (`benchmarks/README.md` has the numbers): pass 1 (`AnalyticPass`: the
+analytic columns, reduced to the tolerances' scale) and pass 2 are each one compiled
+program, one dispatch per device that loops over chunks of colours sized by a memory
+budget (`_sparse_plan`); the chunks are split over `Evaluator.devices`. Pass 2 of a large
+plan (`ComparePass`) evaluates, differentiates and compares on the device and returns
+only per-block sums, a few worst entries, the empty-slot findings and the validation sums;
+a small plan (up to HOST_SLOTS slots) keeps pass 1's columns, gets the grouped values
+(`ValuesPass`) and compares them with numpy (`_sparse_compare`, written once for both),
+which costs less than compiling the comparison. The validation's dense columns and random
+direction run through `ValuesPass` too (no further compilation).
 
 The rule under test runs only on the analytic side: compressed columns J s_c from one JVP
 per colour, or for check_vjp from the transpose of the VJP (verified against the VJP on
@@ -40,11 +45,11 @@ from ._pattern import Pattern
 from ._problem import Problem
 from ._sparse_compare import column_stats, compare_chunk, empty_carry
 from ._sparse_kernels import AnalyticPass, ComparePass, Settings, ValuesPass
+from ._sparse_plan import Plan, make_plan
 from ._sparsity import detect_pattern
 from ._summary import MAX_ELEMENTS
 from ._tolerance import stencil_points
 
-SLOT_BUDGET = 2**18  # (colour, output) slots compared per chunk: bounds the chunk's memory
 MAX_COLOR_SHARE = 0.5  # the sparse plan runs when colours <= this share of the inputs
 SETCOL_BUDGET = 2**26  # entries of the (set, colour) -> column lookup table
 # Up to this many (colour, output) slots in all, slots are compared with numpy on the host
@@ -105,74 +110,6 @@ def problem_pattern(p: Problem) -> Pattern | str:
     return pattern
 
 
-@dataclasses.dataclass
-class Plan:
-    """One colouring, its lookup tables and the chunks of colours each device runs.
-
-    Attributes:
-      colors: (n,) colour of each input coordinate; leaf_of_color: (K,) its input leaf.
-      tables: Device lookups: `colors`, `leaf_of_color`, `setcol` ((sets, K) column of
-        colour c in set s, -1: none), `row_key` ((m,) set of each output, -1: empty row)
-        and `rep` ((K,) a member of each colour, stepped by slots without an entry).
-      chunks: (rows, chunks per row, kc) colour ids (-1: padding); one row per device.
-    """
-
-    colors: np.ndarray
-    leaf_of_color: np.ndarray
-    tables: dict
-    chunks: np.ndarray
-
-    @property
-    def n_colors(self) -> int:
-        return int(self.leaf_of_color.size)
-
-    @property
-    def has_empty(self) -> bool:
-        """Whether some (colour, output) slot holds no entry (an empty row, or a row whose
-        set lacks a colour): only then does the comparison look for empty slots."""
-        row_key = self.tables["row_key"]
-        used = np.unique(row_key[row_key >= 0])
-        return bool(np.any(row_key < 0) or np.any(self.tables["setcol"][used] < 0))
-
-    def members(self, color: int) -> np.ndarray:
-        return np.flatnonzero(self.colors == color)
-
-
-def _plan(p: Problem, pattern: Pattern, colors: np.ndarray, leaf_of_color: np.ndarray) -> Plan:
-    n_colors = leaf_of_color.size
-    setcol = np.full((pattern.n_sets, n_colors), -1, np.int32)
-    set_ids = np.repeat(np.arange(pattern.n_sets), np.diff(pattern.set_ptr))
-    setcol[set_ids, colors[pattern.set_cols]] = pattern.set_cols
-    order = np.argsort(colors, kind="stable")
-    starts = np.searchsorted(colors[order], np.arange(n_colors))
-    rep = order[np.minimum(starts, p.n - 1)].astype(np.int32)
-    tables = {
-        "colors": colors.astype(np.int32),
-        "leaf_of_color": leaf_of_color.astype(np.int32),
-        "setcol": setcol,
-        "row_key": pattern.row_set.astype(np.int32),
-        "rep": rep,
-    }
-    return Plan(colors, leaf_of_color, tables, _chunks(p, n_colors))
-
-
-def _chunks(p: Problem, n_colors: int) -> np.ndarray:
-    """Colour ids (rows, chunks per row, kc): one row per device, chunks of kc colours
-    within the memory budget, as evenly filled as the counts allow."""
-    if p.batch_size:
-        kc_max = int(p.batch_size)
-    else:
-        kc_max = min(4 * p.ev.auto_batch_size(len(STENCIL)), SLOT_BUDGET // max(1, p.m))
-    kc_max = max(1, min(kc_max, n_colors))
-    n_devices = len(p.ev.devices)
-    n_chunks = max(-(-n_colors // kc_max), min(n_devices, n_colors))
-    n_rows = min(n_devices, n_chunks)
-    per_row = -(-n_chunks // n_rows)
-    kc = -(-n_colors // (n_rows * per_row))
-    ids = np.arange(n_rows * per_row * kc)
-    return np.where(ids < n_colors, ids, -1).astype(np.int32).reshape(n_rows, per_row, kc)
-
-
 def _dense(reason: str, **fields: object) -> tuple[None, str, SparseSummary]:
     return None, reason, SparseSummary(used=False, reason=reason, **fields)
 
@@ -218,7 +155,7 @@ def run_sparse(
     points = stencil_points(ev.theta, p.h, ev.coord_dtype_codes, ev.real_dtypes)
     if np.any(points[:, 2] <= points[:, 1]) or np.any(points[:, 3] <= points[:, 0]):
         return _dense("a finite-difference step is too small to change its coordinate", **info)
-    plan = _plan(p, pattern, colors, leaf_of_color)
+    plan = make_plan(p, pattern, colors, leaf_of_color)
     start_evals = ev.n_evaluations
     rng = np.random.default_rng([p.seed & 0xFFFFFFFF, 0x5BA45E])
     val_cols = np.sort(rng.choice(p.n, size=min(p.n, N_VALIDATION_COLUMNS), replace=False))
