@@ -280,6 +280,10 @@ def multi(port: int, process_id: int) -> dict:
     probe = jaxcheck.check_grad(loss, args, grad_fn=broken_grad, mode="probe").to_dict()
     probe.pop("seconds")
     out["probe"] = probe
+    x = jnp.linspace(-1.0, 1.0, 9, dtype=jnp.float32)
+    sparse = jaxcheck.check_vjp(bad_sin, (x,), mode="full").to_dict()  # the sparse plan
+    sparse.pop("seconds")
+    out["sparse"] = sparse
     try:
         jaxcheck.check_grad(loss, args, devices=3)
     except ValueError as error:

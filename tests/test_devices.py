@@ -267,6 +267,14 @@ def test_two_processes_probe_mode(multi):
     assert (first["status"], first["devices"]) == ("failed", 4)
 
 
+def test_two_processes_sparse_jacobian(multi):
+    first, second = (r["sparse"] for r in multi)
+    assert first == second  # the same report on every process
+    assert (first["status"], first["devices"]) == ("failed", 4)
+    assert first["sparsity"].startswith("sparse: ")  # the colour chunks split over processes
+    assert first["blocks"][0]["worst"]["input_index"] == [4]  # bad_sin's wrong entry
+
+
 def test_two_processes_uneven_devices_message(multi):
     assert multi[0]["uneven"] == (
         "`devices=3` cannot be split evenly over the 2 processes of this multi-process run: "
