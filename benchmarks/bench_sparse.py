@@ -5,7 +5,8 @@ checked with `jaxcheck.check_vjp(f, (x,), mode="full")`: `sparse=True` is the sp
 (pattern from the jaxpr, colour groups, grouped stencils, validation), `sparse=False` the
 dense one (every input coordinate). Every measurement runs in a fresh subprocess: `cold`
 is the first check there (tracing and compilation included), `warm` the same check again
-(nothing compiles); `rss` is the subprocess's peak resident memory.
+(nothing compiles), each in wall seconds and CPU seconds (all threads; on a shared
+machine less noisy than wall time); `rss` is the subprocess's peak resident memory.
 
 Dense checks above DENSE_MAX_INPUTS inputs would take from minutes to days; they are
 estimated, marked `~`: the dense plan's own kernels (`_jacobian_full.check_columns` over a
@@ -123,16 +124,24 @@ def _timed(fn: Callable) -> tuple[object, float]:
     return out, time.perf_counter() - start
 
 
+def _timed_cpu(fn: Callable) -> tuple[object, float, float]:
+    """fn's result, wall seconds and CPU seconds (all threads: what the work costs, less
+    sensitive than wall time to the other processes on a shared machine)."""
+    start = time.process_time()
+    out, wall = _timed(fn)
+    return out, wall, time.process_time() - start
+
+
 def _check(case: Case, sparse: bool) -> dict:
     """The public check, cold then warm, in this (fresh) process."""
     import jaxcheck
 
     f, x = custom_rule(case.primal), point(case)
     run = lambda: jaxcheck.check_vjp(f, (x,), mode="full", sparse=sparse)  # noqa: E731
-    result, cold = _timed(run)
-    _, warm = _timed(run)
+    result, cold, cold_cpu = _timed_cpu(run)
+    _, warm, warm_cpu = _timed_cpu(run)
     out = {"status": result.status, "evaluations": result.n_evaluations, "cold": cold}
-    out["warm"] = warm
+    out.update(warm=warm, cold_cpu=cold_cpu, warm_cpu=warm_cpu)
     if sparse:
         out["sparsity"] = result.sparsity
     return out
@@ -212,8 +221,8 @@ def _run(case: Case, plan: str) -> dict:
 
 
 HEADER = (
-    "case         size      plan    status    colours  evaluations  cold_s   warm_s   rss_MiB  "
-    "dense/sparse (evals, cold, warm)"
+    "case         size      plan    status    colours  evaluations  cold_s   warm_s   "
+    "cold_cpu warm_cpu rss_MiB  dense/sparse (evals, cold, warm)"
 )
 
 
@@ -231,8 +240,13 @@ def _row(case: Case, plan: str, info: dict, sparse: dict | None) -> str:
     return (
         f"{case.name:12s} {case.size:9s} {plan:7s} {info['status']:9s} {colours:8s} "
         f"{mark}{info['evaluations']:<11} {mark}{info['cold']:<7.2f} {mark}{info['warm']:<7.2f} "
-        f"{info['rss_mib']:<8.0f} {ratios}"
+        f"{_cpu(info, 'cold'):8s} {_cpu(info, 'warm'):8s} {info['rss_mib']:<8.0f} {ratios}"
     )
+
+
+def _cpu(info: dict, which: str) -> str:
+    value = info.get(f"{which}_cpu")
+    return "-" if value is None else f"{value:.2f}"
 
 
 def sparse_table(cases: tuple[Case, ...], dense: bool = True, out: Callable = print) -> None:

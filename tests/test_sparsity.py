@@ -401,3 +401,14 @@ def test_compiled_comparison_agrees_with_host_comparison(key, monkeypatch):
         assert worst.analytic == other_worst.analytic
         assert worst.numeric == pytest.approx(other_worst.numeric, rel=1e-9)
         assert one.relative_error == pytest.approx(other.relative_error, rel=1e-9)
+
+
+def test_untransposable_bwd_falls_back_with_the_reason():
+    # A bwd that squares its cotangent is not linear: jax.linear_transpose cannot transpose
+    # it, so the sparse plan (which needs the transposed columns) hands over to the dense
+    # check's rows plan, saying why.
+    f = rule(jnp.sin, lambda x, g: g * g * jnp.cos(x))
+    x = jnp.linspace(-1.0, 1.0, 50)
+    result, reason, summary = sparse_result("vjp", f, x)
+    assert result is None and not summary.used
+    assert reason.startswith("the VJP cannot be transposed")
