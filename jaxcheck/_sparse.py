@@ -256,15 +256,15 @@ class _Run:
     def _consts(self, leaf_max: np.ndarray) -> dict:
         p, ev = self.p, self.p.ev
         dtype = np.dtype(ev.theta_dtype)
-        columns = np.concatenate(
-            [self.points.T, ev.theta[None], p.floor_in[None], self.direction[None]]
-        )  # (7, n): rows gather into contiguous (kc, m) grids
+        columns = np.empty((7, p.n), dtype)  # rows gather into contiguous (kc, m) grids
+        columns[:4] = self.points.T
+        columns[4], columns[5], columns[6] = ev.theta, p.floor_in, self.direction
         return {
             "f0": ev.f0.astype(dtype),
             "out_scale": p.out_scale.astype(dtype),
             "leaf_max": leaf_max.astype(dtype),
             "scalars": np.asarray([p.tol.rtol, p.tol.safety, p.user_atol], dtype),
-            "columns": columns.astype(dtype),
+            "columns": columns,
             "val_colors": self.plan.colors[self.val_cols].astype(np.int32),
         }
 

@@ -8,6 +8,7 @@ laid out as one row of chunks per device for `_devices.map_over_devices`.
 """
 
 import dataclasses
+import functools as ft
 
 import numpy as np
 
@@ -39,13 +40,16 @@ class Plan:
     def n_colors(self) -> int:
         return int(self.leaf_of_color.size)
 
-    @property
+    @ft.cached_property
     def has_empty(self) -> bool:
         """Whether some (colour, output) slot holds no entry (an empty row, or a row whose
         set lacks a colour): only then does the comparison look for empty slots."""
-        row_key = self.tables["row_key"]
-        used = np.unique(row_key[row_key >= 0])
-        return bool(np.any(row_key < 0) or np.any(self.tables["setcol"][used] < 0))
+        row_key, setcol = self.tables["row_key"], self.tables["setcol"]
+        if np.any(row_key < 0):
+            return True
+        used = np.zeros(setcol.shape[0], bool)
+        used[row_key] = True
+        return bool(np.any(setcol[used] < 0))
 
     def members(self, color: int) -> np.ndarray:
         return np.flatnonzero(self.colors == color)
