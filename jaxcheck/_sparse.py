@@ -386,8 +386,3 @@ def _fill(acc: BlockAccumulator, p: Problem, found: dict) -> None:
     for name, field in source.items():
         entries[name][slot, out_leaf] = np.asarray(cand[field], np.float64).ravel()[keep]
     acc._add(entries, np.asarray(cand["col"]).ravel()[keep].astype(np.int64), np.arange(p.m))
-
-
-def sparse_note(summary: SparseSummary) -> str:
-    """One line for the report: the sparse plan's costs, or why the dense one ran."""
-    return summary.describe()
