@@ -66,8 +66,10 @@ class _JvpCheck:
         atol: Any,
         seed: int,
         reference: str,
+        devices: tuple,
     ):
         self.t = Target(f, args, "jvp")
+        self.devices = devices  # resolved: every finite-difference evaluation is split over them
         self.f, self.order, self.eps, self.rtol, self.atol, self.seed, self.reference = (
             f,
             order,
@@ -357,6 +359,7 @@ class _JvpCheck:
                     atol=self.atol,
                     seed=self.seed,
                     reference=self.reference,
+                    devices=self.devices,
                     locate_rules=False,
                 )
             except Exception as error:  # noqa: BLE001 - fall back to the eager directional check below
@@ -421,6 +424,7 @@ class _JvpCheck:
                 rtol=self.rtol,
                 atol=self.atol,
                 reference=self.reference,
+                devices=self.devices,
                 label=self.t.name,
             )
         return self.fd_dir
@@ -662,6 +666,7 @@ class _JvpCheck:
             rtol=self.rtol,
             atol=self.atol,
             reference=self.reference,
+            devices=self.devices,
             label="the JVP x -> J(x) v1",
         )
         return rfd.directional_report(
@@ -689,6 +694,7 @@ def check_custom_jvp(
     atol: float | None = None,
     seed: int = 0,
     reference: str = "auto",
+    devices: Any = None,
 ) -> RuleCheckResult:
     """Validates a `jax.custom_jvp` rule at `args`: values, structure, linearity, transformations.
 
@@ -719,6 +725,9 @@ def check_custom_jvp(
       rtol, atol: Loosen the tolerances (finite-difference and exact comparisons alike).
       seed: Seed of every random tangent, cotangent, direction and batch. Recorded.
       reference: "auto", "float64" or "native": where finite differences are evaluated.
+      devices: Devices the finite differences are split over: None (all devices of the
+        arguments' platform; all global devices in a multi-process run), an int k (the
+        first k) or a sequence of `jax.Device`. Recorded as `result.devices`.
 
     Returns:
       A `RuleCheckResult`; `str(result)` is the full report.
@@ -742,6 +751,7 @@ def check_custom_jvp(
         atol=atol,
         seed=seed,
         reference=reference,
+        devices=devices,
         run_order=RUN_ORDER,
         report_order=CHECK_ORDER,
     )

@@ -55,8 +55,10 @@ class _VjpCheck:
         atol: Any,
         seed: int,
         reference: str,
+        devices: tuple,
     ):
         self.t = Target(f, args, "vjp")
+        self.devices = devices  # resolved: every finite-difference evaluation is split over them
         self.f, self.order, self.eps, self.rtol, self.atol, self.seed, self.reference = (
             f,
             order,
@@ -405,6 +407,7 @@ class _VjpCheck:
                     atol=self.atol,
                     seed=self.seed,
                     reference=self.reference,
+                    devices=self.devices,
                     locate_rules=False,
                 )
             except Exception as error:  # noqa: BLE001 - fall back to the eager path below
@@ -448,6 +451,7 @@ class _VjpCheck:
                 seed=self.seed,
                 mode=self.mode_arg,
                 reference=self.reference,
+                devices=self.devices,
                 locate_rules=False,
             ),
             inputs=self.t.free_values,
@@ -633,6 +637,7 @@ class _VjpCheck:
             rtol=self.rtol,
             atol=self.atol,
             reference=self.reference,
+            devices=self.devices,
             out_prefix="vjp",
             label="the VJP x -> bwd(u)",
         )
@@ -814,6 +819,7 @@ def check_custom_vjp(
     atol: float | None = None,
     seed: int = 0,
     reference: str = "auto",
+    devices: Any = None,
 ) -> RuleCheckResult:
     """Validates a `jax.custom_vjp` rule at `args`: values, structure, linearity, transformations.
 
@@ -843,6 +849,9 @@ def check_custom_vjp(
       rtol, atol: Loosen the tolerances (finite-difference and exact comparisons alike).
       seed: Seed of every random cotangent, direction and batch. Recorded.
       reference: "auto", "float64" or "native": where finite differences are evaluated.
+      devices: Devices the finite differences are split over: None (all devices of the
+        arguments' platform; all global devices in a multi-process run), an int k (the
+        first k) or a sequence of `jax.Device`. Recorded as `result.devices`.
 
     Returns:
       A `RuleCheckResult`; `str(result)` is the full report.
@@ -868,6 +877,7 @@ def check_custom_vjp(
         atol=atol,
         seed=seed,
         reference=reference,
+        devices=devices,
         run_order=RUN_ORDER,
         report_order=CHECK_ORDER,
     )

@@ -155,26 +155,28 @@ def map_over_devices(
     padded = jtu.tree_map(lambda x: _pad_rows(np.asarray(x), per_device * count), batched)
     if count == 1:
         device = devices[0]
-        out = _plain_program(kernel)(
+        out = _plain_program(type(kernel), kernel)(
             _put(replicated, device), jtu.tree_map(lambda x: jax.device_put(x, device), padded)
         )
         return jtu.tree_map(lambda y: np.asarray(jax.device_get(y))[:rows], out)
     mesh = Mesh(np.asarray(devices, dtype=object), (AXIS,))
-    out = _sharded_program(kernel, mesh)(
+    out = _sharded_program(type(kernel), kernel, mesh)(
         _put(replicated, NamedSharding(mesh, P())),
         jtu.tree_map(lambda x: _global(x, NamedSharding(mesh, P(AXIS))), padded),
     )
     return jtu.tree_map(lambda y: _gather(y)[:rows], out)
 
 
+# The caches are keyed on the kernel's type too: NamedTuple kernels of different classes
+# with equal fields compare equal (AlongKernel(spec) == ValuesPass(spec)).
 @ft.lru_cache(maxsize=MAX_PROGRAMS)
-def _plain_program(kernel: Callable) -> Callable:
+def _plain_program(kind: type, kernel: Callable) -> Callable:
     # A closure, since jit needs a weak-referenceable callable (a NamedTuple kernel is not).
     return jax.jit(lambda replicated, rows: kernel(replicated, rows))
 
 
 @ft.lru_cache(maxsize=MAX_PROGRAMS)
-def _sharded_program(kernel: Callable, mesh: Mesh) -> Callable:
+def _sharded_program(kind: type, kernel: Callable, mesh: Mesh) -> Callable:
     # check_vma=False: the user's f may hold code (callbacks, custom rules) whose
     # replication the checker cannot follow; every output is split over AXIS anyway.
     body = jax.shard_map(

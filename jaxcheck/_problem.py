@@ -290,6 +290,7 @@ class Problem:
         from ._rules import diagnose_rules  # a real cycle: the rule battery runs checks
 
         options = {"seed": self.seed, "reference": self.ev.reference_arg, "atol": self.tol.atol}
+        options["devices"] = self.ev.devices  # the rules' checks run where this one ran
         return diagnose_rules(self.sel.f, self.args, argnums=self.layout.argnums, **options)
 
     def notes(self) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
+from ._devices import resolve_devices
 from ._flatten import check_args
 from ._problem import function_name, validate_options
 from ._result import shape_str
@@ -614,6 +615,7 @@ def run_battery(
     atol: float | None,
     seed: int,
     reference: str,
+    devices: Any,
     run_order: tuple[str, ...],
     report_order: tuple[str, ...],
 ) -> RuleCheckResult:
@@ -628,9 +630,10 @@ def run_battery(
       kind: "vjp" or "jvp".
       state_class: The rule at its point (`_VjpCheck` or `_JvpCheck`), built as
         `state_class(f, args, order=..., mode=..., eps=..., rtol=..., atol=..., seed=...,
-        reference=...)`.
+        reference=..., devices=...)`, `devices` resolved (a tuple of `jax.Device`): every
+        finite-difference evaluation of its checks is split over them.
       f, args: The rule and the arguments, as given to `check_custom_*`.
-      order, mode, eps, rtol, atol, seed, reference: The check's options.
+      order, mode, eps, rtol, atol, seed, reference, devices: The check's options.
       run_order, report_order: The order the checks run in and are reported in.
 
     Raises:
@@ -641,7 +644,9 @@ def run_battery(
     validate_rule(f, kind)
     validate_common(f, order, mode, eps, rtol, atol, seed)
     args = bind_defaults(f, check_args(args))
+    devices = resolve_devices(devices, args)
     options = {"mode": mode, "eps": eps, "rtol": rtol, "atol": atol, "reference": reference}
+    options["devices"] = devices
     state = state_class(f, args, order=order, seed=int(seed), **options)
     names = tuple(n for n in run_order if order == 2 or n != "second-order")
     methods = {name: getattr(state, name.replace("-", "_")) for name in names}
@@ -662,4 +667,5 @@ def run_battery(
         seed=int(seed),
         seconds=time.perf_counter() - start,
         notes=state.t.notes(),
+        devices=len(devices),
     )

@@ -63,13 +63,15 @@ def directional(
     reference: str,
     out_prefix: str = "out",
     label: str = "G",
+    devices: Any = None,
 ) -> Directional:
     """Checks `analytic_fn(v)` (the derivative of G along v) against the 4-point stencil of G along v.
 
     One direction per free leaf (zero elsewhere), so a failure names the input leaf; the
     output element is located inside G's output. Directions are scaled per coordinate
     like the engine's steps (`coordinate_scales`) and rounded to the native dtypes, so the
-    analytic and the numeric derivative see exactly the same direction.
+    analytic and the numeric derivative see exactly the same direction. The evaluations
+    of G are split over `devices` (see `_devices.resolve_devices`).
     """
     mirror = target.mirror()
     layout, diff_values, dynamic = build_layout(mirror, target.fd_argnums)
@@ -86,6 +88,7 @@ def directional(
         reference,
         native_value,
         seed,
+        devices=devices,
     )
     scales = _tolerance.coordinate_scales(layout, ev.theta)
     rows = []

@@ -109,6 +109,8 @@ class RuleCheckResult(CheckResult):
       seed: Seed of every random cotangent, tangent, batch and direction. Recorded.
       seconds: Wall time of the whole check.
       notes: Facts about the setup (held-fixed leaves, nondiff arguments).
+      devices: Devices the finite differences were split over (global devices in a
+        multi-process run), as in `GradCheckResult.devices`.
     """
 
     name: str
@@ -121,6 +123,7 @@ class RuleCheckResult(CheckResult):
     seed: int
     seconds: float
     notes: tuple[str, ...] = ()
+    devices: int = 1
 
     ITEMS: ClassVar[str] = "checks"
     FAILED: ClassVar[tuple[str, ...]] = ("failed", "error")
@@ -163,5 +166,13 @@ def format_rule_result(r: RuleCheckResult) -> list[str]:
     lines.append("")
     for note in r.notes:
         lines.append(f"  note: {note}")
-    lines.append(f"  order {r.order}, mode {r.mode}, seed {r.seed}, {r.seconds:.2f} s")
+    lines.append(
+        f"  order {r.order}, mode {r.mode}, seed {r.seed}{devices_note(r.devices)}, "
+        f"{r.seconds:.2f} s"
+    )
     return lines
+
+
+def devices_note(devices: int) -> str:
+    """ ", 4 devices" for a report's footer when the finite differences ran on several."""
+    return f", {devices} devices" if devices > 1 else ""

@@ -13,13 +13,14 @@ from typing import Any, ClassVar
 
 from ._custom_jvp import check_custom_jvp
 from ._custom_vjp import check_custom_vjp
+from ._devices import resolve_devices
 from ._errors import raise_unless_passed
 from ._flatten import check_args
 from ._problem import function_name, validate_options
 from ._record import CheckResult, plain
 from ._result import _table
 from ._rule_checks import MODES, describe, first_line
-from ._rule_result import RuleCheckResult
+from ._rule_result import RuleCheckResult, devices_note
 from ._rule_sites import Site, discover
 
 SITE_STATUSES = ("failed", "error", "inconclusive", "passed", "not reached")
@@ -104,6 +105,8 @@ class RulesCheckResult(CheckResult):
       every_site: Whether every call site was checked (else one per signature).
       seconds: Wall time of the whole check.
       notes: Facts about the discovery (rules that could not be recorded, and why).
+      devices: Devices each rule's finite differences were split over (global devices in
+        a multi-process run), as in `GradCheckResult.devices`.
     """
 
     name: str
@@ -116,6 +119,7 @@ class RulesCheckResult(CheckResult):
     every_site: bool
     seconds: float
     notes: tuple[str, ...] = ()
+    devices: int = 1
 
     ITEMS: ClassVar[str] = "rules"
     FAILED: ClassVar[tuple[str, ...]] = ("failed", "error")
@@ -172,7 +176,8 @@ def format_rules_result(r: RulesCheckResult) -> list[str]:
         lines.append(f"  note: {note}")
     per = "call site" if r.every_site else "call signature"
     lines.append(
-        f"  one check per {per}; order {r.order}, mode {r.mode}, seed {r.seed}, {r.seconds:.2f} s"
+        f"  one check per {per}; order {r.order}, mode {r.mode}, seed {r.seed}"
+        f"{devices_note(r.devices)}, {r.seconds:.2f} s"
     )
     return lines
 
@@ -270,6 +275,7 @@ def check_rules(
     atol: float | None = None,
     seed: int = 0,
     reference: str = "auto",
+    devices: Any = None,
 ) -> RulesCheckResult:
     """Finds every `jax.custom_vjp` / `jax.custom_jvp` call inside f and checks each rule there.
 
@@ -291,6 +297,9 @@ def check_rules(
       every_site: Check each call site (place in the code) separately, instead of once
         per rule and call signature.
       mode, eps, rtol, atol, seed, reference: Passed to each rule's check.
+      devices: Devices every rule's finite differences are split over: None (all devices
+        of the arguments' platform; all global devices in a multi-process run), an int k
+        (the first k) or a sequence of `jax.Device`. Recorded as `result.devices`.
 
     Returns:
       A `RulesCheckResult`; `str(result)` is the full report.
@@ -313,10 +322,12 @@ def check_rules(
         raise ValueError(f"`order` must be 1 or 2 (check second derivatives too); got {order!r}.")
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+    devices = resolve_devices(devices, args)  # misuse raises here, not once per rule
     found = discover(f, args)
     options = dict(
         order=order, mode=mode, eps=eps, rtol=rtol, atol=atol, seed=seed, reference=reference
     )
+    options["devices"] = devices
     reports = [_check_site(g, options) for g in _group(found.sites, bool(every_site))]
     reports.sort(key=lambda r: SITE_STATUSES.index(r.status) if r.failed else 2)
     status, reason = _verdict(reports, len(found.sites))
@@ -331,6 +342,7 @@ def check_rules(
         every_site=bool(every_site),
         seconds=time.perf_counter() - start,
         notes=found.notes,
+        devices=len(devices),
     )
 
 
@@ -383,7 +395,7 @@ def diagnose_rules(
     Returns:
       One line per failing custom rule; empty when f has none or every rule passes.
     """
-    known = ("order", "every_site", "mode", "eps", "rtol", "atol", "seed", "reference")
+    known = ("order", "every_site", "mode", "eps", "rtol", "atol", "seed", "reference", "devices")
     kept = {k: v for k, v in options.items() if k in known}
     try:
         result = check_rules(f, args, argnums=argnums, **kept)

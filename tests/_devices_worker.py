@@ -9,6 +9,7 @@ Prints one line `RESULT <json>` on stdout (other libraries may log around it), o
 
 import json
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ MULTI_TIMEOUT_S = 30
 
 
 def loss(params: dict, x: jax.Array) -> jax.Array:
-    hidden = jnp.tanh(x @ params["w"] + params["b"])
+    hidden = jnp.tanh(x @ params["w"] + params["b"][None, :])
     return jnp.sum(hidden**2) + jnp.sum(jnp.sin(params["b"]))
 
 
@@ -46,6 +47,62 @@ bad_sin.defvjp(_bad_sin_fwd, _bad_sin_bwd)
 
 def layer(x: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.tanh(w @ x)
+
+
+def softplus_rule(wrong_at: int | None) -> jax.custom_vjp:
+    """A custom_vjp softplus; with `wrong_at`, its bwd is 1.5x too large at that element."""
+
+    @jax.custom_vjp
+    def softplus(x: jax.Array) -> jax.Array:
+        return jnp.logaddexp(x, 0.0)
+
+    def bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+        scale = jnp.ones(x.shape, x.dtype)
+        if wrong_at is not None:
+            scale = scale.at[wrong_at].set(1.5)
+        return (g * jax.nn.sigmoid(x) * scale,)
+
+    softplus.defvjp(lambda x: (softplus(x), x), bwd)
+    return softplus
+
+
+def cube_rule(wrong_at: int | None) -> jax.custom_jvp:
+    """A custom_jvp w * x**3 (elementwise); with `wrong_at`, the tangent along x is 2x too
+    large at that element."""
+
+    @jax.custom_jvp
+    def cube(x: jax.Array, w: jax.Array) -> jax.Array:
+        return w * x**3
+
+    @cube.defjvp
+    def cube_jvp(primals: tuple, tangents: tuple) -> tuple:
+        (x, w), (dx, dw) = primals, tangents
+        factor = jnp.full(x.shape, 3.0, x.dtype)
+        if wrong_at is not None:
+            factor = factor.at[wrong_at].set(6.0)
+        return cube(x, w), factor * w * x**2 * dx + x**3 * dw
+
+    return cube
+
+
+def rule_summary(result) -> dict:
+    """A rule battery's verdict, each check's verdict and finding, and its fd evidence as
+    plain data (timings dropped; float values compared to rounding by the tests)."""
+
+    def without_timing(data):
+        if isinstance(data, dict):
+            return {k: without_timing(v) for k, v in data.items() if k not in ("seconds",)}
+        if isinstance(data, list):
+            return [without_timing(v) for v in data]
+        return data
+
+    return {
+        "status": result.status,
+        "devices": result.devices,
+        "checks": [(c.name, c.status, c.message) for c in result.checks],
+        "fd": [without_timing(r.to_dict()) for r in result.fd_results],
+        "footer": str(result).splitlines()[-1],
+    }
 
 
 def jacobian_summary(result) -> dict:
@@ -120,6 +177,7 @@ def local() -> dict:
             out[f"vjp/{mode}/broken/{devices}"] = jacobian_summary(r)
         r = jaxcheck.check_jvp(layer, (x, w), mode="full", devices=devices)
         out[f"jvp/full/correct/{devices}"] = jacobian_summary(r)
+    out.update(rule_batteries())
     explicit = jaxcheck.check_grad(loss, args, devices=jax.devices()[2:], mode="full")
     out["explicit"] = summary(explicit)
     sharded_calls.clear()
@@ -155,6 +213,32 @@ def local() -> dict:
         jaxcheck.check_grad(loss, args, devices=5)
     except ValueError as error:
         out["too_many"] = str(error)
+    return out
+
+
+def rule_batteries() -> dict:
+    """check_custom_vjp of a broken rule on 1 device and on all of them (the same rule
+    object, so the checks that do not depend on devices compile once); check_custom_jvp of
+    a broken rule and check_rules on all of them."""
+    import jaxcheck
+
+    x = jnp.linspace(-2.0, 2.0, 7, dtype=jnp.float32)
+    w = jnp.linspace(0.5, 1.5, 7, dtype=jnp.float32)
+    vjp_rule = softplus_rule(3)
+    out = {}
+    for devices in (1, None):
+        r = jaxcheck.check_custom_vjp(vjp_rule, (x,), devices=devices)
+        out[f"custom_vjp/broken/{devices}"] = rule_summary(r)
+    r = jaxcheck.check_custom_jvp(cube_rule(2), (x, w))  # x[3] = 0: a wrong factor hides there
+    out["custom_jvp/broken/None"] = rule_summary(r)
+    r = jaxcheck.check_rules(lambda v: jnp.sum(vjp_rule(v) ** 2), (x,))
+    out["rules/broken/None"] = {
+        "status": r.status,
+        "devices": r.devices,
+        "failed": [(s.name, s.failed_checks) for s in r.failed_rules],
+        "to_dict_devices": r.to_dict()["devices"],
+        "footer": str(r).splitlines()[-1],
+    }
     return out
 
 
@@ -196,6 +280,10 @@ def multi(port: int, process_id: int) -> dict:
     probe = jaxcheck.check_grad(loss, args, grad_fn=broken_grad, mode="probe").to_dict()
     probe.pop("seconds")
     out["probe"] = probe
+    x = jnp.linspace(-1.0, 1.0, 9, dtype=jnp.float32)
+    sparse = jaxcheck.check_vjp(bad_sin, (x,), mode="full").to_dict()  # the sparse plan
+    sparse.pop("seconds")
+    out["sparse"] = sparse
     try:
         jaxcheck.check_grad(loss, args, devices=3)
     except ValueError as error:
@@ -205,6 +293,9 @@ def multi(port: int, process_id: int) -> dict:
 
 
 def main(argv: list[str]) -> None:
+    # The suite's strict configuration (tests/conftest.py), here in the subprocess too.
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    warnings.simplefilter("error")
     if argv[0] == "local":
         result = local()
     else:

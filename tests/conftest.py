@@ -20,7 +20,6 @@ NOT_YET_STRICT = frozenset(
         "test_custom_jvp.py",
         "test_custom_vjp.py",
         "test_demos.py",
-        "test_devices.py",
         "test_jacobian.py",
         "test_order.py",
         "test_batching.py",
@@ -32,7 +31,6 @@ NOT_YET_STRICT = frozenset(
         "test_real_cases.py",
         "test_real_code.py",
         "test_rules.py",
-        "test_sparsity.py",
         "test_suites.py",
     }
 )

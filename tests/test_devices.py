@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +26,9 @@ from jaxcheck._devices import map_over_devices, resolve_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("_devices_worker.py")
-# All three worker processes run at once, so this bounds the file's subprocess time.
-WORKER_TIMEOUT_S = 45
+# All three worker processes run at once, so this bounds the file's subprocess time (a
+# bound for a stuck run: about 20 s on 2 quiet cores, 45 s at a load average of 8).
+WORKER_TIMEOUT_S = 90
 
 
 def _env(n_devices: int) -> dict[str, str]:
@@ -162,6 +164,54 @@ def test_footer_counts_devices_only_when_several(local):
     )
 
 
+def _same_values(many, one, where: str = "") -> None:
+    """Nested plain data equal, floats to rounding; `devices` counts may differ."""
+    if isinstance(one, dict):
+        assert sorted(many) == sorted(one), where
+        for key in one:
+            if key != "devices":
+                _same_values(many[key], one[key], f"{where}.{key}")
+    elif isinstance(one, list):
+        assert len(many) == len(one), where
+        for i, (a, b) in enumerate(zip(many, one)):
+            _same_values(a, b, f"{where}[{i}]")
+    elif isinstance(one, float):
+        assert many == pytest.approx(one, rel=1e-9, abs=1e-12), where
+    else:
+        assert many == one, where
+
+
+def test_rule_battery_same_verdict_and_values_on_four_devices(local):
+    one, many = local["custom_vjp/broken/1"], local["custom_vjp/broken/None"]
+    assert (one["devices"], many["devices"]) == (1, 4)
+    assert many["status"] == one["status"] == "failed"
+    assert many["checks"] == one["checks"]  # every check's verdict and finding
+    assert one["fd"], "the fd check left no finite-difference result"
+    _same_values(many["fd"], one["fd"])  # the finite differences themselves, to rounding
+    assert re.fullmatch(r"  order 1, mode \w+, seed 0, [0-9.]+ s", one["footer"])
+    assert re.fullmatch(r"  order 1, mode \w+, seed 0, 4 devices, [0-9.]+ s", many["footer"])
+
+
+@pytest.mark.parametrize("key, entry", [("custom_vjp/broken", 3), ("custom_jvp/broken", 2)])
+def test_broken_rules_named_on_four_devices(local, key, entry):
+    result = local[f"{key}/None"]
+    assert (result["status"], result["devices"]) == ("failed", 4)
+    checks = {name: (status, message) for name, status, message in result["checks"]}
+    assert checks["fd"][0] == "failed"
+    assert f"args[0][{entry}] -> out[{entry}]" in checks["fd"][1]  # the rule's wrong element
+    others = {status for name, (status, _) in checks.items() if name not in ("fd", "autodiff")}
+    assert others <= {"passed", "skipped"}  # structure, linearity, vmap, jit: fine
+
+
+def test_check_rules_on_four_devices(local):
+    rules = local["rules/broken/None"]
+    assert (rules["devices"], rules["to_dict_devices"], rules["status"]) == (4, 4, "failed")
+    one = [name for name, s, _ in local["custom_vjp/broken/1"]["checks"] if s == "failed"]
+    assert "fd" in one
+    assert rules["failed"] == [["softplus", one]]  # as check_custom_vjp finds on 1 device
+    assert re.search(r", 4 devices, [0-9.]+ s$", rules["footer"])
+
+
 def test_explicit_device_list(local):
     assert local["explicit"]["devices"] == 2  # jax.devices()[2:]
     np.testing.assert_allclose(
@@ -215,6 +265,14 @@ def test_two_processes_probe_mode(multi):
     first, second = (r["probe"] for r in multi)
     assert first == second
     assert (first["status"], first["devices"]) == ("failed", 4)
+
+
+def test_two_processes_sparse_jacobian(multi):
+    first, second = (r["sparse"] for r in multi)
+    assert first == second  # the same report on every process
+    assert (first["status"], first["devices"]) == ("failed", 4)
+    assert first["sparsity"].startswith("sparse: ")  # the colour chunks split over processes
+    assert first["blocks"][0]["worst"]["input_index"] == [4]  # bad_sin's wrong entry
 
 
 def test_two_processes_uneven_devices_message(multi):
@@ -284,3 +342,60 @@ def test_one_device_map_is_a_plain_cached_call():
 def test_map_rejects_ragged_rows():
     with pytest.raises(ValueError, match="one common leading axis"):
         map_over_devices(lambda r, b: b, 0.0, (np.zeros(3), np.zeros(4)), resolve_devices(None))
+
+
+def _sin_rule() -> jax.custom_vjp:
+    f = jax.custom_vjp(jnp.sin)
+    f.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (g * jnp.cos(x),))
+    return f
+
+
+@pytest.mark.parametrize("entry", ["check_custom_vjp", "check_rules"])
+def test_rule_checks_record_devices(entry):
+    x = (jnp.linspace(-1.0, 1.0, 3),)
+    if entry == "check_custom_vjp":
+        result = jaxcheck.check_custom_vjp(_sin_rule(), x)
+    else:
+        result = jaxcheck.check_rules(lambda x: jnp.sum(_sin_rule()(x)), x)
+    assert result.passed and result.devices == 1
+    assert result.to_dict()["devices"] == 1
+    assert "devices" not in str(result).splitlines()[-1]
+
+
+@pytest.mark.parametrize("entry", ["check_custom_vjp", "check_custom_jvp", "check_rules"])
+def test_rule_checks_bad_devices_message(entry):
+    x = (jnp.linspace(-1.0, 1.0, 3),)
+    if entry == "check_custom_jvp":
+        f = jax.custom_jvp(jnp.sin)
+        f.defjvp(lambda p, t: (jnp.sin(p[0]), jnp.cos(p[0]) * t[0]))
+        call = lambda: jaxcheck.check_custom_jvp(f, x, devices=2)  # noqa: E731
+    elif entry == "check_custom_vjp":
+        call = lambda: jaxcheck.check_custom_vjp(_sin_rule(), x, devices=2)  # noqa: E731
+    else:
+        call = lambda: jaxcheck.check_rules(lambda v: jnp.sum(_sin_rule()(v)), x, devices=2)  # noqa: E731
+    with pytest.raises(ValueError, match=re.escape("`devices` must be between 1 and 1")):
+        call()
+
+
+class _Double(NamedTuple):
+    scale: float
+
+    def __call__(self, replicated, rows):
+        return rows * 2 * self.scale
+
+
+class _Square(NamedTuple):
+    scale: float
+
+    def __call__(self, replicated, rows):
+        return rows**2 * self.scale
+
+
+def test_kernels_of_equal_fields_keep_their_own_programs():
+    # NamedTuples of different classes with equal fields compare equal: the program caches
+    # must still tell them apart.
+    assert _Double(1.0) == _Square(1.0)
+    rows = np.arange(3.0, dtype=np.float32)
+    devices = resolve_devices(None)
+    np.testing.assert_array_equal(map_over_devices(_Double(1.0), 0.0, rows, devices), 2 * rows)
+    np.testing.assert_array_equal(map_over_devices(_Square(1.0), 0.0, rows, devices), rows**2)

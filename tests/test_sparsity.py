@@ -7,11 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxcheck import _sparse
 from jaxcheck import _stencil as st
+from jaxcheck._coloring import color_by_leaf, color_columns, is_valid_coloring
 from jaxcheck._jacobian import finish
+from jaxcheck._pattern import Pattern
 from jaxcheck._problem import build_problem
-from jaxcheck._sparse import _dense_columns, _grouped_values, problem_pattern, run_sparse
-from jaxcheck._sparsity import Pattern, detect_pattern
+from jaxcheck._sparse import problem_pattern, run_sparse
+from jaxcheck._sparse_kernels import grouped_values
+from jaxcheck._sparsity import detect_pattern
 from jaxcheck._tolerance import stencil_points
 
 
@@ -32,7 +36,7 @@ def dense_of(pattern: Pattern) -> np.ndarray:
 def true_structure(f, shape, key) -> np.ndarray:
     """Nonzeros of the Jacobian at a random point (a subset of the structural pattern)."""
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    J = jax.jacfwd(f)(jnp.asarray(x))
+    J = jax.jit(jax.jacfwd(f))(jnp.asarray(x))  # one compilation, not one per primitive
     return np.asarray(J).reshape(-1, x.size) != 0
 
 
@@ -53,7 +57,7 @@ def test_elementwise_is_diagonal():
     p = pattern_of(lambda x: jnp.sin(x) * x + jnp.exp(-x) / 2.0, (50,))
     assert np.array_equal(dense_of(p), np.eye(50, dtype=bool))
     assert p.density == pytest.approx(1 / 50)
-    assert p.color_columns()[1] == 1
+    assert color_columns(p)[1] == 1
 
 
 CASES = {
@@ -77,8 +81,8 @@ def test_pattern_contains_the_true_structure(name, key):
     p = pattern_of(f, shape)
     true = true_structure(f, shape, key)
     assert not np.any(true & ~dense_of(p)), "the pattern misses a true nonzero"
-    colors, k = p.color_columns()
-    assert p.is_valid_coloring(colors)
+    colors, k = color_columns(p)
+    assert is_valid_coloring(p, colors)
 
 
 @pytest.mark.parametrize(
@@ -98,9 +102,9 @@ def test_pattern_is_exact(name, expected):
 
 
 def test_colours_are_few():
-    assert pattern_of(stencil3, (1000,)).color_columns()[1] == 3
-    assert pattern_of(layer_norm, (16, 32)).color_columns()[1] == 32
-    assert pattern_of(lambda x: jax.nn.softmax(x, axis=0), (16, 8)).color_columns()[1] == 16
+    assert color_columns(pattern_of(stencil3, (1000,)))[1] == 3
+    assert color_columns(pattern_of(layer_norm, (16, 32)))[1] == 32
+    assert color_columns(pattern_of(lambda x: jax.nn.softmax(x, axis=0), (16, 8)))[1] == 16
 
 
 def test_greedy_colouring_is_valid_and_small(key):
@@ -108,8 +112,8 @@ def test_greedy_colouring_is_valid_and_small(key):
     rows = np.repeat(np.arange(40), 3)
     cols = rng.integers(0, 60, rows.size)
     p = Pattern.from_coo(rows, cols, 40, 60)
-    colors, k = p.color_columns()
-    assert p.is_valid_coloring(colors)
+    colors, k = color_columns(p)
+    assert is_valid_coloring(p, colors)
     assert k < 30
 
 
@@ -159,10 +163,10 @@ def test_unknown_primitive_is_conservative():
 
 def test_large_patterns_are_cheap():
     p = pattern_of(lambda x: jnp.sin(x) * x, (10**6,))
-    assert p.color_columns()[1] == 1
+    assert color_columns(p)[1] == 1
     row_wise = pattern_of(lambda x: jax.nn.softmax(x, axis=-1), (512, 1024))
     assert row_wise.nnz == 512 * 1024 * 1024
-    assert row_wise.color_columns()[1] == 1024
+    assert color_columns(row_wise)[1] == 1024
 
 
 # -- grouped finite differences ------------------------------------------------------
@@ -171,7 +175,7 @@ def test_large_patterns_are_cheap():
 def problem(kind, f, x, **options):
     defaults = dict(
         argnums=None, mode="full", eps=None, rtol=None, atol=None, batch_size=None, seed=0,
-        reference="auto", has_aux=False,
+        reference="auto", has_aux=False, locate_rules=False,
     )  # fmt: skip
     return build_problem(kind, f, (x,), **{**defaults, **options})
 
@@ -181,23 +185,40 @@ def test_grouped_differences_equal_dense_ones(key):
     x = jax.random.normal(jax.random.fold_in(key, 1), (6, 5))
     p = problem("jvp", lambda x: jnp.tanh(x @ W) * x[:, :3] + jnp.roll(x, 1, axis=0)[:, :3], x)
     pattern = problem_pattern(p)
-    colors, k = pattern.color_columns()
+    colors, k = color_columns(pattern)
     assert k < p.n
     ev = p.ev
     P = stencil_points(ev.theta, p.h, ev.coord_dtype_codes, ev.real_dtypes)
-    dense = st.combine_host(_dense_columns(p, np.arange(p.n), P, 8), ev.f0, P, ev.theta)
-    with ev.context():
-        grouped = _grouped_values(
-            ev.spec, ev.theta_device, ev.dynamic, jnp.asarray(colors, jnp.int32),
-            jnp.arange(k, dtype=jnp.int32), jnp.asarray(P),
-        )  # fmt: skip
-    grouped = np.asarray(grouped, np.float64)
+
+    def grouped(groups: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        with ev.context():
+            out = jax.jit(grouped_values, static_argnums=0)(
+                ev.spec, ev.theta_device, ev.dynamic, jnp.asarray(groups, jnp.int32),
+                jnp.asarray(P), jnp.asarray(ids, jnp.int32),
+            )  # fmt: skip
+        return np.asarray(out, np.float64)
+
+    alone = grouped(np.arange(p.n), np.arange(p.n))  # every column its own group
+    dense = st.combine_host(alone, ev.f0, P, ev.theta)
+    ids = np.where(np.arange(p.n) < k, np.arange(p.n), -1)  # same shape: no new compilation
+    together = grouped(colors, ids)[:k]
     structure = dense_of(pattern)
     for j in range(p.n):
-        est = st.combine_host(grouped[colors[j]][None], ev.f0, P[j][None], ev.theta[j : j + 1])
+        est = st.combine_host(together[colors[j]][None], ev.f0, P[j][None], ev.theta[j : j + 1])
         rows = structure[:, j]
         assert np.allclose(est.numeric[0, rows], dense.numeric[j, rows], rtol=1e-7, atol=1e-9)
         assert np.all(np.abs(dense.numeric[j, ~rows]) <= 1e-9)
+
+
+def test_colours_stay_inside_input_leaves():
+    # out = a * b (elementwise): one colour would do for both leaves together; per leaf,
+    # each leaf gets its own colour, so a colour group's entries are all one block's.
+    rows = np.concatenate([np.arange(4), np.arange(4)])
+    pattern = Pattern.from_coo(rows, np.concatenate([np.arange(4), 4 + np.arange(4)]), 4, 8)
+    colors, leaf_of_color = color_by_leaf(pattern, [(0, 4), (4, 8)])
+    assert colors.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert leaf_of_color.tolist() == [0, 1]
+    assert is_valid_coloring(pattern, colors)
 
 
 # -- the sparse strategy --------------------------------------------------------------
@@ -310,3 +331,84 @@ def test_dense_functions_fall_back_with_a_reason():
     result, reason, summary = sparse_result("jvp", lambda x: x * jnp.sum(x**2), x)
     assert result is None
     assert "dense" in reason and not summary.used
+
+
+def two_leaf(a, b):
+    return {"prod": a * b, "mix": jnp.tanh(a) + b[::-1] ** 2}
+
+
+def two_leaf_vjp_factory(broken_index=None):
+    def bwd(res, g):
+        a, b = res
+        ga = g["prod"] * b + g["mix"] * (1 - jnp.tanh(a) ** 2)
+        gb = g["prod"] * a + (2 * b[::-1] * g["mix"])[::-1]
+        if broken_index is not None:
+            gb = gb * jnp.ones(b.shape).at[broken_index].set(1.5)
+        return ga, gb
+
+    f = jax.custom_vjp(two_leaf)
+    f.defvjp(lambda a, b: (two_leaf(a, b), (a, b)), bwd)
+    return f
+
+
+def test_several_leaves_each_block_checked(key):
+    a, b = jax.random.normal(key, (2, 80))
+    good = sparse_result_args("vjp", two_leaf_vjp_factory(), (a, b))
+    assert good.status == "passed", str(good)
+    assert len(good.blocks) == 4 and all(block.n_checked > 0 for block in good.blocks)
+    assert {block.n_checked for block in good.blocks} == {80}
+    bad = sparse_result_args("vjp", two_leaf_vjp_factory(broken_index=5), (a, b))
+    assert bad.status == "failed"
+    failed = [block.path for block in bad.blocks if block.status == "failed"]
+    # b's cotangent is wrong at [5]: both of b's blocks, each at its one entry of column 5.
+    assert failed == ["args[1] -> out['mix']", "args[1] -> out['prod']"], str(bad)
+    assert {block.worst.output_index for block in bad.failed_blocks} == {(74,), (5,)}
+
+
+def sparse_result_args(kind, f, args):
+    defaults = dict(
+        argnums=None, mode="full", eps=None, rtol=None, atol=None, batch_size=None, seed=0,
+        reference="auto", has_aux=False, locate_rules=False,
+    )  # fmt: skip
+    p = build_problem(kind, f, args, **defaults)
+    acc, source, summary = run_sparse(p)
+    assert acc is not None, source
+    blocks = [acc.report(i, o) for i in range(p.n_in) for o in range(p.n_out)]
+    return finish(p, blocks, "full", acc.relative_error(), source)
+
+
+def test_compiled_comparison_agrees_with_host_comparison(key, monkeypatch):
+    primal, vjp, shape = RULES["row-wise"]
+    x = jax.random.normal(key, shape)
+    index = np.unravel_index(37, shape)
+    bad = rule(primal, lambda x, g: vjp(x, g) * wrong_at(x, index))
+    host, _, host_summary = sparse_result("vjp", bad, x)
+    monkeypatch.setattr(_sparse, "HOST_SLOTS", 0)  # the compiled `ComparePass`
+    compiled, _, compiled_summary = sparse_result("vjp", bad, x)
+    assert compiled.status == host.status == "failed"
+    assert compiled_summary.n_evaluations == host_summary.n_evaluations
+    for one, other in zip(host.blocks, compiled.blocks):
+        assert (one.n_checked, one.n_failed, one.n_unresolved) == (
+            other.n_checked,
+            other.n_failed,
+            other.n_unresolved,
+        )
+        worst, other_worst = one.worst, other.worst  # the same entry, same values to rounding
+        assert (worst.input_index, worst.output_index) == (
+            other_worst.input_index,
+            other_worst.output_index,
+        )
+        assert worst.analytic == other_worst.analytic
+        assert worst.numeric == pytest.approx(other_worst.numeric, rel=1e-9)
+        assert one.relative_error == pytest.approx(other.relative_error, rel=1e-9)
+
+
+def test_untransposable_bwd_falls_back_with_the_reason():
+    # A bwd that squares its cotangent is not linear: jax.linear_transpose cannot transpose
+    # it, so the sparse plan (which needs the transposed columns) hands over to the dense
+    # check's rows plan, saying why.
+    f = rule(jnp.sin, lambda x, g: g * g * jnp.cos(x))
+    x = jnp.linspace(-1.0, 1.0, 50)
+    result, reason, summary = sparse_result("vjp", f, x)
+    assert result is None and not summary.used
+    assert reason.startswith("the VJP cannot be transposed")
