@@ -26,7 +26,7 @@ USER_MODULE = textwrap.dedent(
 
 
     def loss(params, x):
-        return jnp.sum(jnp.tanh(x @ params["w"] + params["b"]) ** 2)
+        return jnp.sum(jnp.tanh(x @ params["w"] + params["b"][None, :]) ** 2)
 
 
     def make_args():
@@ -609,11 +609,12 @@ def test_real_demo_registry_lists_the_demos(capsys):
     ] == ["mlp", "layernorm", "dropout", "pallas"]
 
 
-def test_python_m_jaxcheck_demo_as_a_user_runs_it():
+def test_python_m_jaxcheck_demo_as_a_user_runs_it(strict_env):
     pytest.importorskip("jaxcheck.catalogue.demos")
     proc = subprocess.run(
         [sys.executable, "-m", "jaxcheck", "demo"],
         cwd=REPO,
+        env=strict_env,
         capture_output=True,
         text=True,
         timeout=300,
