@@ -207,13 +207,13 @@ def run_console(
     block: Block, files: dict[str, str], workdir: Path, base_env: dict | None = None
 ) -> list[tuple[str, str, str]]:
     """Runs a console block's commands (in `base_env`, default `os.environ`); returns
-    (command, expected, actual) triples."""
+    (command, expected, actual) triples. Their stdout is a pipe, so the CLI must print an
+    uncoloured report (a colour code would fail the comparison)."""
     for name, code in files.items():
         (workdir / name).write_text(code)
     env = dict(
         os.environ if base_env is None else base_env,
         PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        NO_COLOR="1",
         COLUMNS="100",
     )
     last_code, results = 0, []
