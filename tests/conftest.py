@@ -1,56 +1,44 @@
 """Shared fixtures: deterministic, order-independent keys per test; strict JAX configuration.
 
-The suite runs as strict users' suites do (JAX's own harness, equinox): implicit rank
-promotion raises (`jax_numpy_rank_promotion="raise"`, scoped around every test) and
-warnings are errors (`filterwarnings = ["error"]` in pyproject.toml), so jaxcheck must
-work under both. Modules in `NOT_YET_STRICT` have not been converted yet (their own test
-functions broadcast implicitly, or emit warnings on purpose without a local filter): they
-run in JAX's default configuration with warnings shown, until they are converted.
+Strict mode. The suite runs as strict users' suites do (JAX's own harness, equinox), so
+jaxcheck must work under both settings below:
+
+- Implicit rank promotion raises: `_strict_jax` wraps every test in
+  `jax.numpy_rank_promotion("raise")` (a scoped context, never the global flag), so
+  `x @ w + b` with `b` of shape `(n,)` must be written `b[None, :]`, in the tests, in the
+  catalogue (`jaxcheck.catalogue`) and in the library alike. The doctests of `jaxcheck/`
+  get the same context from the root `conftest.py`.
+- Warnings are errors: `filterwarnings = ["error"]` in pyproject.toml's pytest settings. A
+  test that provokes a warning on purpose says so locally (`pytest.warns`,
+  `warnings.catch_warnings`, or a `pytest.mark.filterwarnings` on that test).
+
+`make test` and `.ci/run` (which runs `make test`) pick both up from here and from
+pyproject.toml; no flag is needed. Subprocesses that tests start (the CLI, README console
+examples, the multi-device workers) get `JAX_NUMPY_RANK_PROMOTION=raise` and
+`PYTHONWARNINGS=error` (`STRICT_ENV`) through the `strict_env` fixture.
 """
 
-import contextlib
+import os
 import zlib
 
 import jax
 import pytest
 
-NOT_YET_STRICT = frozenset(
-    {
-        "test_cli.py",
-        "test_custom_jvp.py",
-        "test_custom_vjp.py",
-        "test_demos.py",
-        "test_jacobian.py",
-        "test_order.py",
-        "test_batching.py",
-        "test_plot.py",
-        "test_probe.py",
-        "test_progress.py",
-        "test_pytest_plugin.py",
-        "test_readme.py",
-        "test_real_cases.py",
-        "test_real_code.py",
-        "test_rules.py",
-        "test_suites.py",
-    }
-)
-
-
-def _strict(item: pytest.Item) -> bool:
-    return item.path.name not in NOT_YET_STRICT
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if not _strict(item):
-            item.add_marker(pytest.mark.filterwarnings("default"))
+# What subprocesses that run jaxcheck (the CLI, README console examples) add to their
+# environment: strict in the same two ways.
+STRICT_ENV = {"JAX_NUMPY_RANK_PROMOTION": "raise", "PYTHONWARNINGS": "error"}
 
 
 @pytest.fixture(autouse=True)
-def _strict_jax(request: pytest.FixtureRequest):
-    strict = _strict(request.node)
-    with jax.numpy_rank_promotion("raise") if strict else contextlib.nullcontext():
+def _strict_jax():
+    with jax.numpy_rank_promotion("raise"):
         yield
+
+
+@pytest.fixture
+def strict_env() -> dict[str, str]:
+    """`os.environ` plus `STRICT_ENV`, for `subprocess.run(..., env=strict_env)`."""
+    return {**os.environ, **STRICT_ENV}
 
 
 @pytest.fixture

@@ -43,7 +43,8 @@ def test_demo_fails_on_planted_leaf(name):
     assert PLANTED[name] in report
 
 
-@pytest.mark.parametrize("name", sorted(PLANTED))
+# "mlp" fixed is the doctest of `jaxcheck.catalogue.demos` (`run_demo("mlp", fixed=True)`).
+@pytest.mark.parametrize("name", sorted(set(PLANTED) - {"mlp"}))
 def test_demo_fixed_passes(name):
     result = _demos.run_demo(name, fixed=True)
     assert result.status == "passed", str(result)

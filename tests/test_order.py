@@ -77,7 +77,7 @@ def test_failing_first_order_is_reported_as_order_1():
 
 
 def _mlp_loss(params, x, y):
-    h = jnp.tanh(x @ params["w1"] + params["b1"])
+    h = jnp.tanh(x @ params["w1"] + params["b1"][None, :])
     return jnp.mean((h @ params["w2"] - y) ** 2)
 
 

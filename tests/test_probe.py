@@ -195,7 +195,7 @@ def test_probe_sees_a_small_needle_at_the_analytic_sides_own_rounding():
     x = jnp.sin(jnp.arange(200.0))
 
     def loss(w, x):
-        return jnp.sum(jnp.tanh(w * x) ** 2)
+        return jnp.sum(jnp.tanh(w * x[None, :]) ** 2)
 
     def needle(w, x):
         return jax.grad(loss)(w, x).at[17, 101].multiply(1.005)

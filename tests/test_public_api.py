@@ -1,8 +1,16 @@
 """The public surface: exactly these names, each documented."""
 
 import inspect
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import tomllib
 
 import jaxcheck
+
+REPO = Path(__file__).resolve().parents[1]
 
 PUBLIC = {
     "BlockReport",
@@ -68,3 +76,37 @@ def test_checks_take_data_positionally_and_options_by_keyword():
 def test_assertion_error_type():
     assert issubclass(jaxcheck.GradCheckError, AssertionError)
     assert jaxcheck.GradCheckError.__module__ == "jaxcheck"
+
+
+# equinox is in the `test` extra only: jaxcheck imports and checks rules without it.
+WITHOUT_EQUINOX = textwrap.dedent(
+    """
+    import sys
+
+    sys.modules["equinox"] = None  # `import equinox` now raises ImportError
+    import jax
+    import jax.numpy as jnp
+
+    import jaxcheck
+
+    f = jax.custom_vjp(jnp.sin)
+    f.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (g * jnp.cos(x),))
+    assert jaxcheck.check_custom_vjp(f, (jnp.array([0.5, -1.0]),)).passed
+    assert jaxcheck.check_rules(lambda x: jnp.sum(f(x)), (jnp.array([0.5, -1.0]),)).passed
+    print("ok")
+    """
+)
+
+
+def test_equinox_is_optional(strict_env):
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not any(dep.startswith("equinox") for dep in project["dependencies"])
+    assert any(dep.startswith("equinox") for dep in project["optional-dependencies"]["test"])
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_EQUINOX],
+        env=strict_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

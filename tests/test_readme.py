@@ -203,14 +203,17 @@ def _split_console(block: Block) -> list[tuple[str, str]]:
     return [(cmd, "\n".join(out)) for cmd, out in pairs]
 
 
-def run_console(block: Block, files: dict[str, str], workdir: Path) -> list[tuple[str, str, str]]:
-    """Runs a console block's commands; returns (command, expected, actual) triples."""
+def run_console(
+    block: Block, files: dict[str, str], workdir: Path, base_env: dict | None = None
+) -> list[tuple[str, str, str]]:
+    """Runs a console block's commands (in `base_env`, default `os.environ`); returns
+    (command, expected, actual) triples. Their stdout is a pipe, so the CLI must print an
+    uncoloured report (a colour code would fail the comparison)."""
     for name, code in files.items():
         (workdir / name).write_text(code)
     env = dict(
-        os.environ,
+        os.environ if base_env is None else base_env,
         PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        NO_COLOR="1",
         COLUMNS="100",
     )
     last_code, results = 0, []
@@ -289,8 +292,8 @@ def test_python_example(example: Example):
 
 
 @pytest.mark.parametrize("block", console_blocks(_ALL), ids=lambda b: f"README.md:{b.line}")
-def test_console_example(block: Block, tmp_path: Path):
-    for command, expected, actual in run_console(block, file_blocks(_ALL), tmp_path):
+def test_console_example(block: Block, tmp_path: Path, strict_env: dict):
+    for command, expected, actual in run_console(block, file_blocks(_ALL), tmp_path, strict_env):
         problem = outputs_match(actual, expected)
         assert problem is None, f"README.md:{block.line}: `{command}`: {problem}"
 

@@ -5,9 +5,16 @@ has the right derivative and that every "broken" one is wrong on `bad_path` (and
 only there). The checker tests then demand the verdict the catalogue records.
 Float64 cases are built and checked inside `jax.enable_x64(True)`; the global
 flag is never flipped.
+
+Runtime is bounded: the default path runs the whole catalogue in both dtypes; the
+two-point path (the one large problems take) runs `TWO_POINT_DEFAULT` in float32, a
+sample with every family and both verdicts, `TWO_POINT_FLOAT64` of it in float64, and
+`TWO_POINT_OPS` of the elementwise ops, unless `JAXCHECK_FULL_SUITES=1` is set (then every
+case in both dtypes, as for the default path; `python3 benchmarks/run_full_suites.py`).
 """
 
 import contextlib
+import os
 
 import jax
 import jax.numpy as jnp
@@ -27,10 +34,65 @@ DTYPES = [jnp.float32, jnp.float64]
 SAME = {jnp.float32: (1e-4, 1e-5), jnp.float64: (1e-10, 1e-12)}
 # A broken leaf must be off by at least this fraction of its largest entry.
 MIN_BUG = 0.05
+FULL = os.environ.get("JAXCHECK_FULL_SUITES") == "1"
+# The two-point path's default sample: each family with both verdicts (mlp_mse, mlp's
+# twin, broken only), every leaf kind (pytree of hand-written gradients, tuple argnums, a
+# wrong element among 5000, leaves ~1e3 beside ~1e-3, a key leaf, an int leaf, a kink, scan).
+TWO_POINT_DEFAULT = (
+    "mlp/autodiff",
+    "mlp/bias_bug",
+    "mlp_mse/b2_factor",
+    "vjp/sin",
+    "vjp/matvec_transposed",
+    "bigvec/softplus",
+    "bigvec/one_element",
+    "scaled/backprop",
+    "scaled/rate_sign",
+    "dropout/backprop",
+    "dropout/missing_scale",
+    "int/autodiff",
+    "int/softplus_flipped",
+    "kink/relu_at",
+    "kink/relu_double_slope",
+    "scan/rnn_backprop",
+    "scan/rnn_bias_not_accumulated",
+)
+# Float64 samples the cheaper half (the same code path at other numbers): both verdicts on
+# a small vector, on 5000 elements, at a kink, with badly scaled leaves and an int leaf.
+TWO_POINT_FLOAT64 = (
+    "vjp/sin",
+    "vjp/matvec_transposed",
+    "bigvec/softplus",
+    "bigvec/one_element",
+    "scaled/backprop",
+    "scaled/rate_sign",
+    "int/autodiff",
+    "int/softplus_flipped",
+    "kink/relu_at",
+    "kink/relu_double_slope",
+)
+# Elementwise ops whose planted 1e-4 bug the two-point path must catch by default: both
+# arguments of the binary ops, growing, periodic and singular derivatives.
+TWO_POINT_OPS = ("lax/exp", "lax/tan", "lax/log", "lax/atan2[1]", "lax/pow[1]", "lax/div[1]")
 
 
 def _ids(cases):
     return [c.name for c in cases]
+
+
+def _sample(cases, names):
+    """`cases` whose names are in `names` (all of them when JAXCHECK_FULL_SUITES=1)."""
+    assert set(names) <= {c.name for c in cases}, set(names) - {c.name for c in cases}
+    return cases if FULL else tuple(c for c in cases if c.name in names)
+
+
+TWO_POINT_CASES = _sample(GRAD_CASES, TWO_POINT_DEFAULT)
+TWO_POINT_PARAMS = [
+    pytest.param(case, dtype, id=f"{case.name}-{dtype.__name__}")
+    for dtype, names in ((jnp.float32, TWO_POINT_DEFAULT), (jnp.float64, TWO_POINT_FLOAT64))
+    for case in _sample(GRAD_CASES, names)
+]
+TWO_POINT_OP_BUGS = _sample(OP_CASES_F32_BUG, TWO_POINT_OPS)
 
 
 def _precision(dtype):
@@ -170,11 +232,19 @@ def test_elementwise_bug_is_exact(case):
 # check_grad against the catalogue.
 
 
-def _check(case, dtype):
+def _check(case, dtype, *, locate_rules=True):
+    """`check_grad` on the case must give the catalogue's verdict, naming `bad_path`.
+
+    `locate_rules=False` skips only the diagnosis that a failed check appends (every custom
+    rule inside f re-checked at its call sites, `result.rule_findings`): it runs after the
+    verdict, never changes it, and costs about a second per failing case. The sweeps that
+    prove verdicts of one path across many cases turn it off; `test_check_grad_float32` and
+    `test_rule_findings_name_the_broken_rule` keep it on.
+    """
     from jaxcheck import check_grad
 
     setup = case.build(dtype)
-    result = check_grad(setup.f, setup.args, **setup.kwargs)
+    result = check_grad(setup.f, setup.args, **setup.kwargs, locate_rules=locate_rules)
     report = str(result)
     if not case.broken:
         assert result.status == "passed", f"{case.name} ({case.note}):\n{report}"
@@ -190,6 +260,7 @@ def _check(case, dtype):
     if case.expect_nonsmooth:
         leaf = {leaf.path: leaf for leaf in result.leaves}["args[0]"]
         assert leaf.n_nonsmooth >= 1, report
+    return result
 
 
 @pytest.mark.parametrize("case", GRAD_CASES, ids=_ids(GRAD_CASES))
@@ -200,7 +271,7 @@ def test_check_grad_float32(case):
 @pytest.mark.parametrize("case", GRAD_CASES, ids=_ids(GRAD_CASES))
 def test_check_grad_float64(case):
     with jax.enable_x64(True):
-        _check(case, jnp.float64)
+        _check(case, jnp.float64, locate_rules=False)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
@@ -212,17 +283,42 @@ def test_check_grad_elementwise_correct(case, dtype):
 
 @pytest.mark.parametrize("case", OP_CASES_F32_BUG, ids=_ids(OP_CASES_F32_BUG))
 def test_check_grad_elementwise_bug_float32(case):
-    _check(case, jnp.float32)
+    _check(case, jnp.float32, locate_rules=False)
 
 
 @pytest.mark.parametrize("case", OP_CASES_F64_BUG, ids=_ids(OP_CASES_F64_BUG))
 def test_check_grad_elementwise_bug_float64(case):
     with jax.enable_x64(True):
-        _check(case, jnp.float64)
+        _check(case, jnp.float64, locate_rules=False)
+
+
+# A failing check names the custom rule at fault (the diagnosis the sweeps above skip), and
+# names none when the bug is in a hand-written gradient outside any rule.
+RULE_FINDINGS = [
+    ("lax/atan2[1]", jnp.float32, "`_scaled_vjp`"),
+    ("lax/exp", jnp.float64, "`_scaled_vjp`"),
+    ("mlp/bias_bug", jnp.float32, None),
+]
+
+
+@pytest.mark.parametrize(
+    "name, dtype, rule", RULE_FINDINGS, ids=[f"{n}-{d.__name__}" for n, d, _ in RULE_FINDINGS]
+)
+def test_rule_findings_name_the_broken_rule(name, dtype, rule):
+    bugs = OP_CASES_F32_BUG if dtype == jnp.float32 else OP_CASES_F64_BUG
+    case = {c.name: c for c in GRAD_CASES + bugs}[name]
+    with _precision(dtype):
+        result = _check(case, dtype)
+    if rule is None:
+        assert result.rule_findings == (), str(result)
+        return
+    (finding,) = result.rule_findings
+    assert f"custom_vjp rule {rule}" in finding and "fails its finite-difference" in finding
 
 
 # ----------------------------------------------------------------------------
-# The two-point full mode (large n): same verdicts on the whole catalogue.
+# The two-point full mode (large n): same verdicts on a sample of the catalogue (on all of
+# it with JAXCHECK_FULL_SUITES=1).
 
 
 @pytest.fixture
@@ -235,13 +331,24 @@ def two_point(monkeypatch):
     monkeypatch.setattr(_grad_full, "CALIBRATION", 4)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
-@pytest.mark.parametrize("case", GRAD_CASES, ids=_ids(GRAD_CASES))
+def test_two_point_sample_covers_every_family_and_both_verdicts():
+    def families(cases, broken):
+        return {c.name.split("/")[0] for c in cases if c.broken == broken}
+
+    assert families(TWO_POINT_CASES, True) == families(GRAD_CASES, True)
+    assert families(TWO_POINT_CASES, False) >= families(GRAD_CASES, False) - {"mlp_mse"}
+    assert any(c.bad_index is not None for c in TWO_POINT_CASES)
+    assert any(c.expect_nonsmooth for c in TWO_POINT_CASES)
+    assert set(TWO_POINT_FLOAT64) <= set(TWO_POINT_DEFAULT)
+    assert {c.bad_path for c in TWO_POINT_OP_BUGS} == {"args[0]", "args[1]"}
+
+
+@pytest.mark.parametrize("case, dtype", TWO_POINT_PARAMS)
 def test_check_grad_two_point_path(case, dtype, two_point):
     with _precision(dtype):
-        _check(case, dtype)
+        _check(case, dtype, locate_rules=False)
 
 
-@pytest.mark.parametrize("case", OP_CASES_F32_BUG, ids=_ids(OP_CASES_F32_BUG))
+@pytest.mark.parametrize("case", TWO_POINT_OP_BUGS, ids=_ids(TWO_POINT_OP_BUGS))
 def test_check_grad_two_point_path_elementwise_bug_float32(case, two_point):
-    _check(case, jnp.float32)
+    _check(case, jnp.float32, locate_rules=False)

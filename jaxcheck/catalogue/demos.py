@@ -99,7 +99,7 @@ def _run_layernorm(fixed: bool):
     layer_norm = _layer_norm_ok if fixed else _layer_norm_buggy
 
     def loss(params, x, v):
-        h = layer_norm(x @ params["W"]) * params["gamma"] + params["beta"]
+        h = layer_norm(x @ params["W"]) * params["gamma"][None, :] + params["beta"][None, :]
         return jnp.sum(v * jnp.tanh(h))
 
     return _check_grad(loss, _layernorm_args(), argnums=0)
@@ -167,7 +167,7 @@ def _run_pallas(fixed: bool):
     softmax = _pallas_softmax_rule(-1 if fixed else 0)
 
     def loss(params, x, v):
-        return jnp.sum(v * (softmax(x @ params["W"]) + params["b"]))
+        return jnp.sum(v * (softmax(x @ params["W"]) + params["b"][None, :]))
 
     f32 = jnp.float32
     params = {"W": _suites._normal(310, (6, 8), f32, 0.5), "b": _suites._normal(311, (8,), f32)}

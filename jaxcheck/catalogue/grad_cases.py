@@ -316,8 +316,8 @@ def _mlp3_forward(params, x):
     """Returns the activations [x, a1, a2] and the logits."""
     acts = [x]
     for name in ("layer1", "layer2"):
-        acts.append(jnp.tanh(acts[-1] @ params[name]["W"] + params[name]["b"]))
-    return acts, acts[-1] @ params["layer3"]["W"] + params["layer3"]["b"]
+        acts.append(jnp.tanh(acts[-1] @ params[name]["W"] + params[name]["b"][None, :]))
+    return acts, acts[-1] @ params["layer3"]["W"] + params["layer3"]["b"][None, :]
 
 
 def mlp3_loss(params, x, y):
@@ -375,15 +375,16 @@ def _mlp2_data(dtype) -> tuple[PyTree, jax.Array, jax.Array]:
 
 def mlp2_loss(params, x, y):
     """Mean squared error of a 2-layer sigmoid MLP plus L2 on the weights."""
-    out = jax.nn.sigmoid(x @ params["W1"] + params["b1"]) @ params["W2"] + params["b2"]
+    hidden = jax.nn.sigmoid(x @ params["W1"] + params["b1"][None, :])
+    out = hidden @ params["W2"] + params["b2"][None, :]
     mse = jnp.mean(jnp.sum((out - y) ** 2, axis=-1))
     return mse + _L2 * (jnp.sum(params["W1"] ** 2) + jnp.sum(params["W2"] ** 2))
 
 
 def mlp2_backprop(params, x, y, *, bug: str | None = None):
     """Hand-written gradient of `mlp2_loss`; `bug="b2"` drops b2's factor 2."""
-    h = jax.nn.sigmoid(x @ params["W1"] + params["b1"])
-    dout = 2 * (h @ params["W2"] + params["b2"] - y) / x.shape[0]
+    h = jax.nn.sigmoid(x @ params["W1"] + params["b1"][None, :])
+    dout = 2 * (h @ params["W2"] + params["b2"][None, :] - y) / x.shape[0]
     dz = (dout @ params["W2"].T) * h * (1 - h)
     return {
         "W1": x.T @ dz + 2 * _L2 * params["W1"],
@@ -451,15 +452,15 @@ def _mlp_cases() -> list[GradCase]:
 
 def decay_loss(params, t, data):
     """Squared misfit of `amplitude * exp(-rate * t)` to `data`."""
-    model = params["amplitude"][:, None] * jnp.exp(-params["rate"][:, None] * t)
+    model = params["amplitude"][:, None] * jnp.exp(-params["rate"][:, None] * t[None, :])
     return 0.5 * jnp.mean((model - data) ** 2) / 100
 
 
 def decay_backprop(params, t, data, *, bug: bool = False):
     """Hand-written gradient of `decay_loss`; `bug=True` flips the rate's sign."""
-    e = jnp.exp(-params["rate"][:, None] * t)
+    e = jnp.exp(-params["rate"][:, None] * t[None, :])
     r = (params["amplitude"][:, None] * e - data) / (100 * data.size)
-    d_rate = jnp.sum(r * params["amplitude"][:, None] * t * e, axis=1)
+    d_rate = jnp.sum(r * params["amplitude"][:, None] * t[None, :] * e, axis=1)
     return {"amplitude": jnp.sum(r * e, axis=1), "rate": d_rate if bug else -d_rate}
 
 
@@ -474,7 +475,7 @@ def _decay_build(dtype, *, grad_fn: bool, bug: bool = False) -> CaseSetup:
     kwargs: dict[str, Any] = {"argnums": 0}
     if grad_fn:
         kwargs["grad_fn"] = ft.partial(decay_backprop, bug=bug)
-    return CaseSetup(f=decay_loss, args=(params, t, a0 * jnp.exp(-k0 * t)), kwargs=kwargs)
+    return CaseSetup(f=decay_loss, args=(params, t, a0 * jnp.exp(-k0 * t[None, :])), kwargs=kwargs)
 
 
 def _scaled_cases() -> list[GradCase]:
@@ -513,7 +514,7 @@ def _dropout_forward(params, x, key):
     h = jnp.tanh(x @ params["W1"])
     mask = jax.random.bernoulli(key, 1 - _DROP, h.shape)
     hd = jnp.where(mask, h / (1 - _DROP), 0)
-    return h, mask, hd, hd @ params["W2"] + params["b2"]
+    return h, mask, hd, hd @ params["W2"] + params["b2"][None, :]
 
 
 def dropout_loss(params, x, y, key):

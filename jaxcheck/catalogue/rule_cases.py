@@ -171,17 +171,17 @@ def _layernorm_rule(missing_mean: bool) -> Any:
     def fun(x, scale, bias):
         mu = jnp.mean(x, -1, keepdims=True)
         sigma = jnp.sqrt(jnp.mean((x - mu) ** 2, -1, keepdims=True) + 1e-5)
-        return (x - mu) / sigma * scale + bias
+        return (x - mu) / sigma * scale[None, :] + bias[None, :]
 
     def fwd(x, scale, bias):
         mu = jnp.mean(x, -1, keepdims=True)
         sigma = jnp.sqrt(jnp.mean((x - mu) ** 2, -1, keepdims=True) + 1e-5)
         xhat = (x - mu) / sigma
-        return xhat * scale + bias, (xhat, sigma, scale)
+        return xhat * scale[None, :] + bias[None, :], (xhat, sigma, scale)
 
     def bwd(res, g):
         xhat, sigma, scale = res
-        gh = g * scale
+        gh = g * scale[None, :]
         mean_g = 0.0 if missing_mean else jnp.mean(gh, -1, keepdims=True)
         dx = (gh - mean_g - xhat * jnp.mean(gh * xhat, -1, keepdims=True)) / sigma
         return dx, jnp.sum(g * xhat, 0), jnp.sum(g, 0)
