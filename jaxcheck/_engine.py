@@ -607,31 +607,48 @@ def _small(layout: ArgLayout, f: Callable, has_aux: bool, diff_values: Any, dyna
     return True
 
 
-def batching_problem(trace: Callable[[], Any]) -> str | None:
-    """Why `trace()` (tracing a jitted kernel that vmaps f) fails for want of a batching rule,
-    as the first line of JAX's error, or None when it traces (or fails for another reason,
-    which the unbatched evaluation reports itself).
+def batching_problem(
+    trace: Callable[[], Any], unbatched: Callable[[], Any] | None = None
+) -> str | None:
+    """Why `trace()` (tracing a jitted kernel that vmaps f) fails where f itself traces, as the
+    first line of JAX's error, or None when it traces (or fails without vmap too, which the
+    unbatched evaluation then reports itself).
 
     A `jax.pure_callback` without `vmap_method` and a primitive without a batching rule
-    raise `NotImplementedError` under `vmap` (JAX 0.10.2), while `jax.lax.map` runs them.
+    raise `NotImplementedError` under `vmap` (JAX 0.10.2), while `jax.lax.map` runs them:
+    that alone is a batching problem. Any other error of the batched trace (a
+    `custom_batching.custom_vmap` rule or a batching rule that raises, a `custom_vjp` that may
+    not close over a `BatchTracer`) is one when `unbatched()` (the same kernel traced without
+    vmap) succeeds; without `unbatched` it is left to the evaluation to report.
     """
     try:
         trace()
     except NotImplementedError as error:
         return _first_line(error)
-    except Exception:  # noqa: BLE001 - not a batching problem: the unbatched call reports it
-        return None
+    except Exception as error:  # noqa: BLE001 - a batching problem only if f works unbatched
+        if unbatched is None:
+            return None
+        try:
+            unbatched()
+        except Exception:  # noqa: BLE001 - f fails without vmap too: its evaluation reports it
+            return None
+        return _first_line(error)
     return None
 
 
 def _vmap_problem(
     f: Callable, has_aux: bool, layout: ArgLayout, dtypes: tuple, dynamic: list
 ) -> str | None:
-    """Why f cannot be batched with vmap, or None (one cached trace of a batch of two)."""
+    """Why f cannot be batched with vmap, or None (one cached trace of a batch of two, and of
+    one unbatched evaluation when the batch fails)."""
     spec = fd.EvalSpec(f, has_aux, layout, dtypes)
     real = np.result_type(*[_real_dtype(d) for d in dtypes])
     thetas = jax.ShapeDtypeStruct((2, layout.n), real)
-    return batching_problem(lambda: fd.values_at_points.trace(spec, thetas, dynamic))
+    theta = jax.ShapeDtypeStruct((layout.n,), real)
+    return batching_problem(
+        lambda: fd.values_at_points.trace(spec, thetas, dynamic),
+        lambda: fd.value_at.trace(spec, theta, dynamic),
+    )
 
 
 def widen(value: Any) -> Any:

@@ -678,7 +678,8 @@ def _derivative_vmap_problem(
 ) -> str | None:
     """Why the VJP (kind "vjp") or JVP (kind "jvp") of f cannot be batched over cotangents or
     tangents with vmap, or None (kind "grad": one gradient, nothing is batched). One cached
-    trace of the product kernel at a batch of two."""
+    trace of the product kernel at a batch of two (and, when it fails, one with the products
+    taken one at a time: a batching problem only if that one traces)."""
     if kind == "vjp":
         u_dtype = jnp.result_type(*[jnp.finfo(o.dtype).dtype for o in outs])
         batch = jax.ShapeDtypeStruct((2, sum(o.size for o in outs)), u_dtype)
@@ -688,7 +689,11 @@ def _derivative_vmap_problem(
         kernel = jk.jvp_products
     else:
         return None
-    return batching_problem(lambda: kernel.trace(sel, layout, outs, diff, dynamic, batch))
+    one_by_one = dataclasses.replace(sel, sequential=True)
+    return batching_problem(
+        lambda: kernel.trace(sel, layout, outs, diff, dynamic, batch),
+        lambda: kernel.trace(one_by_one, layout, outs, diff, dynamic, batch),
+    )
 
 
 def call_jitted(fn: Callable, layout: ArgLayout, diff_values: list, dynamic: list) -> Any:

@@ -1,0 +1,148 @@
+"""Regressions found by running JAX's own `check_grads` tests through jaxcheck
+(`benchmarks/bench_jax_suite.py`, issue 10), and issue 10 item 13 as a class: whenever
+vmapping f (or its derivative) fails where the unbatched trace works, jaxcheck evaluates
+sequentially (`jax.lax.map`) and says so in the report's notes, instead of letting JAX's
+error escape.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcheck
+from jaxcheck import _engine
+
+X = jnp.array([0.3, -0.7, 1.1], jnp.float32)
+
+
+def _unbatchable_sin(bug: bool):
+    """sin whose batching rule (a `custom_vmap` rule) raises; a custom_jvp around it gives
+    reverse mode. `bug` flips the sign of the JVP rule."""
+
+    @jax.custom_batching.custom_vmap
+    def inner(x):
+        return jnp.sin(x)
+
+    @inner.def_vmap
+    def _rule(axis_size, in_batched, x):
+        raise ValueError("this rule does not batch")
+
+    @jax.custom_jvp
+    def sin(x):
+        return inner(x)
+
+    def jvp(primals, tangents):
+        (x,), (t,) = primals, tangents
+        return sin(x), (-1.0 if bug else 1.0) * jnp.cos(x) * t
+
+    sin.defjvp(jvp)
+    return sin
+
+
+RULE_RAISES = "f cannot be batched with vmap (ValueError: this rule does not batch): "
+
+
+# ----------------------------------------------------------------------------
+# `_engine.batching_problem`: which failures of the batched trace are batching problems.
+
+
+def _raise(error: Exception):
+    def trace():
+        raise error
+
+    return trace
+
+
+def _ok():
+    return None
+
+
+def test_batching_problem_not_implemented_needs_no_unbatched_trace():
+    reason = _engine.batching_problem(_raise(NotImplementedError("no batching rule")))
+    assert reason == "NotImplementedError: no batching rule"
+
+
+def test_batching_problem_any_error_where_unbatched_works():
+    reason = _engine.batching_problem(_raise(ValueError("rule failed\nmore")), _ok)
+    assert reason == "ValueError: rule failed"
+    tracer = jax.errors.UnexpectedTracerError("closed over a BatchTracer")
+    assert _engine.batching_problem(_raise(tracer), _ok).startswith("UnexpectedTracerError")
+
+
+def test_batching_problem_not_when_unbatched_fails_too():
+    assert _engine.batching_problem(_raise(ValueError("f is broken")), _raise(ValueError())) is None
+    assert _engine.batching_problem(_raise(ValueError("no unbatched trace given"))) is None
+    assert _engine.batching_problem(_ok, _raise(ValueError())) is None
+
+
+def test_batching_problem_lets_keyboard_interrupt_through():
+    with pytest.raises(KeyboardInterrupt):
+        _engine.batching_problem(_raise(KeyboardInterrupt()), _ok)
+
+
+# ----------------------------------------------------------------------------
+# Item 13 end to end: a custom_vmap rule that raises.
+
+
+def test_unbatchable_sin_works_unbatched_only():
+    sin = _unbatchable_sin(False)
+    np.testing.assert_allclose(sin(X), jnp.sin(X), rtol=1e-6)
+    with pytest.raises(ValueError, match="this rule does not batch"):
+        jax.vmap(sin)(X[None])
+
+
+@pytest.mark.parametrize("bug", [False, True], ids=["correct", "broken"])
+def test_check_grad_falls_back_to_sequential(bug):
+    sin = _unbatchable_sin(bug)
+    result = jaxcheck.check_grad(lambda x: jnp.sum(sin(x)), (X,))
+    assert result.status == ("failed" if bug else "passed"), str(result)
+    (note,) = result.notes
+    assert note.startswith(RULE_RAISES)
+    assert note.endswith(
+        f"evaluated sequentially (jax.lax.map), {result.n_evaluations} evaluations one at a time"
+    )
+    assert f"  note: {note}" in str(result).splitlines()
+
+
+@pytest.mark.parametrize(
+    "check", [jaxcheck.check_vjp, jaxcheck.check_jvp], ids=lambda c: c.__name__
+)
+@pytest.mark.parametrize("bug", [False, True], ids=["correct", "broken"])
+def test_check_jvp_vjp_fall_back_to_sequential(check, bug):
+    result = check(_unbatchable_sin(bug), (X,))
+    assert result.status == ("failed" if bug else "passed"), str(result)
+    assert result.notes[0].startswith(RULE_RAISES)
+    if bug:
+        assert result.failed_blocks[0].worst.where in {"[0] -> [0]", "[1] -> [1]", "[2] -> [2]"}
+
+
+def test_unbatchable_derivative_alone_falls_back():
+    # f batches, but the bwd rule calls a custom_vmap whose rule raises.
+    @jax.custom_batching.custom_vmap
+    def double(g):
+        return 2.0 * g
+
+    @double.def_vmap
+    def _rule(axis_size, in_batched, g):
+        raise ValueError("bwd does not batch")
+
+    @jax.custom_vjp
+    def scale(x):
+        return 2.0 * x
+
+    scale.defvjp(lambda x: (2.0 * x, None), lambda _, g: (double(g),))
+    result = jaxcheck.check_vjp(scale, (X,))
+    assert result.passed, str(result)
+    (note,) = result.notes
+    assert note.startswith(
+        "the VJP of f cannot be batched with vmap (ValueError: bwd does not batch): "
+    )
+
+
+def test_f_that_fails_unbatched_too_still_reports_its_own_error():
+    def f(x):
+        raise RuntimeError("f is broken")
+
+    with pytest.raises(RuntimeError, match="f is broken"):
+        jaxcheck.check_grad(f, (X,))
