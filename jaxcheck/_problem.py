@@ -409,7 +409,7 @@ def _classify_outputs(
         dtype = getattr(leaf, "dtype", None)
         is_key = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
         arr = None if is_key else np.asarray(jax.device_get(leaf))
-        if arr is None or not np.issubdtype(arr.dtype, np.inexact):
+        if arr is None or not jnp.issubdtype(arr.dtype, jnp.inexact):
             desc = str(dtype) if dtype is not None else type(leaf).__name__
             reason = f"{desc} output has no derivative (not checked)"
             skipped.append(SkippedLeaf(path_str, tuple(np.shape(leaf)), desc, reason))

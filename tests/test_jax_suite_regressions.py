@@ -146,3 +146,18 @@ def test_f_that_fails_unbatched_too_still_reports_its_own_error():
 
     with pytest.raises(RuntimeError, match="f is broken"):
         jaxcheck.check_grad(f, (X,))
+
+
+# ----------------------------------------------------------------------------
+# Crashes on JAX's own tests.
+
+
+@pytest.mark.parametrize(
+    "check", [jaxcheck.check_jvp, jaxcheck.check_vjp], ids=lambda c: c.__name__
+)
+def test_bfloat16_outputs_are_floating_point(check):
+    # lax_autodiff_test's bfloat16 cases (testBroadcastGrad0, testConcatenateGrad0, ...) were
+    # refused: "`f` has no floating-point outputs" (numpy does not count bfloat16 as inexact).
+    x = jnp.array([0.5, -1.25, 2.0], jnp.bfloat16)
+    result = check(lambda x: jax.lax.broadcast(x, (2,)), (x,))
+    assert result.status == "passed", str(result)
