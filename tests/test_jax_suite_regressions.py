@@ -161,3 +161,18 @@ def test_bfloat16_outputs_are_floating_point(check):
     x = jnp.array([0.5, -1.25, 2.0], jnp.bfloat16)
     result = check(lambda x: jax.lax.broadcast(x, (2,)), (x,))
     assert result.status == "passed", str(result)
+
+
+def test_check_jvp_of_a_custom_vjp_function_is_one_clear_error():
+    # custom_api_test's custom_vjp functions checked in "fwd" mode: JAX's TypeError from
+    # deep inside jaxcheck's kernels became one error that names the construct and the way out.
+    @jax.custom_vjp
+    def sin(x):
+        return jnp.sin(x)
+
+    sin.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (g * jnp.cos(x),))
+    with pytest.raises(TypeError, match=r"calls a `jax.custom_vjp` function") as info:
+        jaxcheck.check_jvp(sin, (X,))
+    assert "`jaxcheck.check_vjp` or `jaxcheck.check_grad`" in str(info.value)
+    assert "forward-mode autodiff (jvp)" in str(info.value.jax_error)
+    assert info.value.__suppress_context__
