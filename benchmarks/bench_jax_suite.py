@@ -364,7 +364,7 @@ def worker(test_file: str, keyword: str | None) -> int:
 
     ini = Path(tempfile.mkdtemp()) / "pytest.ini"
     ini.write_text("[pytest]\n")
-    argv = [test_file, "-q", "-p", "no:cacheprovider", "-c", str(ini), "-W", "ignore"]
+    argv = [test_file, "-q", "-rf", "-p", "no:cacheprovider", "-c", str(ini), "-W", "ignore"]
     argv += ["--rootdir", str(Path(test_file).parent)]
     if keyword:
         argv += ["-k", keyword]
@@ -476,8 +476,13 @@ def main(argv=None) -> int:
             proc = subprocess.run(
                 cmd, env=env, capture_output=True, text=True, timeout=options.timeout
             )
-            tail = proc.stdout.strip().splitlines()[-1:] or [""]
-            note = f"; pytest: {tail[0][:100]}"
+            lines = proc.stdout.strip().splitlines()
+            note = f"; pytest: {(lines[-1:] or [''])[0][:100]}"
+            # JAX's own tests failing under the shim (it never raises, so these fail for
+            # reasons of their own: a test of the machine, a flaky tolerance) are named.
+            note += "".join(
+                f"\n  pytest {line[:160]}" for line in lines if line.startswith("FAILED")
+            )
         except subprocess.TimeoutExpired:
             note = f"; cut at the {options.timeout:.0f} s timeout"
         records = [json.loads(line) for line in records_file.read_text().splitlines()]
