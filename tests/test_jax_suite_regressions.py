@@ -176,3 +176,21 @@ def test_check_jvp_of_a_custom_vjp_function_is_one_clear_error():
     assert "`jaxcheck.check_vjp` or `jaxcheck.check_grad`" in str(info.value)
     assert "forward-mode autodiff (jvp)" in str(info.value.jax_error)
     assert info.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    "check", [jaxcheck.check_jvp, jaxcheck.check_vjp], ids=lambda c: c.__name__
+)
+def test_sparse_plan_of_a_structurally_zero_jacobian(check):
+    # mutable_array_test test_scan_vjp_systematic_readonly (no carry, no xs: the scan's ys do
+    # not depend on any input), on 8 CPU devices where jaxcheck takes the sparse plan: an
+    # all-zero pattern crashed in `_sparse._slot_columns` (a gather from an empty table).
+    def f(a, b):
+        def body(c, _):
+            return c, jnp.zeros((), jnp.float32)
+
+        return jax.lax.scan(body, [], None, length=3)[1]
+
+    result = check(f, (jnp.float32(2.4), jnp.float32(-0.3)), sparse=True)
+    assert result.status == "passed", str(result)
+    assert "no structural nonzeros" in str(result)
