@@ -261,9 +261,9 @@ class Problem:
         """The report's notes: how f was evaluated (sequentially, when vmap cannot batch it),
         and precision notes (a right formula losing digits to rounding)."""
         out = []
-        note = self.ev.sequential_note()
-        if note:
-            out.append(note)
+        for note in (self.ev.sequential_note(), self.ev.devices_note()):
+            if note:
+                out.append(note)
         if self.analytic_unbatchable:
             what = "VJP" if self.kind == "vjp" else "JVP"
             out.append(

@@ -5,6 +5,12 @@ sequentially (`jax.lax.map`) and says so in the report's notes, instead of letti
 error escape.
 """
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -194,3 +200,52 @@ def test_sparse_plan_of_a_structurally_zero_jacobian(check):
     result = check(f, (jnp.float32(2.4), jnp.float32(-0.3)), sparse=True)
     assert result.status == "passed", str(result)
     assert "no structural nonzeros" in str(result)
+
+
+# ----------------------------------------------------------------------------
+# f that places its own computation (shard_map_test, pjit_test with 8 CPU devices): the
+# evaluation spread over all devices (jaxcheck's own shard_map) crashed; now it falls back to
+# one device and says so. In a subprocess: the device count is fixed when jax starts.
+
+_SHARDED_F = """
+import json, jax, jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+import jaxcheck
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+mesh = jax.make_mesh((4,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+
+def sharded(bug):
+    @jax.custom_jvp
+    def sin(x):
+        return jnp.sin(x)
+
+    sin.defjvp(lambda p, t: (sin(p[0]), (-1.0 if bug else 1.0) * jnp.cos(p[0]) * t[0]))
+    return jax.jit(jax.shard_map(sin, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+
+x = jnp.linspace(-1.0, 1.0, 8, dtype=jnp.float32)
+out = {}
+for bug in (False, True):
+    for check in (jaxcheck.check_jvp, jaxcheck.check_vjp):
+        r = check(sharded(bug), (x,))
+        out[f"{check.__name__} {bug}"] = [r.status, list(r.notes)]
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_f_with_its_own_shard_map_falls_back_to_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env["JAX_PLATFORMS"] = "cpu"
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHARDED_F], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    results = json.loads(line[len("RESULT ") :])
+    for key, (status, notes) in results.items():
+        assert status == ("failed" if key.endswith("True") else "passed"), key
+        (note,) = notes
+        assert note.startswith("f cannot be evaluated spread over the devices (ValueError: "), note
+        assert "evaluated on cpu:0 only" in note
