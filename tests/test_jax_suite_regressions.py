@@ -249,3 +249,38 @@ def test_f_with_its_own_shard_map_falls_back_to_one_device():
         (note,) = notes
         assert note.startswith("f cannot be evaluated spread over the devices (ValueError: "), note
         assert "evaluated on cpu:0 only" in note
+
+
+def _window_sum(x):
+    """reduce_window with a Python reduction: a JVP rule, but `jax.linearize` fails."""
+    init = np.float32(1.0)
+    return jax.lax.reduce_window(x, init, lambda a, b: a + b, (2, 1), (1, 1), "VALID")
+
+
+@pytest.mark.parametrize("bug", [False, True], ids=["correct", "broken"])
+def test_check_jvp_of_a_jvp_without_linearize(bug):
+    # lax_test testReduceWindowGeneralJVP: check_jvp crashed with JAX's "Linearization failed
+    # to produce known values for all output primals"; the JVP is now taken with jax.jvp.
+    @jax.custom_jvp
+    def double(y):
+        return 2.0 * y
+
+    double.defjvp(lambda p, t: (double(p[0]), (2.2 if bug else 2.0) * t[0]))
+    x = jnp.linspace(-1.0, 1.0, 8, dtype=jnp.float32).reshape(4, 2)
+    with pytest.raises(ValueError, match="Linearization failed"):
+        jax.linearize(_window_sum, x)
+    result = jaxcheck.check_jvp(lambda x: double(_window_sum(x)), (x,))
+    assert result.status == ("failed" if bug else "passed"), str(result)
+
+
+def test_check_jvp_of_a_custom_vmap_function():
+    @jax.custom_batching.custom_vmap
+    def sin(x):
+        return jnp.sin(x)
+
+    @sin.def_vmap
+    def _rule(axis_size, in_batched, x):
+        return jnp.sin(x), in_batched[0]
+
+    result = jaxcheck.check_jvp(sin, (X,))
+    assert result.status == "passed", str(result)
