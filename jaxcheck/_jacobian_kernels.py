@@ -215,10 +215,12 @@ def _jvp_linear(sel, layout, outs, diff_values, dynamic) -> Callable:
     primal = _primal(sel, layout, dynamic)
     try:
         _, f_jvp = jax.linearize(primal, list(diff_values))
-    except ValueError as error:
+    except (ValueError, NotImplementedError) as error:
         # A JVP rule without partial-eval support (`reduce_window` with a Python reduction, a
-        # `custom_vmap` function): `jax.jvp` works where `jax.linearize` cannot.
-        if "Linearization failed" not in str(error):
+        # `custom_vmap` function, hijax types): `jax.jvp` works where `jax.linearize` cannot
+        # (or raises JAX's own forward-mode error, which `_diagnose.explained` words).
+        text = str(error)
+        if "Linearization failed" not in text and "for linearize support" not in text:
             raise
 
         def f_jvp(tangents):

@@ -284,3 +284,21 @@ def test_check_jvp_of_a_custom_vmap_function():
 
     result = jaxcheck.check_jvp(sin, (X,))
     assert result.status == "passed", str(result)
+
+
+def test_check_jvp_of_a_custom_vjp_function_under_custom_vjp3():
+    # custom_api_test CustomVJP3Test (jax_custom_vjp3=True): jax.linearize raised hijax's
+    # NotImplementedError ("for linearize support, subclass ... must implement `lin`").
+    from jax._src import config
+
+    with config.custom_vjp3(True):
+
+        @jax.custom_vjp
+        def sin(x):
+            return jnp.sin(x)
+
+        sin.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (g * jnp.cos(x),))
+        f = jax.vmap(sin)
+        with pytest.raises(TypeError, match=r"custom_vjp function"):
+            jaxcheck.check_jvp(f, (X[None],))
+        assert jaxcheck.check_vjp(f, (X[None],)).status == "passed"
