@@ -23,6 +23,7 @@ TRACER_ERRORS = (
 )
 _WHILE_REVERSE = "Reverse-mode differentiation does not work for lax.while_loop"
 _BWD_RULE = "Custom VJP bwd rule must produce"
+_JVP_OF_CUSTOM_VJP = "can't apply forward-mode autodiff (jvp) to a custom_vjp function"
 
 
 def _first_line(error: BaseException) -> str:
@@ -115,7 +116,8 @@ def explained(entry: str, f: Callable, args: tuple) -> Iterator[None]:
       f, args: The user's function and arguments (to name the custom rule at fault).
 
     Raises:
-      TypeError: f is not traceable, or a custom_vjp bwd rule returns the wrong cotangents.
+      TypeError: f is not traceable, a custom_vjp bwd rule returns the wrong cotangents, or
+        forward mode meets a `jax.custom_vjp` function.
       ValueError: reverse mode through a `lax.while_loop`.
     """
     try:
@@ -142,6 +144,13 @@ def explained(entry: str, f: Callable, args: tuple) -> Iterator[None]:
             )
         elif _BWD_RULE in text:
             new = TypeError(_bwd_message(error, entry, f, args))
+        elif _JVP_OF_CUSTOM_VJP in text:
+            new = TypeError(
+                f"`{entry}` cannot differentiate f in forward mode: f calls a `jax.custom_vjp` "
+                "function, which defines reverse mode only, and JAX has no `jax.jvp` through "
+                "it. Check f with `jaxcheck.check_vjp` or `jaxcheck.check_grad`, or give the "
+                "function a `jax.custom_jvp` rule instead."
+            )
         else:
             raise
         new.jax_error = error  # type: ignore[attr-defined]

@@ -170,6 +170,8 @@ class Evaluator:
         self.on_devices = (
             len(self.devices) > 1 or self.devices[0] not in self.theta_device.devices()
         )
+        # Why f could not be evaluated spread over `devices` (then on theta's own device).
+        self.unsharded: str | None = None
 
     # -- execution ---------------------------------------------------------------
 
@@ -186,6 +188,25 @@ class Evaluator:
             f"f cannot be batched with vmap ({self.unbatchable}): evaluated sequentially "
             f"(jax.lax.map), {self.n_evaluations} evaluations one at a time"
         )
+
+    def devices_note(self) -> str | None:
+        """The report's note when f could not run spread over the devices, or None."""
+        if self.unsharded is None:
+            return None
+        return (
+            f"f cannot be evaluated spread over the devices ({self.unsharded}): evaluated on "
+            f"{self.devices[0]} only; f may place its own computation (a mesh, a shard_map, "
+            "jit with devices or shardings)"
+        )
+
+    def _leave_devices(self, error: Exception) -> None:
+        """After the evaluation spread over `devices` failed: evaluate on theta's own device from
+        now on. f that places its own computation (a `shard_map` or `jit` on a mesh or device of
+        its own) cannot run inside the `shard_map` of `map_over_devices`, where it runs fine on
+        one device; an f that fails there too reports its own error then."""
+        self.unsharded = _first_line(error)
+        self.devices = tuple(sorted(self.theta_device.devices(), key=lambda d: d.id))[:1]
+        self.on_devices = False
 
     def kernel(self, kernel: Callable) -> Callable:
         """`kernel` (a jitted function of this package) as this problem runs it: the jitted
@@ -422,11 +443,15 @@ class Evaluator:
         batch = batch_size or self.auto_batch_size(len(offsets))
         batch = max(1, min(batch, count))
         if self.on_devices:  # rows split over the mesh
-            values = self._stencil_on_devices(coords, points, batch)
-            if progress is not None:
-                progress(count, count)
-            self.n_evaluations += count * len(offsets)
-            return values, points
+            try:
+                values = self._stencil_on_devices(coords, points, batch)
+            except Exception as error:  # noqa: BLE001 - retried on one device below
+                self._leave_devices(error)
+            else:
+                if progress is not None:
+                    progress(count, count)
+                self.n_evaluations += count * len(offsets)
+                return values, points
         # Chunks of `batch` coordinates, the last padded with copies of the first so that
         # every chunk has one shape; host numpy in the kernel's dtypes (no conversion ops).
         n_chunks = -(-count // batch)
@@ -525,9 +550,13 @@ class Evaluator:
     def along(self, directions: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """f(theta + t v) for each direction v (rows) and multiplier t; host (b, K, m) float64."""
         if self.on_devices:  # directions split over the mesh
-            out = np.asarray(self.along_on_devices(directions, ts), np.float64)
-            self.n_evaluations += out.shape[0] * out.shape[1]
-            return out
+            try:
+                out = np.asarray(self.along_on_devices(directions, ts), np.float64)
+            except Exception as error:  # noqa: BLE001 - retried on one device below
+                self._leave_devices(error)
+            else:
+                self.n_evaluations += out.shape[0] * out.shape[1]
+                return out
         with self.context():
             out = self.kernel(fd.values_along_directions)(
                 self.spec,
@@ -675,31 +704,48 @@ def _small(layout: ArgLayout, f: Callable, has_aux: bool, diff_values: Any, dyna
     return True
 
 
-def batching_problem(trace: Callable[[], Any]) -> str | None:
-    """Why `trace()` (tracing a jitted kernel that vmaps f) fails for want of a batching rule,
-    as the first line of JAX's error, or None when it traces (or fails for another reason,
-    which the unbatched evaluation reports itself).
+def batching_problem(
+    trace: Callable[[], Any], unbatched: Callable[[], Any] | None = None
+) -> str | None:
+    """Why `trace()` (tracing a jitted kernel that vmaps f) fails where f itself traces, as the
+    first line of JAX's error, or None when it traces (or fails without vmap too, which the
+    unbatched evaluation then reports itself).
 
     A `jax.pure_callback` without `vmap_method` and a primitive without a batching rule
-    raise `NotImplementedError` under `vmap` (JAX 0.10.2), while `jax.lax.map` runs them.
+    raise `NotImplementedError` under `vmap` (JAX 0.10.2), while `jax.lax.map` runs them:
+    that alone is a batching problem. Any other error of the batched trace (a
+    `custom_batching.custom_vmap` rule or a batching rule that raises, a `custom_vjp` that may
+    not close over a `BatchTracer`) is one when `unbatched()` (the same kernel traced without
+    vmap) succeeds; without `unbatched` it is left to the evaluation to report.
     """
     try:
         trace()
     except NotImplementedError as error:
         return _first_line(error)
-    except Exception:  # noqa: BLE001 - not a batching problem: the unbatched call reports it
-        return None
+    except Exception as error:  # noqa: BLE001 - a batching problem only if f works unbatched
+        if unbatched is None:
+            return None
+        try:
+            unbatched()
+        except Exception:  # noqa: BLE001 - f fails without vmap too: its evaluation reports it
+            return None
+        return _first_line(error)
     return None
 
 
 def _vmap_problem(
     f: Callable, has_aux: bool, layout: ArgLayout, dtypes: tuple, dynamic: list
 ) -> str | None:
-    """Why f cannot be batched with vmap, or None (one cached trace of a batch of two)."""
+    """Why f cannot be batched with vmap, or None (one cached trace of a batch of two, and of
+    one unbatched evaluation when the batch fails)."""
     spec = fd.EvalSpec(f, has_aux, layout, dtypes)
     real = np.result_type(*[_real_dtype(d) for d in dtypes])
     thetas = jax.ShapeDtypeStruct((2, layout.n), real)
-    return batching_problem(lambda: fd.values_at_points.trace(spec, thetas, dynamic))
+    theta = jax.ShapeDtypeStruct((layout.n,), real)
+    return batching_problem(
+        lambda: fd.values_at_points.trace(spec, thetas, dynamic),
+        lambda: fd.value_at.trace(spec, theta, dynamic),
+    )
 
 
 def widen(value: Any) -> Any:

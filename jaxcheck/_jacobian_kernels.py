@@ -213,7 +213,20 @@ def vjp_columns(
 
 def _jvp_linear(sel, layout, outs, diff_values, dynamic) -> Callable:
     dtypes = tuple(leaf.dtype for leaf in layout.diff)
-    _, f_jvp = jax.linearize(_primal(sel, layout, dynamic), list(diff_values))
+    primal = _primal(sel, layout, dynamic)
+    try:
+        _, f_jvp = jax.linearize(primal, list(diff_values))
+    except (ValueError, NotImplementedError) as error:
+        # A JVP rule without partial-eval support (`reduce_window` with a Python reduction, a
+        # `custom_vmap` function, hijax types): `jax.jvp` works where `jax.linearize` cannot
+        # (or raises JAX's own forward-mode error, which `_diagnose.explained` words).
+        text = str(error)
+        if "Linearization failed" not in text and "for linearize support" not in text:
+            raise
+
+        def f_jvp(tangents):
+            return jax.jvp(primal, (list(diff_values),), (tangents,))[1]
+
     return lambda v: ravel_output(f_jvp(unravel(layout, v, dtypes)))
 
 

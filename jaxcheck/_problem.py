@@ -297,9 +297,9 @@ class Problem:
         """The report's notes: how f was evaluated (sequentially, when vmap cannot batch it),
         and precision notes (a right formula losing digits to rounding)."""
         out = []
-        note = self.ev.sequential_note()
-        if note:
-            out.append(note)
+        for note in (self.ev.sequential_note(), self.ev.devices_note()):
+            if note:
+                out.append(note)
         if self.analytic_unbatchable:
             what = "VJP" if self.kind == "vjp" else "JVP"
             out.append(
@@ -453,7 +453,7 @@ def _classify_outputs(
         dtype = getattr(leaf, "dtype", None)
         is_key = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
         arr = None if is_key else np.asarray(jax.device_get(leaf))
-        if arr is None or not np.issubdtype(arr.dtype, np.inexact):
+        if arr is None or not jnp.issubdtype(arr.dtype, jnp.inexact):
             desc = str(dtype) if dtype is not None else type(leaf).__name__
             reason = f"{desc} output has no derivative (not checked)"
             skipped.append(SkippedLeaf(path_str, tuple(np.shape(leaf)), desc, reason))
@@ -722,7 +722,8 @@ def _derivative_vmap_problem(
 ) -> str | None:
     """Why the VJP (kind "vjp") or JVP (kind "jvp") of f cannot be batched over cotangents or
     tangents with vmap, or None (kind "grad": one gradient, nothing is batched). One cached
-    trace of the product kernel at a batch of two."""
+    trace of the product kernel at a batch of two (and, when it fails, one with the products
+    taken one at a time: a batching problem only if that one traces)."""
     if kind == "vjp":
         u_dtype = jnp.result_type(*[jnp.finfo(o.dtype).dtype for o in outs])
         batch = jax.ShapeDtypeStruct((2, sum(o.size for o in outs)), u_dtype)
@@ -732,7 +733,11 @@ def _derivative_vmap_problem(
         kernel = jk.jvp_products
     else:
         return None
-    return batching_problem(lambda: kernel.trace(sel, layout, outs, diff, dynamic, batch))
+    one_by_one = dataclasses.replace(sel, sequential=True)
+    return batching_problem(
+        lambda: kernel.trace(sel, layout, outs, diff, dynamic, batch),
+        lambda: kernel.trace(one_by_one, layout, outs, diff, dynamic, batch),
+    )
 
 
 def call_jitted(fn: Callable, layout: ArgLayout, diff_values: list, dynamic: list) -> Any:

@@ -143,6 +143,8 @@ def run_sparse(
         "density": pattern.density,
         "conservative": pattern.conservative,
     }
+    if pattern.nnz == 0:  # an all-zero pattern: no slot to look up (the dense path checks zeros)
+        return _dense("the pattern has no structural nonzeros", **info)
     if n_colors > MAX_COLOR_SHARE * p.n:
         return _dense(
             f"{n_colors} colour groups for {p.n} inputs: not worth the sparse plan", **info
