@@ -103,7 +103,8 @@ def _two_point(
 def refine_steps(
     p: Problem, coords: np.ndarray, est: st.Estimates, atol: np.ndarray, noise: np.ndarray
 ) -> st.Estimates:
-    """Larger steps where f's rounding noise bounds the 4-point estimate (`_stencil.noise_bound`).
+    """Larger steps where f's rounding noise bounds the 4-point estimate (`_stencil.noise_bound`)
+    or the estimate narrowly disagrees with the analytic gradient (`_stencil.near_miss`).
 
     The default step balances truncation against rounding of a few ulps of |f| over a
     coordinate's own scale. Where f's rounding is far larger than that (cancellation inside
@@ -132,7 +133,11 @@ def refine_steps(
             p.tol.safety,
             p.analytic[coords, None],
         )[:, 0]
-    rows = np.flatnonzero(bound)
+        # A narrowly failing first comparison gets the larger steps too (`_stencil.NEAR_MISS`).
+        num, a = est.numeric[:, 0], p.analytic[coords]
+        allowed = p.tol.safety * est.fd_error[:, 0] + p.tol.rtol * np.abs(num) + atol
+        failing = (np.abs(num - a) > allowed) & st.near_miss(a, num)
+    rows = np.flatnonzero(bound | failing)
     if rows.size == 0:
         return est
     chosen = coords[rows]

@@ -243,13 +243,7 @@ class _Tiles:
             self.f0, self.out_scale = self.f0[rows], self.out_scale[rows]
             self.noise_floor = self.noise_floor[rows]
         self.leaf_max = leaf_max
-        # The rounding floor in the analytic side's precision, or in float64's where a
-        # float64 second look tells rounding from a bug (issue 10 item 8: a float32 floor
-        # of 16 eps |f| / |x_i| swallows a 1e-3 error as x_i nears zero).
-        ratio = 1.0
-        if p.precision_applies:
-            ratio = float(np.finfo(np.float64).eps / np.finfo(p.tol_dtype).eps)
-        self.floor_in = p.floor_in * ratio
+        self.floor_in = p.decided_floor_in
         self.out_slices = (
             None if rows is not None else tuple((o.offset, o.offset + o.size) for o in p.outs)
         )
@@ -570,9 +564,11 @@ class Retake:
     """A second comparison of a tile whose first one is in doubt, at flush time.
 
     Called with the tile's first statistics (tiles without doubt cost nothing):
-      - noise-bound entries (`_stencil.noise_bound`, counted in "n_noisy"): the tile is
-        evaluated again at larger steps too (`_tolerance.grown_steps`), and each entry
-        keeps the estimate with the smallest estimated error;
+      - noise-bound entries (`_stencil.noise_bound`, counted in "n_noisy") or narrowly
+        failing ones (the worst of a row, `_stencil.near_miss`): the tile is evaluated again at larger steps too (`_tolerance.grown_steps`),
+        and each entry keeps the estimate with the smallest estimated error, raised to what
+        the other steps' estimates prove (`_stencil.best_of`: a stencil whose error
+        estimate missed f's rounding is exposed; a wrong derivative stays wrong);
       - failing entries, with a narrower analytic dtype than the float64 reference: the
         tile's analytic entries are computed in float64 and tried on the worst failing entry
         of each (input coordinate, output leaf); where one of them may be rounding of a
@@ -595,8 +591,10 @@ class Retake:
     def __call__(self, first: dict) -> dict | None:
         p = self.tiles.p
         c, k = self.c, self.c.size
-        noisy = p.eps is None and bool(np.any(first["n_noisy"] > 0))
-        grown = _tolerance.grown_steps(p.h[c], p.scales[c]) if noisy else []
+        narrow = (first["code"] == st.FAIL) & st.near_miss(first["a"], first["num"])
+        doubt = np.any((first["n_noisy"] > 0) | narrow, axis=1)  # (k,) rows
+        grown = _tolerance.grown_steps(p.h[c], p.scales[c]) if p.eps is None else []
+        grown = grown if np.any(doubt) else []
         a64 = self._rescuable(first)
         if not grown and a64 is None:
             return None
@@ -605,7 +603,7 @@ class Retake:
             more = [p.ev.stencil(c, h, batch_size=k) for h in grown]
             values = jnp.stack([values] + [v for v, _ in more])
             points = np.stack([points] + [q for _, q in more])
-            p.grown_steps += int(np.count_nonzero(np.any(first["n_noisy"] > 0, axis=1)))
+            p.grown_steps += int(np.count_nonzero(doubt))
         stats = self.tiles.stats(values, points, c, self.analytic, a64)
         return _host(jax.device_get(stats), first["n"].shape[0])
 

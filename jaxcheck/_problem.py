@@ -218,6 +218,16 @@ class Problem:
         """Whether failing elements get the float64 analytic side's second look."""
         return _precision.applies(self.ev.reference.x64, self.tol_dtype)
 
+    @ft.cached_property
+    def decided_floor_in(self) -> np.ndarray:
+        """(n,) `floor_in` in the precision that decides a Jacobian entry: float64's where the
+        float64 second look tells rounding from a bug (`precision_applies`), else the
+        analytic side's (issue 10 item 8: a float32 floor of 16 eps |f| / |x_i| swallows a
+        1e-3 error as x_i nears zero)."""
+        if not self.precision_applies:
+            return self.floor_in
+        return self.floor_in * float(np.finfo(np.float64).eps / np.finfo(self.tol_dtype).eps)
+
     def call_analytic64(self, kernel: Callable, index: np.ndarray) -> jax.Array | None:
         """`call_analytic` with the arguments, the layout and the outputs in float64 (under
         x64), or None when f's derivative cannot be computed in float64."""
@@ -334,7 +344,8 @@ class Problem:
             growth = " and ".join(f"{g:g}" for g in _tolerance.GROWTH)
             text += (
                 f"; {self.grown_steps} coordinate(s) where f's rounding noise bound the "
-                f"estimate also at up to {growth} times their step, at most "
+                f"estimate or a first comparison failed narrowly also at up to {growth} times "
+                "their step, at most "
                 f"{_tolerance.MAX_GROWN_STEP:g} of their scale (smallest estimated error kept)"
             )
         return text

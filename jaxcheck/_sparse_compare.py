@@ -134,10 +134,14 @@ def compare_chunk(
 
     Args:
       s: The plan's `_sparse_kernels.Settings`.
-      values: (kc, 4, m) f with each colour's inputs at their stencil points.
+      values: (kc, 4, m) f with each colour's inputs at their stencil points; or
+        (S, kc, 4, m) at S steps, where each slot keeps the estimate with the smallest
+        proven error (`_stencil.best_of`; noise-bound slots are then not counted).
       analytic: (kc, m) compressed analytic columns J s_c.
-      tables, consts: The plan's lookups and constants (`consts["columns"]` (7, n): each
-        input's stencil points, base value, rounding floor and validation direction).
+      tables, consts: The plan's lookups and constants (`consts["columns"]` (4 S + 4, n):
+        each input's stencil points at each step, base value, rounding floor, validation
+        direction and scale; `consts["noise_floor"]` (m,): each output's least rounding
+        noise).
       chunk: (kc,) colour ids (-1: padding).
       carry: From `empty_carry` or the previous chunk.
       xp: `jnp` (traced) or `np` (host).
@@ -148,15 +152,30 @@ def compare_chunk(
     real = chunk >= 0
     rtol, safety, user_atol = consts["scalars"][0], consts["scalars"][1], consts["scalars"][2]
     # Per-column data of each slot's column (rows of `columns`: the 4 stencil points, x0,
-    # the rounding floor, the validation direction), each gathered as a (kc, m) grid.
+    # the rounding floor, the validation direction, the scale), each a (kc, m) grid.
     columns = consts["columns"]
-    points = columns[:4][:, stepped]  # (4, kc, m)
-    x0, floor, vh = (columns[i][stepped] for i in (4, 5, 6))
-    est = combine(values, consts["f0"], _SlotGrid(points), _SlotGrid(x0))
+    stacked = values if values.ndim == 4 else values[None]
+    n_steps = stacked.shape[0]
+    x0, floor, vh, scale = (columns[4 * n_steps + i][stepped] for i in range(4))
+    noise_floor = consts["noise_floor"]
+    grids = [columns[4 * k : 4 * k + 4][:, stepped] for k in range(n_steps)]  # (4, kc, m) each
+    each = [
+        combine(
+            stacked[k], consts["f0"], _SlotGrid(grids[k]), _SlotGrid(x0), noise_floor=noise_floor
+        )
+        for k in range(n_steps)
+    ]
+    est = each[0] if n_steps == 1 else (st.best_of if xp is jnp else st.best_of_host)(each)[0]
     a = analytic.astype(dtype)
     leaf = tables["leaf_of_color"][xp.maximum(chunk, 0)]  # (kc,): every colour in one leaf
     atol = floor * consts["out_scale"][None, :] + rtol * consts["leaf_max"][leaf]
     atol = xp.where(user_atol >= 0, user_atol, atol).astype(dtype)
+    noisy = xp.zeros(entry.shape, bool)
+    if n_steps == 1:
+        noise_bound = st.noise_bound if xp is jnp else st.noise_bound_host
+        eps = float(jnp.finfo(dtype).eps)
+        d1 = grids[0][2] - grids[0][1]
+        noisy = entry & noise_bound(est, d1, scale, eps, rtol, atol, safety, a)
     est, asm = _assessed(est, assess(est, a, rtol, atol, safety), xp)
     num, code, tolerance, fd_error = est.numeric, asm.code, asm.tolerance, est.fd_error
     finite = entry & xp.isfinite(a) & xp.isfinite(num)
@@ -169,7 +188,7 @@ def compare_chunk(
     key = xp.where(entry, jk.element_key(code, xp.abs(a - num), tolerance, xp), -1.0)
     carry = dict(carry)
     carry["sums"], carry["maxd"] = _block_sums(
-        s, carry, sums, code, entry, unresolved, d, leaf, real, xp
+        s, carry, sums, code, entry, unresolved, noisy, d, leaf, real, xp
     )
     fields = {"key": key, "a": a, "num": num, "tol": tolerance, "code": code.astype(dtype)}
     carry["cand"] = _merge_candidates(s, carry["cand"], fields, jstar, leaf, real, xp)
@@ -225,7 +244,7 @@ def _row_reductions(parts: list, xp: Any) -> list:
     return out
 
 
-def _block_sums(s, carry, sums, code, entry, unresolved, d, leaf, real, xp) -> tuple:
+def _block_sums(s, carry, sums, code, entry, unresolved, noisy, d, leaf, real, xp) -> tuple:
     """`carry`'s block sums (in SUM_NAMES order) and largest |a - n| with this chunk added:
     per (colour, output leaf) first, then each colour onto its input leaf."""
     dtype = d.dtype
@@ -236,13 +255,15 @@ def _block_sums(s, carry, sums, code, entry, unresolved, d, leaf, real, xp) -> t
     for lo, hi in s.out_slices:
         c, e = code[:, lo:hi], entry[:, lo:hi]
         parts = [("sum", x[:, lo:hi]) for x in sums]  # ssd, ssa, ssn, mass, mass_unres
-        parts += [("count", e), ("count", unresolved[:, lo:hi])]
+        parts += [("count", e), ("count", unresolved[:, lo:hi]), ("count", noisy[:, lo:hi])]
         parts += [("count", (c == k) & e) for k in codes]
         parts += [("max", xp.abs(d[:, lo:hi]))]
-        ssd, ssa, ssn, mass, mass_unres, n, n_unres, *n_code, big = _row_reductions(parts, xp)
+        reduced = _row_reductions(parts, xp)
+        ssd, ssa, ssn, mass, mass_unres, n, n_unres, n_noisy, *n_code, big = reduced
         fail, nonsmooth, kink_out, ref_nf, analytic_nf = n_code
         part = (ssd, ssa, ssn, n, fail + analytic_nf, analytic_nf, ref_nf, kink_out)
-        part += (nonsmooth + kink_out, n_unres, mass, mass_unres)
+        # n_prec: 0 (the float64 second look is the dense plan's: `_sparse.run_sparse`)
+        part += (nonsmooth + kink_out, n_unres, mass, mass_unres, xp.zeros_like(n), n_noisy)
         part = xp.stack([x.astype(dtype) for x in part], axis=1)  # (kc, SUM_NAMES)
         out_sums.append(onehot.T @ part)  # (n_in, SUM_NAMES)
         out_maxd.append(xp.max(xp.where(onehot > 0, big[:, None], 0), axis=0))  # (n_in,)

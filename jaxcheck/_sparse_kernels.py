@@ -121,10 +121,12 @@ class ComparePass(NamedTuple):
     def _run(self, replicated: tuple, chunks: jax.Array) -> dict:
         theta, ev_dynamic, diff_values, dynamic, tables, consts = replicated
         columns = _analytic_columns(self.s, diff_values, dynamic)
-        points = consts["columns"][:4].T
+        n_steps = consts["columns"].shape[0] // 4 - 1  # static: stencils at n_steps steps
+        points = consts["columns"][: 4 * n_steps].T  # (n, 4 n_steps)
 
         def step(carry: dict, chunk: jax.Array) -> tuple[dict, None]:
             values = grouped_values(self.spec, theta, ev_dynamic, tables["colors"], points, chunk)
+            values = per_step(values, n_steps)
             analytic = columns(chunk, tables["colors"])
             carry = compare_chunk(self.s, values, analytic, tables, consts, chunk, carry)
             return carry, None
@@ -145,14 +147,23 @@ class ValuesPass(NamedTuple):
         return jax.lax.map(one, rows)
 
 
+def per_step(values: Any, n_steps: int) -> Any:
+    """Grouped values (kc, 4 S, m) at S steps -> (kc, 4, m) for one step, else (S, kc, 4, m)."""
+    if n_steps == 1:
+        return values
+    kc, _, m = values.shape
+    return values.reshape(kc, n_steps, len(STENCIL), m).transpose(1, 0, 2, 3)
+
+
 def grouped_values(spec: EvalSpec, theta, dynamic, colors, points, chunk) -> jax.Array:
     """f with every input of group c (colors == c) at points[:, k], for each c in `chunk`
-    and each stencil offset k: (kc, 4, m). Group -1 (padding) evaluates f at theta."""
+    and each column k of `points` (n, 4 S: the stencil at S steps): (kc, 4 S, m). Group -1
+    (padding) evaluates f at theta."""
 
     def point(c: jax.Array, k: jax.Array) -> jax.Array:
         x = jnp.where(colors == c, points[:, k], theta)
         return call_flat(spec.f, spec.has_aux, spec.layout, x, spec.dtypes, dynamic)
 
-    offsets = jnp.arange(len(STENCIL))
+    offsets = jnp.arange(points.shape[1])
     per_group = lambda c: over_batch(lambda k: point(c, k), spec.sequential)(offsets)  # noqa: E731
     return over_batch(per_group, spec.sequential)(chunk)
