@@ -4,29 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _mutants import vjp_mutant
 
 import jaxcheck
 from jaxcheck import _precision
 
 SATURATED = jnp.asarray([4.75, 5.0, -4.9, 5.3], jnp.float32)  # tanh' = 1 - tanh**2 cancels
-
-
-def _scaled_vjp(fn, factor_for):
-    """`fn` as a custom_vjp whose bwd multiplies JAX's VJP by `factor_for(dtype)`."""
-
-    @jax.custom_vjp
-    def wrapped(x):
-        return fn(x)
-
-    def fwd(x):
-        return jax.vjp(fn, x)
-
-    def bwd(vjp_fn, g):
-        (ct,) = vjp_fn(g)
-        return (ct * factor_for(ct.dtype),)
-
-    wrapped.defvjp(fwd, bwd)
-    return wrapped
 
 
 def test_allowance_is_two_digits_or_the_noise_over_the_scale():
@@ -65,7 +48,7 @@ def test_saturated_tanh_fails_under_precision_strict():
 
 
 def test_a_wrong_formula_is_not_rescued_at_the_same_points():
-    result = jaxcheck.check_vjp(_scaled_vjp(jnp.tanh, lambda dtype: 1 + 1e-3), (SATURATED,))
+    result = jaxcheck.check_vjp(vjp_mutant(jnp.tanh, lambda dtype: 1 + 1e-3), (SATURATED,))
     assert result.status == "failed", str(result)
     assert not any(n.startswith("precision:") for n in result.notes)
 
@@ -75,7 +58,7 @@ def test_a_float32_only_error_beyond_rounding_is_not_rescued():
     # than f's rounding over the scale), so the float64 agreement does not excuse it.
     factor = lambda dtype: 1.05 if dtype == jnp.float32 else 1.0
     x = jnp.linspace(0.5, 2.0, 4, dtype=jnp.float32)
-    result = jaxcheck.check_vjp(_scaled_vjp(jnp.sin, factor), (x,))
+    result = jaxcheck.check_vjp(vjp_mutant(jnp.sin, factor), (x,))
     assert result.status == "failed", str(result)
 
 
