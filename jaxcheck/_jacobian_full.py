@@ -203,7 +203,7 @@ def make_block(p: Problem, i: int, o: int, **fields: Any) -> BlockReport:
 # Streaming over tiles.
 
 
-def _onhost_stats(entries: int) -> bool:
+def _on_host(entries: int) -> bool:
     """Small comparisons run with numpy on the host: instant where XLA would compile for seconds."""
     return entries <= HOST_ENTRIES
 
@@ -222,7 +222,7 @@ def check_columns(
       With `freivalds` (n, q): J @ freivalds accumulated over the tiles, (m, q) float64; else None.
     """
     k = p.tile_size(p.m, len(coords))
-    host = _onhost_stats(len(coords) * p.m)
+    host = _on_host(len(coords) * p.m)
     jv = None if freivalds is None else _Accumulate(host, (p.m, freivalds.shape[1]))
     col_map = np.arange(p.m)
     tiles = Tiles(p, host, leaf_max)
@@ -277,7 +277,7 @@ class _Accumulate:
 def columns_leaf_max(p: Problem, coords: np.ndarray, kernel: Callable) -> np.ndarray:
     """Max |J[j, i]| over each input leaf's coordinates among `coords` (L_in, m), from analytic columns."""
     k = p.tile_size(p.m, len(coords))
-    acc = _Accumulate(_onhost_stats(len(coords) * p.m), (p.n_in, p.m))
+    acc = _Accumulate(_on_host(len(coords) * p.m), (p.n_in, p.m))
     for c, valid in _padded_chunks(np.asarray(coords, np.int64), k):
         acc.add_leaf_max(
             p.call_analytic(kernel, c), np.where(np.arange(k) < valid, p.in_ids[c], -1), p.n_in
@@ -315,7 +315,7 @@ def rows_prepass(p: Problem, V: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     jv = np.zeros((p.m, V.shape[1]))
     ajv = np.zeros((p.m, V.shape[1]))
     pending = []
-    host = _onhost_stats(p.n * p.m)
+    host = _on_host(p.n * p.m)
     for rows, valid in _padded_chunks(np.arange(p.m), r):
         J = p.call_analytic(jk.vjp_rows, rows)
         if host:
@@ -335,7 +335,7 @@ def check_rows(p: Problem, coords: np.ndarray, rows_all: np.ndarray, acc: BlockA
     """Rows plan: VJP rows in chunks of r outputs; finite differences re-run for each chunk."""
     r = min(p.row_size(), rows_all.size)
     k = p.tile_size(r, len(coords))
-    host = _onhost_stats(len(coords) * rows_all.size)
+    host = _on_host(len(coords) * rows_all.size)
     for rows, valid_rows in _padded_chunks(np.asarray(rows_all, np.int64), r):
         J = p.call_analytic(jk.vjp_rows, rows)  # (r, n)
         rows64 = Once(lambda rows=rows: p.call_analytic64(jk.vjp_rows, rows))

@@ -104,7 +104,7 @@ class Tiles:
             if self.rows is not None:
                 values = values[..., self.rows]
             with np.errstate(all="ignore"):
-                return jk.tile_statshost_stats(
+                return jk.tile_stats_host(
                     values, self.f0.astype(dtype), points.astype(dtype), p.ev.theta[c].astype(dtype), np.asarray(analytic),
                     self.floor_in[c], self.out_scale, np.asarray(self.leaf_max), p.in_ids[c], self.out_ids, dtype(p.tol.rtol),
                     dtype(p.tol.safety), dtype(p.user_atol), p.n_out, self.out_slices,
