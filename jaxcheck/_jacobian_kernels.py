@@ -398,7 +398,11 @@ def _tile_stats(
     atol = floor_in[:, None].astype(dtype) * out_scale[None, :].astype(dtype) + rtol * leaf_max[
         in_ids
     ].astype(dtype)
-    atol = xp.where(user_atol >= 0, user_atol, atol)
+    # No tolerance below the smallest normal number of the analytic side's dtype: values
+    # beneath it are subnormal or flushed to zero (issue 10 item 6).
+    atol = xp.where(
+        user_atol >= 0, user_atol, xp.maximum(atol, float(jnp.finfo(analytic.dtype).tiny))
+    )
     asm = assess(est, a, rtol, atol, safety)
     noisy = xp.zeros(a.shape, bool)
     if scale is not None and values.ndim == 3:

@@ -117,7 +117,9 @@ class Prober:
             sl = slice(leaf.offset, leaf.offset + leaf.size)
             f0 = p.ev.f0[sl]
             rms = float(np.sqrt(np.mean(np.square(f0)))) if p.m > 1 else 1.0
-            scale = rms if rms > 0 and np.isfinite(rms) else 1.0
+            # Cotangents of size 1 / rms, unless that overflows (outputs below the smallest
+            # normal float32, e.g. erfc(10)).
+            scale = rms if np.isfinite(rms) and rms >= np.finfo(U.dtype).tiny else 1.0
             z = (
                 _cotangent_block(p.seed, leaf.path, self.Pu, leaf.size)
                 if p.m > 1
@@ -212,6 +214,7 @@ class Prober:
             atol += p.tol.rtol * np.sqrt(
                 _group_mean(np.square(W) @ np.square(U64.T), d_groups, axis=0)
             )
+        atol = np.maximum(atol, float(jnp.finfo(p.tol_dtype).tiny))  # issue 10 item 6
         if p.tol.atol is not None:
             atol = p.tol.atol * norms[:, None] * np.linalg.norm(U64, axis=1)[None, :]
         parts = [

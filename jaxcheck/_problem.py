@@ -22,6 +22,7 @@ import numpy as np
 from . import _finite_diff as fd
 from . import _jacobian_kernels as jk
 from . import _noise, _precision, _tolerance
+from . import _stencil as st
 from ._devices import resolve_devices
 from ._engine import Evaluator, batching_problem, widen
 from ._flatten import (
@@ -205,8 +206,16 @@ class Problem:
     @ft.cached_property
     def noise_floor(self) -> np.ndarray:
         """(m,) the least rounding noise of one value of each output, from f's measured noise
-        (`Evaluator.noise`, `_noise.floor`): the stencil's noise term is at least this."""
-        return _noise.floor(self.ev.noise)
+        (`Evaluator.noise`, `_noise.floor`): the stencil's noise term is at least this. A
+        native reference also rounds at the outputs' subnormal spacing, which no relative
+        measure sees (float16 outputs of 1e-6 move in steps of 6e-8)."""
+        floor = _noise.floor(self.ev.noise)
+        if self.ev.reference.x64:
+            return floor
+        spacing = np.concatenate(
+            [np.full(o.size, float(jnp.finfo(o.dtype).smallest_subnormal)) for o in self.outs]
+        )
+        return np.maximum(floor, st.NOISE_ULPS * spacing) if spacing.size else floor
 
     @ft.cached_property
     def native_noise(self) -> np.ndarray:

@@ -169,7 +169,8 @@ def compare_chunk(
     a = analytic.astype(dtype)
     leaf = tables["leaf_of_color"][xp.maximum(chunk, 0)]  # (kc,): every colour in one leaf
     atol = floor * consts["out_scale"][None, :] + rtol * consts["leaf_max"][leaf]
-    atol = xp.where(user_atol >= 0, user_atol, atol).astype(dtype)
+    tiny = float(jnp.finfo(analytic.dtype).tiny)  # no tolerance below it (issue 10 item 6)
+    atol = xp.where(user_atol >= 0, user_atol, xp.maximum(atol, tiny)).astype(dtype)
     noisy = xp.zeros(entry.shape, bool)
     if n_steps == 1:
         noise_bound = st.noise_bound if xp is jnp else st.noise_bound_host

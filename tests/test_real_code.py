@@ -273,6 +273,29 @@ def test_item6_erfc_underflow_float32():
     assert result.leaves[0].worst_tolerance >= float(jnp.finfo(jnp.float32).tiny)
 
 
+@pytest.mark.parametrize(
+    "check, options",
+    [
+        (jaxcheck.check_jvp, {}),
+        (jaxcheck.check_vjp, {"sparse": True}),
+        (jaxcheck.check_vjp, {"sparse": False}),
+        (jaxcheck.check_vjp, {"mode": "probe"}),
+        (jaxcheck.check_jvp, {"mode": "probe"}),
+    ],
+    ids=["jvp", "vjp-sparse", "vjp-dense", "vjp-probe", "jvp-probe"],
+)
+def test_item6_erfc_underflow_float32_jacobian(check, options):
+    # JAX's testOpGradSpecialValue at erfc(10.) (a Python float, so float32): the float64
+    # reference sees -4.2e-44, the float32 analytic side flushes it to -0. No Jacobian
+    # tolerance may sit below float32's smallest normal number; the probes' cotangents
+    # (1 / rms of f, here 1 / 2e-45) must not overflow.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = check(lax.erfc, (jnp.full((3,), 10.0),), **options)
+    assert result.status == "passed", str(result)
+    assert check(lax.erfc, (10.0,)).status == "passed"
+
+
 # ----------------------------------------------------------------------------
 # Item 7: a tiny leaf's zeroed gradient beside a large leaf.
 
