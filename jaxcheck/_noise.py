@@ -74,9 +74,8 @@ def measure(values: np.ndarray, directions: np.ndarray, scales: np.ndarray) -> M
       (2 s |v / scales|), s = SECANT_STEP, which is about |df/dx_i| * scale_i for an f that
       changes like that along every coordinate (0 where not finite).
     """
-    values = np.asarray(values, np.float64)
     noise = estimate(values[:, :NOISE_POINTS])
-    center = values[:, NOISE_POINTS // 2]
+    center = np.asarray(values[:, NOISE_POINTS // 2], np.float64)
     change = np.abs(values[:, -2] - center) + np.abs(values[:, -1] - center)
     length = np.linalg.norm(directions / scales, axis=1)[:, None]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -84,6 +83,10 @@ def measure(values: np.ndarray, directions: np.ndarray, scales: np.ndarray) -> M
         ok = np.isfinite(slope)
         secant = np.sqrt(np.sum(np.where(ok, slope, 0.0) ** 2, axis=0) / np.maximum(ok.sum(0), 1))
     return Measurement(noise, np.where(np.isfinite(secant), secant, 0.0))
+
+
+# `estimate` works through this many outputs at a time (its temporaries stay small).
+COLUMNS_PER_PASS = 2**16
 
 
 def _gamma(k: int) -> float:
@@ -99,8 +102,14 @@ def estimate(values: np.ndarray) -> np.ndarray:
     Returns:
       (m,) float64, the pooled ECnoise estimate; 0 where no row is finite.
     """
+    m = values.shape[2]
+    if m > COLUMNS_PER_PASS:  # bounded temporaries: a few copies of one slice at a time
+        parts = [
+            estimate(values[:, :, start : start + COLUMNS_PER_PASS])
+            for start in range(0, m, COLUMNS_PER_PASS)
+        ]
+        return np.concatenate(parts)
     values = np.asarray(values, np.float64)
-    rows, _, m = values.shape
     total = np.zeros(m)
     count = np.zeros(m)
     finite_rows = np.all(np.isfinite(values), axis=1)  # (rows, m)

@@ -158,7 +158,7 @@ def test_item2_wrong_log_ndtr_rule_still_fails_after_the_larger_steps(low, high,
         return jss.log_ndtr(x), t * slope * jnp.where(wrong, 1 + error, 1.0)
 
     with jax.enable_x64(True):
-        x = jnp.linspace(-19.5, 10.0, 256)
+        x = jnp.linspace(-19.5, 10.0, 96)
         for sparse in (True, False):
             result = jaxcheck.check_vjp(log_ndtr, (x,), sparse=sparse)
             assert result.status == "failed", str(result)
