@@ -15,6 +15,8 @@ from typing import Any
 
 import jax
 
+from ._engine import first_line
+
 TRACER_ERRORS = (
     jax.errors.TracerBoolConversionError,
     jax.errors.ConcretizationTypeError,
@@ -24,11 +26,6 @@ TRACER_ERRORS = (
 _WHILE_REVERSE = "Reverse-mode differentiation does not work for lax.while_loop"
 _BWD_RULE = "Custom VJP bwd rule must produce"
 _JVP_OF_CUSTOM_VJP = "can't apply forward-mode autodiff (jvp) to a custom_vjp function"
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _custom_vjp_sites(jaxpr: Any) -> Iterator[tuple[str, int]]:
@@ -129,7 +126,7 @@ def explained(entry: str, f: Callable, args: tuple) -> Iterator[None]:
             "`jax.vmap` and autodiff, where array values are abstract tracers, so f's Python "
             "control flow must not depend on them. Replace a Python `if`/`while`/`bool()`/"
             "`float()` on an array value by `jnp.where`, `lax.cond` or `lax.while_loop`. "
-            f"(JAX: {_first_line(error)})"
+            f"(JAX: {first_line(error)})"
         )
         new.jax_error = error  # type: ignore[attr-defined]
         raise new from None

@@ -74,7 +74,7 @@ def _leaf_eval_dtype(dtype: np.dtype, x64: bool) -> np.dtype:
     )
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"
 
@@ -204,7 +204,7 @@ class Evaluator:
         now on. f that places its own computation (a `shard_map` or `jit` on a mesh or device of
         its own) cannot run inside the `shard_map` of `map_over_devices`, where it runs fine on
         one device; an f that fails there too reports its own error then."""
-        self.unsharded = _first_line(error)
+        self.unsharded = first_line(error)
         self.devices = tuple(sorted(self.theta_device.devices(), key=lambda d: d.id))[:1]
         self.on_devices = False
 
@@ -257,7 +257,7 @@ class Evaluator:
                     return f"with float64 inputs f returns {out.dtype} (it casts internally)"
                 value, probe = self._probe_float64(spec, theta, self._dynamic64)
         except Exception as error:  # noqa: BLE001 - any failure means: do not use float64
-            return f"evaluating f in float64 failed ({_first_line(error)})"
+            return f"evaluating f in float64 failed ({first_line(error)})"
         native_value = np.asarray(native_value, np.float64).ravel()
         if value.shape != native_value.shape:
             return (
@@ -721,7 +721,7 @@ def batching_problem(
     try:
         trace()
     except NotImplementedError as error:
-        return _first_line(error)
+        return first_line(error)
     except Exception as error:  # noqa: BLE001 - a batching problem only if f works unbatched
         if unbatched is None:
             return None
@@ -729,7 +729,7 @@ def batching_problem(
             unbatched()
         except Exception:  # noqa: BLE001 - f fails without vmap too: its evaluation reports it
             return None
-        return _first_line(error)
+        return first_line(error)
     return None
 
 

@@ -24,7 +24,7 @@ from . import _jacobian_kernels as jk
 from . import _noise, _precision, _tolerance
 from . import _stencil as st
 from ._devices import resolve_devices
-from ._engine import Evaluator, batching_problem, widen
+from ._engine import Evaluator, batching_problem, first_line, widen
 from ._flatten import (
     ArgLayout,
     SkippedLeaf,
@@ -161,6 +161,8 @@ class Problem:
     start: float = dataclasses.field(default_factory=time.perf_counter)
     analytic_unbatchable: str | None = None
     grown_steps: int = 0  # coordinates whose step grew where rounding noise dominated
+    # Why the jitted analytic kernels could not run (then op by op), or None.
+    analytic_unjitted: str | None = None
 
     def __post_init__(self) -> None:
         # Device copies once, so the analytic kernels do not transfer the arguments on every call.
@@ -319,6 +321,11 @@ class Problem:
         for note in (self.ev.sequential_note(), self.ev.devices_note()):
             if note:
                 out.append(note)
+        if self.analytic_unjitted:
+            out.append(
+                f"the derivative of f cannot run inside jaxcheck's jitted kernels "
+                f"({self.analytic_unjitted}): computed op by op; f may place its own computation"
+            )
         if self.analytic_unbatchable:
             what = "VJP" if self.kind == "vjp" else "JVP"
             out.append(
@@ -379,16 +386,23 @@ class Problem:
         return int(max(1, min(ROW_ENTRIES // max(1, self.n), MAX_TILE, self.m)))
 
     def call_analytic(self, kernel: Callable, index: np.ndarray) -> jax.Array:
-        """An analytic Jacobian kernel of `_jacobian_kernels` at this point."""
-        kernel = self.ev.kernel(kernel)
-        return kernel(
-            self.sel,
-            self.layout,
-            self.outs,
-            self.diff_values,
-            self.dynamic,
-            jnp.asarray(index, jnp.int32),
-        )
+        """An analytic Jacobian kernel of `_jacobian_kernels` at this point.
+
+        An f that places its own computation (`jax.device_put` to other devices, a jit on a
+        mesh of its own) can fail inside jaxcheck's jitted kernel where it runs op by op;
+        then the kernels run op by op from here on (`analytic_unjitted`, in the notes). An
+        f that fails op by op too raises its own error.
+        """
+        args = (self.sel, self.layout, self.outs, self.diff_values, self.dynamic)
+        index = jnp.asarray(index, jnp.int32)
+        if self.ev.eager or self.analytic_unjitted is not None:
+            return kernel.__wrapped__(*args, index)
+        try:
+            return kernel(*args, index)
+        except Exception as error:  # noqa: BLE001 - retried op by op; a real error recurs there
+            value = kernel.__wrapped__(*args, index)
+            self.analytic_unjitted = first_line(error)
+            return value
 
 
 # ----------------------------------------------------------------------------------

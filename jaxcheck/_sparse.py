@@ -40,6 +40,7 @@ from . import _sparse_checks as checks
 from . import _stencil as st
 from ._coloring import color_by_leaf
 from ._devices import map_over_devices
+from ._engine import first_line
 from ._finite_diff import STENCIL
 from ._flatten import call_flat
 from ._jacobian_full import BlockAccumulator, transposable
@@ -169,12 +170,15 @@ def run_sparse(
     run = _Run(p, plan, points, direction, val_cols)
     try:
         analytic = run.analytic_pass(u)
-    except Exception:
+    except Exception as error:  # noqa: BLE001 - the dense plan runs f its own way
         # Only then ask why (a trace of its own): a bwd rule that cannot be transposed.
         why = transposable(p) if p.kind == "vjp" else None
-        if why is None:
-            raise
-        return _dense(f"the VJP cannot be transposed ({why})", **info)
+        if why is not None:
+            return _dense(f"the VJP cannot be transposed ({why})", **info)
+        # f that places its own computation (a jit on a mesh of its own) cannot run inside
+        # the passes' map over devices; the dense plan evaluates it where it can, and an f
+        # that fails everywhere reports its own error there.
+        return _dense(f"the sparse passes failed ({first_line(error)})", **info)
     if p.kind == "vjp":
         why = checks.vjp_problem(p, plan, u, analytic)
         if why is not None:

@@ -140,6 +140,29 @@ def summary(result, sharded_calls: list | None = None) -> dict:
     }
 
 
+def own_placement() -> dict:
+    """check_jvp/check_vjp of an f that moves its data to devices of its own (JAX's
+    pjit_test test_device_put_grad): arguments on devices 0-1, f computing on 2-3."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import jaxcheck
+
+    here = jax.sharding.Mesh(jax.devices()[:2], "x")
+    there = jax.sharding.Mesh(jax.devices()[2:4], "x")
+
+    def moves(v):
+        y = jax.jit(lambda t: t**2)(v)
+        return jax.jit(lambda t: t * 3)(jax.device_put(y, NamedSharding(there, P("x"))))
+
+    x = jax.device_put(np.arange(1.0, 5.0, dtype=np.float32), NamedSharding(here, P("x")))
+    out = {}
+    for check in (jaxcheck.check_jvp, jaxcheck.check_vjp):
+        r = check(moves, (x,), mode="full", sparse=False)
+        out[check.__name__] = {"status": r.status, "notes": list(r.notes)}
+    return out
+
+
 def local() -> dict:
     import jaxcheck
     import jaxcheck._engine as engine
@@ -183,6 +206,7 @@ def local() -> dict:
     sharded_calls.clear()
     last = jaxcheck.check_grad(loss, args, devices=jax.devices()[3:], mode="full")
     out["last"] = summary(last, sharded_calls)
+    out["own_placement"] = own_placement()
 
     traces = []
 

@@ -226,6 +226,17 @@ def test_one_other_device_runs_there(local):
     assert re.fullmatch(r"  mode full, seed 0, \d+ evaluations, [0-9.]+ s", last["footer"])
 
 
+@pytest.mark.parametrize("check", ["check_jvp", "check_vjp"])
+def test_f_placing_its_own_computation_is_checked_with_notes(local, check):
+    # Crashed before ("Received incompatible devices for jitted computation"): the finite
+    # differences leave the devices, the analytic kernels run op by op; both say so.
+    found = local["own_placement"][check]
+    assert found["status"] == "passed", found
+    notes = " | ".join(found["notes"])
+    assert "f cannot be evaluated spread over the devices" in notes
+    assert "cannot run inside jaxcheck's jitted kernels" in notes
+
+
 def test_sharded_map_pads_strips_and_traces_once(local):
     m = local["map"]
     assert m["traces"] == 1  # a second call with the same shapes reuses the program
