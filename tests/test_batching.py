@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import assert_one_sequential_note
 
 import jaxcheck
 from jaxcheck import _engine
@@ -45,12 +46,7 @@ def test_check_grad_of_a_callback_rule(bug):
     rule = _callback_sin(bug)
     result = jaxcheck.check_grad(lambda x: jnp.sum(rule(x)), (X,), locate_rules=False)
     assert result.status == ("failed" if bug else "passed"), str(result)
-    (note,) = result.notes
-    assert note.startswith(SEQUENTIAL)
-    assert note.endswith(
-        f"evaluated sequentially (jax.lax.map), {result.n_evaluations} evaluations one at a time"
-    )
-    assert f"  note: {note}" in str(result).splitlines()
+    assert_one_sequential_note(result, SEQUENTIAL)
     if bug:
         assert result.failed_leaves[0].path == "args[0]"
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import assert_one_sequential_note
 
 import jaxcheck
 from jaxcheck import _engine
@@ -103,12 +104,7 @@ def test_check_grad_falls_back_to_sequential(bug):
     sin = _unbatchable_sin(bug)
     result = jaxcheck.check_grad(lambda x: jnp.sum(sin(x)), (X,))
     assert result.status == ("failed" if bug else "passed"), str(result)
-    (note,) = result.notes
-    assert note.startswith(RULE_RAISES)
-    assert note.endswith(
-        f"evaluated sequentially (jax.lax.map), {result.n_evaluations} evaluations one at a time"
-    )
-    assert f"  note: {note}" in str(result).splitlines()
+    assert_one_sequential_note(result, RULE_RAISES)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _mutants import vjp_mutant
+from _helpers import vjp_mutant
 
 import jaxcheck
 from jaxcheck import _jacobian_full, _precision

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import jax.scipy.special as jss
 import numpy as np
 import pytest
-from _mutants import vjp_mutant
+from _helpers import vjp_mutant
 from jax import lax
 
 import jaxcheck

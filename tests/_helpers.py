@@ -1,4 +1,4 @@
-"""Deliberately wrong derivative rules for the tests: JAX's own VJP, scaled."""
+"""Helpers shared by test modules: deliberately wrong rules, report assertions."""
 
 from collections.abc import Callable
 
@@ -31,3 +31,14 @@ def vjp_mutant(fn: Callable, factor: float | Callable, index: int | None = None)
 
     wrapped.defvjp(fwd, bwd)
     return wrapped
+
+
+def assert_one_sequential_note(result, starts: str) -> None:
+    """`result` has one note, starting with `starts`, that counts its evaluations done one at
+    a time, and the report shows it."""
+    (note,) = result.notes
+    assert note.startswith(starts), note
+    assert note.endswith(
+        f"evaluated sequentially (jax.lax.map), {result.n_evaluations} evaluations one at a time"
+    ), note
+    assert f"  note: {note}" in str(result).splitlines()
