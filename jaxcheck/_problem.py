@@ -390,18 +390,33 @@ class Problem:
 
         An f that places its own computation (`jax.device_put` to other devices, a jit on a
         mesh of its own) can fail inside jaxcheck's jitted kernel where it runs op by op;
-        then the kernels run op by op from here on (`analytic_unjitted`, in the notes). An
-        f that fails op by op too raises its own error.
+        then the kernels run op by op from here on (`analytic_unjitted`, in the notes). If
+        the batched products fail when they run (f shards data along an axis the batch
+        makes too small), they are computed one at a time from here on
+        (`analytic_unbatchable`). An f that fails one at a time too raises its own error.
         """
-        args = (self.sel, self.layout, self.outs, self.diff_values, self.dynamic)
         index = jnp.asarray(index, jnp.int32)
-        if self.ev.eager or self.analytic_unjitted is not None:
-            return kernel.__wrapped__(*args, index)
+
+        def run(fn: Callable) -> jax.Array:
+            return fn(self.sel, self.layout, self.outs, self.diff_values, self.dynamic, index)
+
+        if not (self.ev.eager or self.analytic_unjitted):
+            try:
+                return run(kernel)
+            except Exception as error:  # noqa: BLE001 - retried op by op; a real error recurs
+                self.analytic_unjitted = first_line(error)
         try:
-            return kernel(*args, index)
-        except Exception as error:  # noqa: BLE001 - retried op by op; a real error recurs there
-            value = kernel.__wrapped__(*args, index)
-            self.analytic_unjitted = first_line(error)
+            return run(kernel.__wrapped__)
+        except Exception as error:
+            if self.sel.sequential:
+                raise
+            self.sel = dataclasses.replace(self.sel, sequential=True)
+            try:
+                value = run(kernel.__wrapped__)
+            except Exception:  # noqa: BLE001 - f's own error, as first raised
+                self.sel = dataclasses.replace(self.sel, sequential=False)
+                raise error from None
+            self.analytic_unbatchable = first_line(error)
             return value
 
 
