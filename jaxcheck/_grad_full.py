@@ -121,7 +121,7 @@ def refine_steps(
     ev = p.ev
     if p.eps is not None:  # the user chose the step
         return est
-    eps = _eps(p, coords)[:, 0]
+    eps = _eps(p, coords)  # (k, 1): one per coordinate, beside its (k, 1) estimates
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         bound = st.noise_bound_host(
             est,
@@ -150,7 +150,7 @@ def refine_steps(
         values, points = ev.stencil_subset(chosen, h, p.batch_size)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             candidates.append(
-                st.combine_host(values, ev.f0, points, ev.theta[chosen], eps[rows, None], noise)
+                st.combine_host(values, ev.f0, points, ev.theta[chosen], eps[rows], noise)
             )
         steps.append(h)
     best, which = st.best_of_host(candidates)

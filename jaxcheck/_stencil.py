@@ -264,7 +264,8 @@ def _noise_bound(
     Args:
       est: `Estimates` (b, m); d1: (b,) the distance between the points at +-h; scale:
         (b,) the coordinates' scales (or both (b, m): each entry its own coordinate, as
-        in the sparse plan's slots); eps: machine epsilon of the evaluation dtype.
+        in the sparse plan's slots); eps: machine epsilon of the evaluation dtype, scalar
+        or (b, 1).
       rtol, atol: The analytic side's allowance (scalar and scalar or (b, m)).
 
     Returns:
