@@ -201,10 +201,8 @@ class Retake:
         a64 = np.asarray(a64, np.float64)
         rows, leaves = np.nonzero(first["code"] == st.FAIL)
         j = first["j"][rows, leaves].astype(np.int64)  # tile columns
-        candidate = a64[rows, j]
         outputs = j if self.tiles.rows is None else self.tiles.rows[j]
-        allowance = _precision.allowance(candidate, p.native_noise[outputs], p.scales[self.c[rows]])
         a, num, tol = (first[k][rows, leaves] for k in ("a", "num", "tol"))
-        with np.errstate(invalid="ignore"):
-            could = (np.abs(candidate - num) <= tol) & (np.abs(a - candidate) <= allowance)
+        noise, scale = p.native_noise[outputs], p.scales[self.c[rows]]
+        could = _precision.may_be_rounding(a, num, tol, a64[rows, j], noise, scale)
         return a64 if np.any(could) else None

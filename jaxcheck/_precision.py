@@ -56,6 +56,20 @@ def allowance(analytic64, noise, scale, xp=np):
     return xp.maximum(PRECISION_LOSS_MAX * xp.abs(analytic64), NOISE_FACTOR * noise / scale)
 
 
+def may_be_rounding(analytic, numeric, tolerance, analytic64, noise, scale) -> np.ndarray:
+    """Host: which failing entries may be rounding of a right formula: the float64 analytic
+    value is within the entry's tolerance of the reference, and the native one within
+    `allowance` of the float64 one (broadcast together).
+
+    Args:
+      analytic, numeric, tolerance: The failing entries as first compared.
+      analytic64: Their float64 analytic values; noise, scale: as for `allowance`.
+    """
+    near = allowance(analytic64, noise, scale)
+    with np.errstate(invalid="ignore"):
+        return (np.abs(analytic64 - numeric) <= tolerance) & (np.abs(analytic - analytic64) <= near)
+
+
 def digits_lost(analytic, analytic64, eps: float, xp=np):
     """Decimal digits a native value loses against the float64 one, with `eps` the native
     dtype's machine epsilon (all of them when the float64 value is zero or the native one

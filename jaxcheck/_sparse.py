@@ -219,15 +219,21 @@ def run_sparse(
     return acc, source, summary
 
 
+def _failing(found: dict) -> dict:
+    """The failing ones among the worst entries kept per block (`cand`), field by field."""
+    cand = {name: np.asarray(v).ravel() for name, v in found["cand"].items()}
+    failing = (cand["key"] >= 0) & (cand["code"] == st.FAIL)
+    return {name: v[failing] for name, v in cand.items()}
+
+
 def _in_doubt(found: dict) -> bool:
     """Whether some slot is noise-bound (`_stencil.noise_bound`) or one of the worst entries
     fails narrowly (`_stencil.near_miss`)."""
     sums = found["sums"].reshape(-1, len(SUM_NAMES))
     if np.any(sums[:, SUM_NAMES.index("n_noisy")] > 0):
         return True
-    cand = {name: np.asarray(v).ravel() for name, v in found["cand"].items()}
-    failing = (cand["key"] >= 0) & (cand["code"] == st.FAIL)
-    return bool(np.any(failing & st.near_miss(cand["a"], cand["num"])))
+    failing = _failing(found)
+    return bool(np.any(st.near_miss(failing["a"], failing["num"])))
 
 
 def _rescue_needed(p: Problem, found: dict) -> str | None:
@@ -238,18 +244,15 @@ def _rescue_needed(p: Problem, found: dict) -> str | None:
     sums = found["sums"].reshape(-1, len(SUM_NAMES))
     if not p.precision_applies or not sums[:, SUM_NAMES.index("n_failed")].any():
         return None
-    cand = {name: np.asarray(v).ravel() for name, v in found["cand"].items()}
-    failing = (cand["key"] >= 0) & (cand["code"] == st.FAIL)
-    cols, rows = cand["col"][failing].astype(np.int64), cand["row"][failing].astype(np.int64)
+    failing = _failing(found)
+    cols, rows = failing["col"].astype(np.int64), failing["row"].astype(np.int64)
     kernel = jk.jvp_columns if p.kind == "jvp" else jk.vjp_columns
     a64 = p.call_analytic64(kernel, cols)
     if a64 is None:
         return None
-    candidate = np.asarray(a64, np.float64)[np.arange(cols.size), rows]
-    allowance = _precision.allowance(candidate, p.native_noise[rows], p.scales[cols])
-    a, num, tol = (cand[name][failing] for name in ("a", "num", "tol"))
-    with np.errstate(invalid="ignore"):
-        could = (np.abs(candidate - num) <= tol) & (np.abs(a - candidate) <= allowance)
+    a64 = np.asarray(a64, np.float64)[np.arange(cols.size), rows]
+    a, num, tol = failing["a"], failing["num"], failing["tol"]
+    could = _precision.may_be_rounding(a, num, tol, a64, p.native_noise[rows], p.scales[cols])
     if not np.any(could):
         return None
     return (
