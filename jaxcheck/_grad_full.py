@@ -199,7 +199,7 @@ def two_point_estimates(p: Problem) -> tuple[st.Estimates, np.ndarray, int]:
         undecided = ~(np.abs(p.analytic - numeric) <= tolerance)  # True for NaN/Inf
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             undecided |= st.noise_bound_host(  # a larger step would tighten these
-                est, 2 * p.h, p.scales, _eps(p, coords)[:, 0], tol.rtol, atol[:, None], tol.safety
+                est, 2 * p.h, p.scales, _eps(p, coords), tol.rtol, atol[:, None], tol.safety
             )[:, 0]
         undecided[sample] = False  # these have all four points already
         rest = np.flatnonzero(undecided)
