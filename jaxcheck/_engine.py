@@ -38,9 +38,6 @@ REFERENCES = ("auto", "float64", "native")
 # and one stencil pass over every coordinate stays within EAGER_BUDGET_BYTES.
 EAGER_MAX_COORDINATES = 512
 EAGER_BUDGET_BYTES = 64 * 2**20
-# A stencil at a subset of coordinates (`stencil_subset`) is padded to all n coordinates up
-# to this n: the same shapes as the full pass, so nothing is traced or compiled again.
-SUBSET_PAD_FULL = 2048
 # Steps (relative to each coordinate's scale) of the evidence kernel: the float64 probe,
 # the Taylor test and the step sweep all use this grid, so they share one compilation.
 EVIDENCE_STEPS = 10.0 ** -np.arange(1.0, 10.5, 0.5)  # 1e-1 ... 1e-10, half decades
@@ -507,9 +504,10 @@ class Evaluator:
         batch_size: int | None = None,
         offsets: tuple[int, ...] = fd.STENCIL,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """`stencil` at a few coordinates, padded (with copies of the first) to shapes a pass
-        over all n coordinates uses: to n while n <= SUBSET_PAD_FULL (so a second look
-        compiles nothing new), else to the next power of two (few shapes).
+        """`stencil` at a few coordinates, chunk by chunk in one shape: the batch of a pass over
+        every coordinate (the last chunk padded with copies of its first coordinate). However
+        many coordinates a second look takes, it compiles at most one kernel per offset count
+        and computes at most one batch more than it needs. Op by op (eager), one chunk of n.
 
         Returns:
           Host (k, K, m) float64 values and the (k, K) points.
@@ -517,17 +515,31 @@ class Evaluator:
         k = coords.size
         if k == 0:
             return np.zeros((0, len(offsets), self.f0.size)), np.zeros((0, len(offsets)))
-        size = self.n if self.n <= SUBSET_PAD_FULL else int(2 ** int(np.ceil(np.log2(k))))
-        pad = max(0, size - k)
-        values, points = self.stencil(
-            np.concatenate([coords, np.repeat(coords[:1], pad)]),
-            np.concatenate([h, np.repeat(h[:1], pad)]),
-            batch_size,
-            None,
-            offsets,
+        # Op by op (eager), one chunk of all n: JAX caches each primitive per shape, so the
+        # shapes of the pass over every coordinate compile nothing new.
+        batch = (
+            (batch_size or self.n)
+            if self.eager
+            else batch_size or self.auto_batch_size(len(offsets))
         )
-        self.n_evaluations -= pad * len(offsets)  # padding is not counted as work done
-        return np.asarray(jax.device_get(values), np.float64)[:k], points[:k]
+        batch = int(max(1, min(batch, self.n)))
+        outs, points = [], []
+        for start in range(0, k, batch):
+            c, step = coords[start : start + batch], h[start : start + batch]
+            pad = batch - c.size
+            values, at = self.stencil(
+                np.concatenate([c, np.repeat(c[:1], pad)]),
+                np.concatenate([step, np.repeat(step[:1], pad)]),
+                batch,
+                None,
+                offsets,
+            )
+            self.n_evaluations -= pad * len(offsets)  # padding is not counted as work done
+            outs.append(values)
+            points.append(at[: c.size])
+        values = [np.asarray(v, np.float64) for v in jax.device_get(outs)]
+        values[-1] = values[-1][: k - (len(outs) - 1) * batch]
+        return np.concatenate(values), np.concatenate(points)
 
     def _eager_stencil(
         self,

@@ -8,16 +8,20 @@ point.
 Two points decide most coordinates. Above TWO_POINT_MIN coordinates the check runs in
 passes, so that a correct gradient costs about 2n evaluations, not 4n:
 
-  1. f(x +- h e_i) for every coordinate: the central difference D1_i.
-  2. f(x +- 2h e_i) for a calibration sample (CALIBRATION coordinates, evenly spaced): the
-     full 4-point stencil there measures f's rounding noise (fourth differences).
+  1. The 4-point stencil (+-h, +-2h) at a calibration sample (`calibration_sample`:
+     CALIBRATION coordinates evenly spaced, and the first of every leaf) measures f's
+     rounding noise (fourth differences), and the sample searches the ladder of steps
+     (`_steps.search`). Each leaf's other coordinates start on the rung that at least half of
+     its sample kept (`_steps.calibrated_rungs`): h where f's rounding permits, 16 h or
+     256 h where it bounds the estimate at h (a sum of many terms).
+  2. f(x +- h e_i) for every other coordinate, at that step: the central difference D1_i.
   3. A coordinate is decided by D1 alone when |a_i - D1_i| <= safety * noise_i +
      rtol |D1_i| + atol_i: that is the 4-point tolerance without its truncation term,
      so it is tighter than the 4-point check, and an analytic value wrong by just the
      truncation error of D1 would be a coincidence. Every other coordinate (a mismatch,
      near the tolerance, NaN, a kink) gets +-2h as well and the full 4-point verdict:
-     Richardson extrapolation, truncation estimate, kink test, exactly as below the
-     threshold, where every coordinate gets all four points.
+     Richardson extrapolation, truncation estimate, kink test, and the search along its
+     ladder, exactly as below the threshold, where every coordinate gets all four points.
 """
 
 import time
@@ -27,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _precision, _summary, _tolerance
+from . import _precision, _steps, _summary, _tolerance
 from . import _stencil as st
 from ._finite_diff import STENCIL
 from ._problem import Problem
@@ -45,13 +49,6 @@ MEASURED_ULPS = 4.0  # least rounding allowed an analytic element, when measured
 # Multiplier on the measured rounding: probes sum it over many elements in quadrature, and
 # the sum of the actual errors may sit several of those standard deviations out.
 MEASURED_SAFETY = 8.0
-
-
-def _eps(p: Problem, coords: np.ndarray) -> np.ndarray:
-    """(k, 1) machine epsilon of the dtype each coordinate is evaluated in."""
-    ev = p.ev
-    eps = np.array([float(jnp.finfo(d).eps) for d in ev.real_dtypes])
-    return eps[ev.coord_dtype_codes[coords]][:, None]
 
 
 def _values(p: Problem, coords: np.ndarray, offsets: tuple[int, ...], progress=None) -> tuple:
@@ -82,7 +79,9 @@ def _estimates_and_noise(
         noise = p.noise_floor
         if measure_noise:
             noise = np.maximum(st.measured_noise_host(values, ev.f0), noise)
-        est = st.combine_host(values, ev.f0, points, ev.theta[coords], _eps(p, coords), noise)
+        est = st.combine_host(
+            values, ev.f0, points, ev.theta[coords], _steps.coordinate_eps(p, coords), noise
+        )
     return est, noise
 
 
@@ -96,76 +95,17 @@ def _two_point(
     d1 = xp - xm
     numeric = (fp - fm) / d1
     fscale = np.maximum(np.maximum(np.abs(fm), np.abs(fp)), np.abs(p.ev.f0)[None, :])
-    noise = np.maximum(st.NOISE_ULPS * _eps(p, coords) * fscale, noise_floor) / d1
+    noise = np.maximum(st.NOISE_ULPS * _steps.coordinate_eps(p, coords) * fscale, noise_floor) / d1
     return st.Estimates(numeric, noise, noise, np.broadcast_to(numeric, (4,) + numeric.shape))
 
 
-def refine_steps(
-    p: Problem, coords: np.ndarray, est: st.Estimates, atol: np.ndarray, noise: np.ndarray
-) -> st.Estimates:
-    """Larger steps where f's rounding noise bounds the 4-point estimate (`_stencil.noise_bound`)
-    or the estimate narrowly disagrees with the analytic gradient (`_stencil.near_miss`).
-
-    The default step balances truncation against rounding of a few ulps of |f| over a
-    coordinate's own scale. Where f's rounding is far larger than that (cancellation inside
-    f, a coordinate much smaller than the scale on which f varies, or a leaf whose effect on
-    f is tiny beside another leaf's), each such coordinate is evaluated again at larger steps
-    (`_tolerance.grown_steps`) and keeps the estimate with the smallest estimated error
-    (truncation + rounding). The steps kept are recorded in `p.h`; the coordinates
-    tried are counted in `p.grown_steps`.
-
-    Args:
-      coords: (k,) the coordinates of `est`; atol: (k,) their absolute allowances;
-      noise: (m,) the noise floor the estimates were combined with.
-    """
-    ev = p.ev
-    if p.eps is not None:  # the user chose the step
-        return est
-    eps = _eps(p, coords)  # (k, 1): one per coordinate, beside its (k, 1) estimates
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        bound = st.noise_bound_host(
-            est,
-            2 * p.h[coords],
-            p.scales[coords],
-            eps,
-            p.tol.rtol,
-            atol[:, None],
-            p.tol.safety,
-            p.analytic[coords, None],
-        )[:, 0]
-        # A narrowly failing first comparison gets the larger steps too (`_stencil.NEAR_MISS`).
-        num, a = est.numeric[:, 0], p.analytic[coords]
-        allowed = p.tol.safety * est.fd_error[:, 0] + p.tol.rtol * np.abs(num) + atol
-        failing = (np.abs(num - a) > allowed) & st.near_miss(a, num)
-    rows = np.flatnonzero(bound | failing)
-    if rows.size == 0:
-        return est
-    chosen = coords[rows]
-    candidates = [st.Estimates(*(x[..., rows, :] for x in est))]
-    steps = [p.h[chosen]]
-    grown = _tolerance.grown_steps(p.h[chosen], p.scales[chosen])
-    if not grown:  # already at the largest step allowed
-        return est
-    for h in grown:
-        values, points = ev.stencil_subset(chosen, h, p.batch_size)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            candidates.append(
-                st.combine_host(values, ev.f0, points, ev.theta[chosen], eps[rows], noise)
-            )
-        steps.append(h)
-    best, which = st.best_of_host(candidates)
-    which = which[:, 0]
-    p.h[chosen] = np.choose(which, steps)
-    p.grown_steps += int(rows.size)
-    return _merge(est, best, rows)
-
-
-def _merge(a: st.Estimates, b: st.Estimates, rows: np.ndarray) -> st.Estimates:
-    """`a` with its rows `rows` replaced by `b`."""
-    out = [np.array(x, np.float64, copy=True) for x in a]
-    out[3][:, rows] = b.slopes
-    for k in range(3):
-        out[k][rows] = b[k]
+def _assemble(n: int, parts: list[tuple[np.ndarray, st.Estimates]]) -> st.Estimates:
+    """Estimates (n, 1) from disjoint (rows, estimates) parts, later parts overwriting."""
+    out = [np.zeros((n, 1)), np.zeros((n, 1)), np.zeros((n, 1)), np.zeros((4, n, 1))]
+    for rows, est in parts:
+        out[3][:, rows] = est.slopes
+        for k in range(3):
+            out[k][rows] = est[k]
     return st.Estimates(*out)
 
 
@@ -176,45 +116,63 @@ def two_point_estimates(p: Problem) -> tuple[st.Estimates, np.ndarray, int]:
       (estimates (n, 1), atol (n,) per element, how many coordinates got four points).
     """
     ev, tol = p.ev, p.tol
-    coords = np.arange(p.n)
-    inner, inner_points = _values(p, coords, (-1, 1), p.progress)
-    sample = np.unique(np.linspace(0, p.n - 1, CALIBRATION).round().astype(np.int64))
-    outer, outer_points = _values(p, sample, (-2, 2))
-
-    def four(rows: np.ndarray, outer: np.ndarray, outer_points: np.ndarray) -> tuple:
-        values = np.stack([outer[:, 0], inner[rows, 0], inner[rows, 1], outer[:, 1]], axis=1)
-        points = np.stack(
-            [outer_points[:, 0], inner_points[rows, 0], inner_points[rows, 1], outer_points[:, 1]],
-            axis=1,
-        )
-        return values, points
-
+    sample = calibration_sample(p)
+    values, points = ev.stencil_subset(sample, p.h[sample], p.batch_size)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        values, points = four(sample, outer, outer_points)
         noise = np.maximum(st.measured_noise_host(values, ev.f0), p.noise_floor)
-        est = _two_point(p, inner, inner_points, coords, noise)
-        numeric = np.asarray(est.numeric, np.float64)[:, 0]
+        eps = _steps.coordinate_eps(p, sample)
+        sampled = st.combine_host(values, ev.f0, points, ev.theta[sample], eps, noise)
+    partial = np.full(p.n, np.nan)
+    partial[sample] = sampled.numeric[:, 0]
+    atol = element_atol(p, partial, p.tol_dtype)
+    sampled = _steps.search(p, sample, sampled, atol[sample], noise)
+    # Every other coordinate starts on the rung its leaf's sample chose.
+    start = _steps.calibrated_rungs(p, sample)
+    rest = np.setdiff1d(np.arange(p.n), sample)
+    rungs, _ = _steps.ladder(p, rest)
+    start_rest = start[rest]
+    p.h[rest] = np.choose(start_rest, rungs)
+    _note_calibration(p, start)
+    inner, inner_points = _values(p, rest, (-1, 1), p.progress)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        est = _two_point(p, inner, inner_points, rest, noise)
+        numeric = partial.copy()
+        numeric[rest] = est.numeric[:, 0]
         atol = element_atol(p, numeric, p.tol_dtype)
-        tolerance = tol.safety * est.fd_error[:, 0] + tol.rtol * np.abs(numeric) + atol
-        undecided = ~(np.abs(p.analytic - numeric) <= tolerance)  # True for NaN/Inf
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            undecided |= st.noise_bound_host(  # a larger step would tighten these
-                est, 2 * p.h, p.scales, _eps(p, coords), tol.rtol, atol[:, None], tol.safety
-            )[:, 0]
-        undecided[sample] = False  # these have all four points already
-        rest = np.flatnonzero(undecided)
-        four_point = np.union1d(sample, rest)
-        if rest.size:
-            more, more_points = _values(p, rest, (-2, 2))
-            outer = np.concatenate([outer, more])
-            outer_points = np.concatenate([outer_points, more_points])
-            order = np.argsort(np.concatenate([sample, rest]), kind="stable")
-            outer, outer_points = outer[order], outer_points[order]
-        values, points = four(four_point, outer, outer_points)
-        eps = _eps(p, four_point)
-        est4 = st.combine_host(values, ev.f0, points, ev.theta[four_point], eps, noise)
-    est4 = refine_steps(p, four_point, est4, atol[four_point], noise)
-    return _merge(est, est4, four_point), atol, int(four_point.size)
+        mine = atol[rest]
+        tolerance = tol.safety * est.fd_error[:, 0] + tol.rtol * np.abs(numeric[rest]) + mine
+        undecided = ~(np.abs(p.analytic[rest] - numeric[rest]) <= tolerance)  # True for NaN/Inf
+        eps = _steps.coordinate_eps(p, rest)
+    rows = np.flatnonzero(undecided)
+    four = rest[rows]
+    more, more_points = ev.stencil_subset(four, p.h[four], p.batch_size, (-2, 2))
+    values = np.stack([more[:, 0], inner[rows, 0], inner[rows, 1], more[:, 1]], axis=1)
+    points = np.stack(
+        [more_points[:, 0], inner_points[rows, 0], inner_points[rows, 1], more_points[:, 1]],
+        axis=1,
+    )
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        est4 = st.combine_host(values, ev.f0, points, ev.theta[four], eps[rows], noise)
+    est4 = _steps.search(p, four, est4, atol[four], noise, start_rest[rows])
+    merged = _assemble(p.n, [(rest, est), (four, est4), (sample, sampled)])
+    return merged, atol, int(sample.size + four.size)
+
+
+def calibration_sample(p: Problem) -> np.ndarray:
+    """CALIBRATION coordinates evenly spaced over theta, and the first of every leaf (each
+    leaf's steps are calibrated on its own sample, `_steps.calibrated_rungs`)."""
+    spread = np.linspace(0, p.n - 1, CALIBRATION).round().astype(np.int64)
+    firsts = [leaf.offset for leaf in p.layout.diff if leaf.size]
+    return np.unique(np.concatenate([spread, np.asarray(firsts, np.int64)]))
+
+
+def _note_calibration(p: Problem, start: np.ndarray) -> None:
+    """Records the leaves whose steps start above h (`Problem.calibrated_growth`)."""
+    for leaf in p.layout.diff:
+        sl = slice(leaf.offset, leaf.offset + leaf.size)
+        if leaf.size and np.any(start[sl] > 0):
+            growth = float(np.median(p.h[sl] / p.h_default[sl]))
+            p.calibrated_growth.append((leaf.path, growth))
 
 
 def element_atol(
@@ -421,7 +379,7 @@ def run(p: Problem) -> GradFindings:
     if p.n < TWO_POINT_MIN:
         est, noise = _estimates_and_noise(p, coords)
         atol = element_atol(p, np.asarray(est.numeric, np.float64)[:, 0], p.tol_dtype)
-        est = refine_steps(p, coords, est, atol, noise)
+        est = _steps.search(p, coords, est, atol, noise)
         reference = REFERENCE
     else:
         est, atol, extended = two_point_estimates(p)

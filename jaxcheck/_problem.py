@@ -160,7 +160,9 @@ class Problem:
     precision_notes: list = dataclasses.field(default_factory=list)
     start: float = dataclasses.field(default_factory=time.perf_counter)
     analytic_unbatchable: str | None = None
-    grown_steps: int = 0  # coordinates whose step grew where rounding noise dominated
+    grown_steps: int = 0  # coordinates that tried other steps (`_steps.search`)
+    # (leaf path, growth) of leaves whose steps start above h (`_steps.calibrated_rungs`).
+    calibrated_growth: list = dataclasses.field(default_factory=list)
     # Why the jitted analytic kernels could not run (then op by op), or None.
     analytic_unjitted: str | None = None
 
@@ -186,6 +188,7 @@ class Problem:
         # floor that grows as x_i nears zero is therefore still open for these paths.)
         self.floor_in = _tolerance.floor_atol(self.tol_dtype, 1.0, self.scales)
         self.h = self.ev.steps(self.eps)
+        self.h_default = self.h.copy()  # the steps before any search (`_steps`)
         self.user_atol = -1.0 if self.tol.atol is None else float(self.tol.atol)
 
     def nothing_to_compare(self) -> str | None:
@@ -356,13 +359,19 @@ class Problem:
             f"h_i = {rel:.2e} * max(|x_i|, min(1, rms of its leaf)) ({dtype} eps**(1/3)); "
             "stencil at +-h, +-2h"
         )
-        if self.grown_steps:
-            growth = " and ".join(f"{g:g}" for g in _tolerance.GROWTH)
+        if self.calibrated_growth:
+            leaves = ", ".join(f"{path} at {g:g} h" for path, g in self.calibrated_growth)
             text += (
-                f"; {self.grown_steps} coordinate(s) where f's rounding noise bound the "
-                f"estimate or a first comparison failed narrowly also at up to {growth} times "
-                "their step, at most "
-                f"{_tolerance.MAX_GROWN_STEP:g} of their scale (smallest estimated error kept)"
+                f"; {leaves} (median), where a calibration sample found f's rounding noise "
+                "bounding the estimate at h"
+            )
+        if self.grown_steps:
+            growth = ", ".join(f"{g:g} h" for g in _tolerance.GROWTH)
+            text += (
+                f"; {self.grown_steps} coordinate(s) also tried on the ladder h, {growth} (at "
+                f"most {_tolerance.MAX_GROWN_STEP:g} of their scale) where f's rounding noise "
+                "or truncation bound the estimate or a first comparison failed narrowly "
+                "(smallest estimated error kept)"
             )
         return text
 
