@@ -282,7 +282,7 @@ def columns_leaf_max(p: Problem, coords: np.ndarray, kernel: Callable) -> np.nda
         acc.add_leaf_max(
             p.call_analytic(kernel, c), np.where(np.arange(k) < valid, p.in_ids[c], -1), p.n_in
         )
-    return acc.result()
+    return jk.complex_row_max(p.outs, acc.result())
 
 
 def _rows_summary(J: Any, V: Any, layout: ArgLayout, xp: Any = jnp) -> tuple:
@@ -328,7 +328,7 @@ def rows_prepass(p: Problem, V: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
         n = rows.size
         leaf_max[:, rows] = np.asarray(lm, np.float64)[:, :n]
         jv[rows], ajv[rows] = np.asarray(a)[:n], np.asarray(b)[:n]
-    return leaf_max, jv, ajv
+    return jk.complex_row_max(p.outs, leaf_max), jv, ajv
 
 
 def check_rows(p: Problem, coords: np.ndarray, rows_all: np.ndarray, acc: BlockAccumulator) -> None:
@@ -336,12 +336,16 @@ def check_rows(p: Problem, coords: np.ndarray, rows_all: np.ndarray, acc: BlockA
     r = min(p.row_size(), rows_all.size)
     k = p.tile_size(r, len(coords))
     host = _on_host(len(coords) * rows_all.size)
+    # A complex output's real and imaginary rows may fall in different chunks: their shared
+    # maxima (`_jacobian_kernels.complex_row_max`) come from a pass over every row first.
+    paired = None
+    if any(o.is_complex for o in p.outs):
+        paired = rows_prepass(p, np.zeros((p.n, 1)))[0]
     for rows, valid_rows in _padded_chunks(np.asarray(rows_all, np.int64), r):
         J = p.call_analytic(jk.vjp_rows, rows)  # (r, n)
         rows64 = Once(lambda rows=rows: p.call_analytic64(jk.vjp_rows, rows))
-        tiles = Tiles(
-            p, host, _leaf_max_of_rows(p, host, J), rows, valid_rows
-        )  # per-leaf maxima (L_in, r)
+        leaf_max = _leaf_max_of_rows(p, host, J) if paired is None else paired[:, rows]
+        tiles = Tiles(p, host, leaf_max, rows, valid_rows)  # per-leaf maxima (L_in, r)
         for c, valid in _padded_chunks(np.asarray(coords, np.int64), k):
             values, points = p.ev.stencil(c, p.h[c], batch_size=k)
             analytic = _take_columns(J, jnp.asarray(c, jnp.int32))

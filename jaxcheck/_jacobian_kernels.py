@@ -85,6 +85,27 @@ class OutLeaf:
 OutLayout = tuple[OutLeaf, ...]
 
 
+def complex_row_max(outs: OutLayout, leaf_max: np.ndarray) -> np.ndarray:
+    """Host: per-leaf row maxima (L_in, m) where a complex output element's real and imaginary
+    rows share the larger of their two maxima.
+
+    A complex number rounds as one: the derivative of the imaginary part of a real eigenvalue
+    is exactly zero, yet a float32 JVP gives it eps times the real part's derivative. Its
+    allowance (rtol * row max) follows the complex entry's size, as `|a - b| <= atol +
+    rtol |b|` on complex values does.
+    """
+    out = np.array(leaf_max, np.float64, copy=True)
+    for o in outs:
+        if o.is_complex and o.size:
+            half = o.size // 2
+            real = slice(o.offset, o.offset + half)
+            imag = slice(o.offset + half, o.offset + o.size)
+            both = np.maximum(out[:, real], out[:, imag])
+            out[:, real] = both
+            out[:, imag] = both
+    return out
+
+
 # ----------------------------------------------------------------------------------
 # Traced: real view <-> JAX's (co)tangents.
 

@@ -309,7 +309,7 @@ class _Run:
         else:
             leaf_max = np.max(np.asarray(out["leaf_max"], np.float64), axis=0)
             cu, acu = (np.asarray(out[name], np.float64).ravel()[real] for name in ("cu", "acu"))
-        result["leaf_max"] = leaf_max
+        result["leaf_max"] = jk.complex_row_max(p.outs, leaf_max)
         for name, values in (("cu", cu), ("acu", acu)):
             result[name] = np.zeros(plan.n_colors)
             result[name][ids[real]] = values

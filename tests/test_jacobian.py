@@ -262,6 +262,65 @@ def test_conjugation_bugs_fail(dtype):
     assert "conjugate" in " ".join(bad.hints)
 
 
+# A real 4x4 matrix with two real eigenvalues and a complex pair (JAX's testEigGradRealInputs0).
+_EIG_INPUT = np.array(
+    [
+        [2.824187, -2.7098029, 2.1498396, 0.48706248],
+        [1.9126577, 2.7552464, -2.329518, 3.3294609],
+        [-1.6899264, 7.6728125, -0.11910225, 7.4849062],
+        [3.5821447, -2.7597349, -0.35363433, 5.7594724],
+    ],
+    np.float32,
+)
+
+
+def _eigen(a):
+    w, v = jax.lax.linalg.eig(a, compute_left_eigenvectors=False, enable_eigvec_derivs=True)[:2]
+    return w, v * v  # v * v: invariant under the sign LAPACK leaves free
+
+
+@pytest.mark.parametrize(
+    "check", [jaxcheck.check_jvp, jaxcheck.check_vjp], ids=lambda c: c.__name__
+)
+def test_exact_zero_imaginary_part_of_a_complex_output_is_not_a_false_alarm(check):
+    # The imaginary part of a real eigenvalue has derivative exactly 0; float32 complex
+    # arithmetic gives it eps times the real part's derivative (~1e-8). Its allowance follows
+    # the complex entry's size (`complex_row_max`), not the imaginary row's own (~1e-8).
+    result = check(_eigen, (jnp.asarray(_EIG_INPUT),))
+    assert result.status == "passed", str(result)
+
+
+def test_complex_row_max_shares_the_larger_maximum_of_the_two_parts():
+    outs = (
+        _jacobian_kernels.OutLeaf("out[0]", (2,), np.dtype(np.complex64), 0, 4),
+        _jacobian_kernels.OutLeaf("out[1]", (1,), np.dtype(np.float32), 4, 1),
+    )
+    leaf_max = np.array([[1.0, 0.0, 1e-8, 3.0, 5.0]])
+    paired = _jacobian_kernels.complex_row_max(outs, leaf_max)
+    assert paired.tolist() == [[1.0, 3.0, 1.0, 3.0, 5.0]]
+    assert leaf_max.tolist() == [[1.0, 0.0, 1e-8, 3.0, 5.0]]  # not mutated
+
+
+def test_a_wrong_imaginary_part_of_a_complex_output_still_fails():
+    # exp(i x): the JVP's imaginary part cos(x) scaled by 1 + 1e-3, and a spurious imaginary
+    # part on an output whose true one has derivative 0 (|z|**2 as a complex number).
+    @jax.custom_jvp
+    def f(x):
+        return jnp.exp(1j * x), (x * x).astype(jnp.complex64)
+
+    @f.defjvp
+    def f_jvp(primals, tangents):
+        (x,), (t,) = primals, tangents
+        d_phase = (-jnp.sin(x) + 1j * jnp.cos(x) * (1 + 1e-3)) * t
+        d_square = (2 * x + 1j * 1e-3 * x) * t
+        return f(x), (d_phase, d_square.astype(jnp.complex64))
+
+    x = jnp.asarray([0.3, 1.2, -0.7], jnp.float32)
+    result = jaxcheck.check_jvp(f, (x,))
+    assert result.status == "failed", str(result)
+    assert {b.output_path for b in result.failed_blocks} == {"out[0]", "out[1]"}, str(result)
+
+
 # -- non-smooth, non-finite, determinism ------------------------------------------------
 
 
