@@ -118,6 +118,7 @@ class _JvpCheck:
 
     def call_jvp(self, tangents: tuple) -> tuple:
         nondiff = [self.t.args[i] for i in self.t.nondiff]
+        tangents = rc.as_jax_values(tangents)
         out = guarded(
             "jvp",
             self.f.jvp,

@@ -97,7 +97,7 @@ class _VjpCheck:
         return [o for o in self.outs if o.inexact]
 
     def full_ct(self, u: list) -> PyTree:
-        it = iter(u)
+        it = iter(rc.as_jax_values(list(u)))
         return jtu.tree_unflatten(
             self.out_tree,
             [next(it) if o.inexact else np.zeros(o.shape, jax.dtypes.float0) for o in self.outs],
@@ -129,6 +129,7 @@ class _VjpCheck:
 
     def call_bwd(self, ct: PyTree) -> Any:
         nondiff = [self.t.args[i] for i in self.t.nondiff]
+        ct = rc.as_jax_values(ct)
         return guarded("bwd", self.f.bwd, *nondiff, self.res, ct, inputs=(*nondiff, self.res, ct))
 
     # -- 1. primal ------------------------------------------------------------------

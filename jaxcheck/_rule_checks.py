@@ -429,6 +429,19 @@ def _rng(seed: int, salt: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(salt.encode()) & 0xFFFFFFFF])
 
 
+def as_jax_values(tree: PyTree) -> PyTree:
+    """Host (numpy) inexact leaves as jax Arrays, as JAX hands them to a rule: a rule may index
+    its cotangent or tangent with a traced index (odeint's bwd: `g[i]` inside a scan), which a
+    numpy array refuses. float0 zeros and everything else are left as they are."""
+
+    def one(x: Any) -> Any:
+        if isinstance(x, np.ndarray) and x.dtype != jax.dtypes.float0 and x.dtype.kind in "fc":
+            return jnp.asarray(x)
+        return x
+
+    return jtu.tree_map(one, tree)
+
+
 def leaf_normal(seed: int, salt: str, path: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """A standard-normal array for one leaf, seeded from (seed, salt, path).
 
@@ -515,13 +528,16 @@ def vmap_check(
         pair_fn
     )  # jitted when possible (one compilation); eager vmap when the rule cannot be traced
     batched = guarded(
-        f"jax.vmap of the {what}", jit_or_eager(vmapped), [jnp.asarray(x) for x in xs], _stack(ws)
+        f"jax.vmap of the {what}",
+        jit_or_eager(vmapped),
+        [jnp.asarray(x) for x in xs],
+        as_jax_values(_stack(ws)),
     )
     flat_b = jtu.tree_leaves(batched)
     single_fn = jit_or_eager(pair_fn, jitted)
     for b in range(BATCH):
         point = [jnp.asarray(x[b]) for x in xs]
-        single = jtu.tree_leaves(guarded(f"the {what}", single_fn, point, ws[b]))
+        single = jtu.tree_leaves(guarded(f"the {what}", single_fn, point, as_jax_values(ws[b])))
         bad = compare_trees(
             [np.asarray(l)[b] for l in flat_b], single, paths, dtypes, TRANSFORM_ULPS, **kw
         )
@@ -554,6 +570,7 @@ def jit_check(
     kw: dict,
 ) -> CheckReport:
     """`jitted_fn` (= `jax.jit(pair_fn)`) vs the eager call."""
+    w = as_jax_values(w)
     eager = jtu.tree_leaves(guarded(f"the eager {what}", pair_fn, free, w))
     jitted = jtu.tree_leaves(guarded(f"jax.jit of the {what}", jitted_fn, free, w))
     bad = compare_trees(jitted, eager, paths, dtypes, TRANSFORM_ULPS, **kw)

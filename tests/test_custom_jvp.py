@@ -283,3 +283,32 @@ def test_nondiff_argnums_with_defaults_are_bound_as_jax_does():
     result = jaxcheck.check_custom_jvp(power_sum, (x,))  # JAX calls it as power_sum(x)
     assert result.status == "passed", result
     assert "nondiff_argnums=(1,): args[1] held fixed" in result.notes
+
+
+def _cumsum_rule(right: bool):
+    """cumsum with a jvp that walks its tangent with a traced index inside a scan."""
+
+    @jax.custom_jvp
+    def cumsum(x):
+        return jnp.cumsum(x)
+
+    @cumsum.defjvp
+    def cumsum_jvp(primals, tangents):
+        (x,), (t,) = primals, tangents
+
+        def body(total, i):
+            total = total + t[i]
+            return total, total
+
+        _, sums = jax.lax.scan(body, jnp.zeros((), t.dtype), jnp.arange(t.shape[0]))
+        return cumsum(x), sums if right else sums[::-1]
+
+    return cumsum
+
+
+def test_jvp_gets_jax_arrays_it_can_index_with_a_tracer():
+    x = jnp.linspace(-1.0, 1.0, 5, dtype=jnp.float32)
+    right = jaxcheck.check_custom_jvp(_cumsum_rule(right=True), (x,))
+    assert right.status == "passed", str(right)
+    wrong = jaxcheck.check_custom_jvp(_cumsum_rule(right=False), (x,))
+    assert wrong.status == "failed", str(wrong)

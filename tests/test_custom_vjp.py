@@ -351,3 +351,35 @@ def test_equinox_filter_custom_vjp_is_accepted():
     r = jaxcheck.check_custom_vjp(scaled, (jnp.array([0.5, -1.0], jnp.float32), 2.0))
     assert r.name == "scaled" and r.status == "failed"
     assert r.check("fd").status == "failed" and r.check("fd").where.startswith("args[0]")
+
+
+def _cumsum_rule(reverse_bwd: bool):
+    """cumsum with a bwd that walks its cotangent with a traced index inside a scan (as
+    odeint's bwd does: `g[i]`), right when it sums the cotangent from the end."""
+
+    @jax.custom_vjp
+    def cumsum(x):
+        return jnp.cumsum(x)
+
+    def bwd(_, g):
+        def body(total, i):
+            total = total + g[i]
+            return total, total
+
+        order = jnp.arange(g.shape[0] - 1, -1, -1) if reverse_bwd else jnp.arange(g.shape[0])
+        _, sums = jax.lax.scan(body, jnp.zeros((), g.dtype), order)
+        return (sums[::-1] if reverse_bwd else sums,)
+
+    cumsum.defvjp(lambda x: (cumsum(x), None), bwd)
+    return cumsum
+
+
+def test_bwd_gets_jax_arrays_it_can_index_with_a_tracer():
+    # A numpy cotangent makes `g[i]` raise TracerArrayConversionError inside the scan, which
+    # the structure, linearity and jit checks reported as failures of a right rule.
+    x = jnp.linspace(-1.0, 1.0, 5, dtype=jnp.float32)
+    right = jaxcheck.check_custom_vjp(_cumsum_rule(reverse_bwd=True), (x,))
+    assert right.status == "passed", str(right)
+    wrong = jaxcheck.check_custom_vjp(_cumsum_rule(reverse_bwd=False), (x,))
+    assert wrong.status == "failed", str(wrong)
+    assert "fd" in {c.name for c in wrong.checks if c.status == "failed"}, str(wrong)
