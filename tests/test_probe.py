@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxcheck
@@ -207,3 +208,35 @@ def test_probe_sees_a_small_needle_at_the_analytic_sides_own_rounding():
     floor = good.leaves[0]
     assert floor.probe_floor is not None and floor.probe_floor / floor.gradient_norm < 1e-5
     assert "one wrong element off by less than about" in str(good)
+
+
+def _wide_matrix() -> jax.Array:
+    """A (2, 400000) float32 matrix (JAX's testPinv1): the float32 JVP of its pinv sums
+    400000 terms and loses about three digits, beyond the probe allowance."""
+    rng = np.random.RandomState(0)
+    return jnp.asarray((rng.randn(2, 400_000) * 3).astype(np.float32))
+
+
+def test_probe_rounding_of_a_right_formula_is_a_precision_note():
+    result = jaxcheck.check_jvp(
+        jnp.linalg.pinv, (_wide_matrix(),), mode="probe", locate_rules=False
+    )
+    assert result.status == "passed", str(result)
+    assert any(n.startswith("precision:") and "probe value(s)" in n for n in result.notes), str(
+        result
+    )
+
+
+def test_probe_precision_look_does_not_hide_a_wrong_formula():
+    @jax.custom_jvp
+    def pinv(x):
+        return jnp.linalg.pinv(x)
+
+    @pinv.defjvp
+    def pinv_jvp(primals, tangents):
+        y, t_out = jax.jvp(jnp.linalg.pinv, primals, tangents)
+        return y, t_out * (1 + 3e-4)  # wrong in float64 too
+
+    result = jaxcheck.check_jvp(pinv, (_wide_matrix(),), mode="probe", locate_rules=False)
+    assert result.status == "failed", str(result)
+    assert not any("probe value(s)" in n for n in result.notes), str(result)
