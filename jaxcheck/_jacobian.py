@@ -73,19 +73,13 @@ def _hints(p: Problem, blocks: tuple[BlockReport, ...], problem: str | None) -> 
                     f"{b.path} has NaN/Inf in its analytic derivative: check divisions and sqrt/log at the boundary."
                 )
             continue
-        ratios = [e.analytic / e.numeric for e in bad if e.numeric != 0 and np.isfinite(e.numeric)]
-        pattern = ""
-        if ratios and np.allclose(ratios, ratios[0], rtol=1e-2):
-            q = ratios[0]
-            if abs(q + 1) < 1e-2:
-                pattern = " (analytic = -numeric: a sign error"
-                if any(e.input_part == "imag" or e.output_part == "imag" for e in bad):
-                    pattern += " on an imaginary part: a missing or extra conjugate? JAX's VJP pairs cotangents without conjugation"
-                pattern += ")"
-            elif abs(q) < 1e-6:
-                pattern = " (analytic is zero: a dropped term or a stop_gradient?)"
-            else:
-                pattern = f" (analytic / numeric = {q:.4g} everywhere: a constant factor?)"
+        imaginary = ""
+        if any(e.input_part == "imag" or e.output_part == "imag" for e in bad):
+            imaginary = (
+                " on an imaginary part: a missing or extra conjugate? JAX's VJP pairs "
+                "cotangents without conjugation"
+            )
+        pattern = _summary.ratio_pattern(bad, imaginary)
         out.append(f"check the {what} for {b.path} at entry {bad[0].where}{pattern}.")
     if any(b.status == "inconclusive" for b in blocks):
         if p.ev.reference.dtype != np.float64:

@@ -5,6 +5,7 @@ an overall status, and hints on what to try next.
 """
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -197,6 +198,27 @@ def _severity(item) -> float:
     return -float(np.nan_to_num(item.relative_error, nan=np.inf))
 
 
+def ratio_pattern(bad: Sequence, imaginary: str = "") -> str:
+    """The pattern of the failing elements' analytic / numeric ratios, in words (" (...)"), or "".
+
+    The same ratio (within 1%) across the failing elements names a sign error, a zero (a
+    dropped term) or a constant factor; a constant factor is named only for two or more
+    elements and a ratio at least 5% from 1 (a near miss of a few entries is not a pattern).
+    `imaginary` is added to a sign error's words (the conjugation hint of complex blocks).
+    """
+    ratios = [e.analytic / e.numeric for e in bad if e.numeric != 0 and np.isfinite(e.numeric)]
+    if not ratios or not np.allclose(ratios, ratios[0], rtol=1e-2):
+        return ""
+    q = ratios[0]
+    if abs(q + 1) < 1e-2:
+        return f" (analytic = -numeric: a sign error{imaginary})"
+    if abs(q) < 1e-6:
+        return " (analytic is zero: a dropped term or a stop_gradient?)"
+    if len(ratios) >= 2 and abs(q - 1) >= 0.05:
+        return f" (analytic / numeric = {q:.4g} everywhere: a constant factor?)"
+    return ""
+
+
 def sort_worst_first(leaves: list[LeafReport]) -> tuple[LeafReport, ...]:
     """Failed leaves first, then inconclusive, then passed; failed and
     inconclusive ones by relative error, passed ones in argument order (their relative errors
@@ -232,18 +254,7 @@ def hints(leaves: tuple[LeafReport, ...], reference_is_float64: bool) -> tuple[s
     for leaf in leaves:
         bad = [e for e in leaf.elements if e.kind == "mismatch"]
         if leaf.status == "failed" and bad:
-            ratios = [
-                e.analytic / e.numeric for e in bad if e.numeric != 0 and np.isfinite(e.numeric)
-            ]
-            pattern = ""
-            if ratios and np.allclose(ratios, ratios[0], rtol=1e-2):
-                q = ratios[0]
-                if abs(q + 1) < 1e-2:
-                    pattern = " (analytic = -numeric: a sign error)"
-                elif abs(q) < 1e-6:
-                    pattern = " (analytic is zero: a dropped term or a stop_gradient?)"
-                else:
-                    pattern = f" (analytic / numeric = {q:.4g} everywhere: a constant factor?)"
+            pattern = ratio_pattern(bad)
             out.append(
                 f"check the derivative for {leaf.path} at element {list(bad[0].index)}{pattern}."
             )

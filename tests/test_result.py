@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxcheck
-from jaxcheck._result import shape_str
+from jaxcheck._result import ElementReport, shape_str
 
 
 @jax.custom_vjp
@@ -130,3 +130,30 @@ def test_results_have_no_truthiness_shortcut(failed):
 )
 def test_shape_str(dtype, shape, text):
     assert shape_str(dtype, shape) == text
+
+
+def _elements(*pairs):
+    return [
+        ElementReport(index=(k,), part="", analytic=a, numeric=n, tolerance=1e-9, kind="mismatch")
+        for k, (a, n) in enumerate(pairs)
+    ]
+
+
+@pytest.mark.parametrize(
+    "pairs, words",
+    [
+        ([(2.0, 1.0), (4.0, 2.0)], "analytic / numeric = 2 everywhere: a constant factor?"),
+        ([(-1.0, 1.0), (2.0, -2.0)], "analytic = -numeric: a sign error"),
+        ([(0.0, 1.0), (0.0, 3.0)], "analytic is zero: a dropped term or a stop_gradient?"),
+        # A near miss of a few entries (odeint's adjoint: 0.9995) is not a constant factor,
+        # and neither is one element.
+        ([(0.9995, 1.0), (0.9996, 1.0)], None),
+        ([(2.0, 1.0)], None),
+        ([(2.0, 1.0), (3.0, 1.0)], None),
+    ],
+)
+def test_ratio_pattern_names_a_pattern_only_where_there_is_one(pairs, words):
+    from jaxcheck._summary import ratio_pattern
+
+    pattern = ratio_pattern(_elements(*pairs))
+    assert pattern == ("" if words is None else f" ({words})")
