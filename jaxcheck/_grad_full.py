@@ -101,12 +101,10 @@ def _two_point(
 
 def _assemble(n: int, parts: list[tuple[np.ndarray, st.Estimates]]) -> st.Estimates:
     """Estimates (n, 1) from disjoint (rows, estimates) parts, later parts overwriting."""
-    out = [np.zeros((n, 1)), np.zeros((n, 1)), np.zeros((n, 1)), np.zeros((4, n, 1))]
+    out = st.Estimates(np.zeros((n, 1)), np.zeros((n, 1)), np.zeros((n, 1)), np.zeros((4, n, 1)))
     for rows, est in parts:
-        out[3][:, rows] = est.slopes
-        for k in range(3):
-            out[k][rows] = est[k]
-    return st.Estimates(*out)
+        _steps.put_rows(out, rows, est)
+    return out
 
 
 def two_point_estimates(p: Problem) -> tuple[st.Estimates, np.ndarray, int]:

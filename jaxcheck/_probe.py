@@ -46,7 +46,6 @@ from . import _grad_full, _precision, _summary
 from . import _jacobian_full as jf
 from . import _jacobian_kernels as jk
 from . import _stencil as st
-from ._engine import widen
 from ._jacobian_result import BlockReport
 from ._problem import TILE_ENTRIES, Problem
 from ._result import LeafReport
@@ -270,13 +269,7 @@ class Prober:
         p = self.p
         try:
             with jax.enable_x64(True):
-                args = (
-                    p.sel,
-                    _precision.widened_layout(p.layout),
-                    _precision.widened_outs(p.outs),
-                    [widen(v) for v in p.diff_values],
-                    [widen(v) for v in p.dynamic],
-                )
+                args = p.widened_args()
                 if p.kind == "vjp":
                     Y = np.asarray(jk.vjp_products(*args, jnp.asarray(U, jnp.float64)), np.float64)
                     return np.stack([Y[:, lo:hi] @ self.Zh[k, lo:hi] for lo, hi, k in specs])

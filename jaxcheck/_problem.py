@@ -242,20 +242,24 @@ class Problem:
             return self.floor_in
         return self.floor_in * float(np.finfo(np.float64).eps / np.finfo(self.tol_dtype).eps)
 
+    def widened_args(self) -> tuple:
+        """(sel, layout, outs, diff_values, dynamic) in float64 (complex128), the leading
+        arguments of the analytic kernels (`_jacobian_kernels`); call under x64."""
+        return (
+            self.sel,
+            _precision.widened_layout(self.layout),
+            _precision.widened_outs(self.outs),
+            [widen(v) for v in self.diff_values],
+            [widen(v) for v in self.dynamic],
+        )
+
     def call_analytic64(self, kernel: Callable, index: np.ndarray) -> jax.Array | None:
         """`call_analytic` with the arguments, the layout and the outputs in float64 (under
         x64), or None when f's derivative cannot be computed in float64."""
         try:
             with jax.enable_x64(True):
                 return jax.device_get(
-                    self.ev.kernel(kernel)(
-                        self.sel,
-                        _precision.widened_layout(self.layout),
-                        _precision.widened_outs(self.outs),
-                        [widen(v) for v in self.diff_values],
-                        [widen(v) for v in self.dynamic],
-                        jnp.asarray(index, jnp.int32),
-                    )
+                    self.ev.kernel(kernel)(*self.widened_args(), jnp.asarray(index, jnp.int32))
                 )
         except Exception:  # noqa: BLE001 - no float64 derivative: no second look
             return None

@@ -52,7 +52,7 @@ def _dummy(k: int, m: int) -> st.Estimates:
     )
 
 
-def _put(into: st.Estimates, rows: np.ndarray, est: st.Estimates) -> None:
+def put_rows(into: st.Estimates, rows: np.ndarray, est: st.Estimates) -> None:
     """Writes `est` (r, m) into the rows `rows` of `into` (in place)."""
     into.slopes[:, rows] = est.slopes
     for field in range(3):
@@ -111,7 +111,7 @@ class _Search:
                 est = st.combine_host(
                     values, p.ev.f0, points, p.ev.theta[c], self.eps[mine], self.noise
                 )
-            _put(self.candidates[1 + r], mine, est)
+            put_rows(self.candidates[1 + r], mine, est)
         self.tried[rows] = True
 
     def _best(self) -> tuple[st.Estimates, np.ndarray]:
