@@ -11,8 +11,8 @@ passes, so that a correct gradient costs about 2n evaluations, not 4n:
   1. The 4-point stencil (+-h, +-2h) at a calibration sample (`calibration_sample`:
      CALIBRATION coordinates evenly spaced, and the first of every leaf) measures f's
      rounding noise (fourth differences), and the sample searches the ladder of steps
-     (`_steps.search`). Each leaf's other coordinates start on the rung that at least half of
-     its sample kept (`_steps.calibrated_rungs`): h where f's rounding permits, 16 h or
+     (`_steps.calibrate`). Each leaf's other coordinates start on the rung that at least half
+     of its sample kept (`_steps.calibrated_rungs`): h where f's rounding permits, 16 h or
      256 h where it bounds the estimate at h (a sum of many terms).
   2. f(x +- h e_i) for every other coordinate, at that step: the central difference D1_i.
   3. A coordinate is decided by D1 alone when |a_i - D1_i| <= safety * noise_i +
@@ -123,9 +123,8 @@ def two_point_estimates(p: Problem) -> tuple[st.Estimates, np.ndarray, int]:
     partial = np.full(p.n, np.nan)
     partial[sample] = sampled.numeric[:, 0]
     atol = element_atol(p, partial, p.tol_dtype)
-    sampled = _steps.search(p, sample, sampled, atol[sample], noise)
     # Every other coordinate starts on the rung its leaf's sample chose.
-    start = _steps.calibrated_rungs(p, sample)
+    sampled, start = _steps.calibrate(p, sample, sampled, atol[sample], noise)
     rest = np.setdiff1d(np.arange(p.n), sample)
     rungs, _ = _steps.ladder(p, rest)
     start_rest = start[rest]

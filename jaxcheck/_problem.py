@@ -161,6 +161,7 @@ class Problem:
     start: float = dataclasses.field(default_factory=time.perf_counter)
     analytic_unbatchable: str | None = None
     grown_steps: int = 0  # coordinates that tried other steps (`_steps.search`)
+    higher_order_looks: int = 0  # coordinates that took the look at +-2H, +-4H (`_steps`)
     # (leaf path, growth) of leaves whose steps start above h (`_steps.calibrated_rungs`).
     calibrated_growth: list = dataclasses.field(default_factory=list)
     # Why the jitted analytic kernels could not run (then op by op), or None.
@@ -376,6 +377,12 @@ class Problem:
                 f"most {_tolerance.MAX_GROWN_STEP:g} of their scale) where f's rounding noise "
                 "or truncation bound the estimate or a first comparison failed narrowly "
                 "(smallest estimated error kept)"
+            )
+        if self.higher_order_looks:
+            text += (
+                f"; {self.higher_order_looks} coordinate(s) whose climb ended where truncation "
+                "bound the estimate also took the stencil at twice that step (the "
+                "extrapolated value's own error from the two stencils)"
             )
         return text
 

@@ -17,9 +17,14 @@ rung at a time, and only while moving pays:
   - down (only from a start above h, `calibrated_rungs`), while its error is mostly
     truncation and the rung just tried gave the smallest error.
 
-Each rung tried costs the 4-point stencil there, for the coordinates that try it. Every
-estimate a coordinate got enters `_stencil.best_of` (each error raised to what the others
-prove), and the one with the smallest error is kept.
+Each rung tried costs the 4-point stencil there, for the coordinates that try it. A
+coordinate whose climb ends on a rung where truncation bounds its estimate takes one
+higher-order look there (`_stencil.refined_truncation`: the stencil at twice that step
+bounds the extrapolated value's own O(h**4) error, where the 4-point stencil alone bounds
+it by the O(h**2) error of its central difference), where its analytic value is at least
+LOOK_SHARE of its tolerance away from the estimate. Every estimate a coordinate got enters
+`_stencil.best_of` (each error raised to what the others prove), and the one with the
+smallest error is kept.
 """
 
 import numpy as np
@@ -27,6 +32,12 @@ import numpy as np
 from . import _stencil as st
 from . import _tolerance
 from ._problem import Problem
+
+# The higher-order look is taken where the analytic value's distance from the kept estimate
+# exceeds this share of its tolerance: below it, the look would have to shrink the tolerance
+# more than 1 / LOOK_SHARE times to change the verdict (the rest keep the reported
+# tolerance, which says what was resolved).
+LOOK_SHARE = 1.0 / 16.0
 
 # A coordinate starts a calibrated leaf's higher rung when at least this share of the leaf's
 # calibration sample chose that rung or a higher one (`calibrated_rungs`).
@@ -95,6 +106,14 @@ class _Search:
             allowed = p.tol.safety * est.fd_error[:, 0] + p.tol.rtol * np.abs(num) + self.atol
             return (np.abs(num - a) > allowed) & st.near_miss(a, num)
 
+    def _doubtful(self, est: st.Estimates) -> np.ndarray:
+        """Rows whose analytic value is at least LOOK_SHARE of their tolerance from `est`."""
+        p = self.p
+        num = est.numeric[:, 0]
+        with np.errstate(invalid="ignore", over="ignore"):
+            tolerance = p.tol.safety * est.fd_error[:, 0] + p.tol.rtol * np.abs(num) + self.atol
+            return ~(np.abs(p.analytic[self.coords] - num) <= LOOK_SHARE * tolerance)
+
     @staticmethod
     def _truncation_bound(est: st.Estimates) -> np.ndarray:
         with np.errstate(invalid="ignore"):
@@ -114,17 +133,36 @@ class _Search:
             put_rows(self.candidates[1 + r], mine, est)
         self.tried[rows] = True
 
+    def _look_higher(self, rows: np.ndarray, rung: np.ndarray) -> None:
+        """Replaces the candidates of `rows` at `rung` by their higher-order look."""
+        p = self.p
+        for r in np.unique(rung):
+            mine = rows[rung == r]
+            c = self.coords[mine]
+            values, points = p.ev.stencil_subset(c, 2 * self.rungs[r][mine], p.batch_size)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                inputs = (values, p.ev.f0, points, p.ev.theta[c], self.eps[mine], self.noise)
+                wide = st.combine_host(*inputs)
+                wide_rounding = st.combine_host(*inputs, own_share=0.0).noise
+                near = self._at(np.full(self.coords.size, r))
+                near = st.Estimates(*(x[..., mine, :] for x in near))
+                refined = st.refined_truncation_host(near, wide, wide_rounding)
+                put_rows(self.candidates[1 + r], mine, refined)
+        p.higher_order_looks += int(rows.size)
+
     def _best(self) -> tuple[st.Estimates, np.ndarray]:
         with np.errstate(invalid="ignore", over="ignore"):
             best, which = st.best_of_host(self.candidates)
         return best, which[:, 0]
 
-    def run(self) -> tuple[st.Estimates, np.ndarray]:
-        """Searches; returns the best estimates (k, m) and each row's chosen step (k,)."""
+    def run(self) -> tuple[st.Estimates, np.ndarray, np.ndarray]:
+        """Searches; returns the best estimates (k, m), each row's chosen step (k,), and the
+        step each row chose before the higher-order look (k,)."""
         first = self.candidates[0]
         top = len(self.rungs) - 1
         up = self._noise_bound(first, self.start) | self._failing_narrowly(first)
         down = ~up & (self.start > 0) & self._truncation_bound(first)
+        stalled = np.full(self.coords.size, -1)  # the rung a climb ended on, truncation-bound
         for direction, active in ((1, up), (-1, down)):
             last = self.start.copy()
             while True:
@@ -140,14 +178,24 @@ class _Search:
                 at_new = self._at(nxt)
                 if direction == 1:
                     keep = (won & self._noise_bound(at_new, nxt)) | self._failing_narrowly(best)
+                    ends = ok & ~keep & self._truncation_bound(at_new)
+                    stalled = np.where(ends, nxt, np.where(ok & keep, -1, stalled))
                 else:
                     keep = won & self._truncation_bound(at_new)
                 last = np.where(ok, nxt, last)
                 active = ok & keep
         best, which = self._best()
+        climbed = self._steps(which)
+        rows = np.flatnonzero((stalled >= 0) & self._doubtful(best))
+        if rows.size:
+            self._look_higher(rows, stalled[rows])
+        best, which = self._best()
+        return best, self._steps(which), climbed
+
+    def _steps(self, which: np.ndarray) -> np.ndarray:
+        """(k,) the step of each row's candidate `which` (0: its start)."""
         steps = np.choose(np.maximum(which - 1, 0), self.rungs)
-        start_steps = np.choose(self.start, self.rungs)
-        return best, np.where(which == 0, start_steps, steps)
+        return np.where(which == 0, np.choose(self.start, self.rungs), steps)
 
     def _at(self, rung: np.ndarray) -> st.Estimates:
         """Each row's candidate at `rung` (k,)."""
@@ -189,25 +237,43 @@ def search(
     Returns:
       The kept estimates (k, 1). `p.grown_steps` counts the coordinates that tried a rung.
     """
+    return _search(p, coords, est, atol, noise, start)[0]
+
+
+def _search(p, coords, est, atol, noise, start=None) -> tuple[st.Estimates, np.ndarray]:
+    """`search`, and the step each coordinate kept before the higher-order look (k,)."""
     if p.eps is not None or coords.size == 0:  # the user chose the step
-        return est
+        return est, p.h[coords]
     start = np.zeros(coords.size, np.int64) if start is None else np.asarray(start, np.int64)
     s = _Search(p, coords, est, atol, noise, start)
-    best, steps = s.run()
+    best, steps, climbed = s.run()
     p.h[coords] = steps
     p.grown_steps += int(np.count_nonzero(s.tried))
-    return best
+    return best, climbed
 
 
-def calibrated_rungs(p: Problem, sample: np.ndarray) -> np.ndarray:
-    """(n,) the rung every coordinate starts at, from the steps its leaf's calibration sample
-    kept (`search` on the sample): the lowest rung that at least CALIBRATED_SHARE of the
-    leaf's sample reached; 0 for leaves without a sample or with the user's step."""
+def calibrate(
+    p: Problem, sample: np.ndarray, est: st.Estimates, atol: np.ndarray, noise: np.ndarray
+) -> tuple[st.Estimates, np.ndarray]:
+    """`search` on a calibration sample, and the rung every coordinate starts at.
+
+    Returns:
+      The sample's kept estimates (k, 1), and (n,) each coordinate's starting rung
+      (`calibrated_rungs` of the steps the sample's climbs kept: the higher-order look
+      refines a sample coordinate's own estimate, not the plain stencil the others get).
+    """
+    best, climbed = _search(p, sample, est, atol, noise)
+    return best, calibrated_rungs(p, sample, climbed)
+
+
+def calibrated_rungs(p: Problem, sample: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """(n,) the rung every coordinate starts at, from the steps `kept` (k,) by its leaf's
+    calibration sample: the lowest rung that at least CALIBRATED_SHARE of the leaf's sample
+    reached; 0 for leaves without a sample or with the user's step."""
     rungs = np.zeros(p.n, np.int64)
     if p.eps is not None:
         return rungs
     ladders, _ = ladder(p, sample)
-    kept = p.h[sample]
     reached = np.zeros(sample.size, np.int64)
     for r in range(1, len(ladders)):
         reached = np.where(kept >= ladders[r] * (1 - 1e-9), r, reached)

@@ -46,12 +46,6 @@ _known(
     "derivative of the series by 2e-9 to 4e-9 relative (against mpmath: the rule is 3.8e-9 off "
     "the true derivative, the primal 1.9e-11 off); jaxcheck reports that discrepancy",
 )
-_known(
-    ("lax/atan@1000@all", "float64"),
-    cause="a 1e-8 mutant of atan'(1000) = 1e-6 is 1e-14, below the float64 reference's "
-    "resolution there (7e-14: f ~ 1.6 rounds to 3.5e-16, and larger steps' truncation "
-    "bounds are wider)",
-)
 TALLY: collections.Counter = collections.Counter()
 
 

@@ -66,3 +66,38 @@ def test_tolerance_formula():
     assert a.tolerance[0, 0] == pytest.approx(
         3.0 * est.fd_error[0, 0] + 1e-3 * abs(est.numeric[0, 0]) + 0.5
     )
+
+
+def _refined(fn, x0, big_h):
+    """`refined_truncation` of the stencil at +-H, +-2H with the one at +-2H, +-4H."""
+    near = _estimates(fn, x0, big_h)
+    points = (x0 + OFFSETS * 2 * big_h)[None, :]
+    values = np.array([[fn(p)] for p in points[0]], np.float64)[None]
+    inputs = (values, np.array([fn(x0)], np.float64), points, np.array([x0]))
+    wide = st.combine_host(*inputs)
+    wide_rounding = st.combine_host(*inputs, own_share=0.0).noise
+    return near, st.refined_truncation_host(near, wide, wide_rounding)
+
+
+def test_the_higher_order_look_bounds_the_extrapolated_values_own_error():
+    # atan at 1000 with H = 1.55 (256 h in float64): D(H) is off by ~2e-12, the extrapolated
+    # value by ~1e-17; the look brings the bound from the first to the rounding level.
+    near, refined = _refined(np.arctan, 1000.0, 1.55)
+    truth = 1.0 / (1.0 + 1000.0**2)
+    error = abs(refined.numeric[0, 0] - truth)
+    assert near.fd_error[0, 0] > 1e-12
+    assert error <= refined.fd_error[0, 0] < 1e-14
+    assert refined.numeric[0, 0] == near.numeric[0, 0]
+
+
+@pytest.mark.parametrize(
+    "fn, x0, big_h",
+    [
+        (lambda x: np.sin(40.0 * x), 0.3, 0.02),  # H not small against f's period: no
+        (np.exp, 0.0, 1e-6),  # truncation far below rounding: nothing to refine
+    ],
+    ids=["outside-asymptotic-range", "rounding-bound"],
+)
+def test_the_higher_order_look_changes_nothing_it_cannot_trust(fn, x0, big_h):
+    near, refined = _refined(fn, x0, big_h)
+    assert refined.fd_error[0, 0] == near.fd_error[0, 0]

@@ -47,7 +47,7 @@ def test_a_calibrated_leaf_resolves_a_bug_the_default_step_misses(monkeypatch):
 
     with jax.enable_x64(True):
         calibrated = check()
-        monkeypatch.setattr(_steps, "calibrated_rungs", lambda p, sample: np.zeros(p.n, int))
+        monkeypatch.setattr(_steps, "calibrated_rungs", lambda p, *_: np.zeros(p.n, int))
         at_h = check()
     assert calibrated.status == "failed", str(calibrated)
     assert calibrated.leaves[0].worst_index == (584,), str(calibrated)
@@ -90,3 +90,21 @@ def test_the_ladder_never_hides_a_wrong_derivative(relative):
                 f, (x,), grad_fn=lambda v: grad(v) * (1 + relative), mode="full"
             )
             assert result.status == "failed", (n, str(result))
+
+
+@pytest.mark.parametrize("factor", [1.0, 1 + 1e-8, 1 - 1e-8], ids=["right", "plus", "minus"])
+def test_a_climb_ending_on_truncation_takes_the_higher_order_look(factor):
+    # atan at x = 1000 in float64 (JAX's special value): rounding bounds the estimate at h,
+    # the O(h**2) truncation of D(256 h) the next rung's; the look at +-512 h bounds the
+    # extrapolated value's own error, which resolves a derivative wrong by a relative 1e-8
+    # (the kept 16 h estimate's tolerance was 7e-14, the bug 1e-14). The right derivative,
+    # within 1/16 of that tolerance of the kept estimate, needs no look.
+    with jax.enable_x64(True):
+        result = jaxcheck.check_grad(
+            jax.lax.atan,
+            (jnp.float64(1000.0),),
+            grad_fn=lambda x: factor / (1 + x**2),
+        )
+    looked = "took the stencil at twice that step" in result.step_policy
+    assert looked == (factor != 1.0), result.step_policy
+    assert result.status == ("passed" if factor == 1.0 else "failed"), str(result)
