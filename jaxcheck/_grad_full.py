@@ -257,7 +257,12 @@ def zero_is_resolved(
 
 
 def precision_loss(
-    p: Problem, coords: np.ndarray, analytic: np.ndarray, est: st.Estimates, code: np.ndarray
+    p: Problem,
+    coords: np.ndarray,
+    analytic: np.ndarray,
+    est: st.Estimates,
+    code: np.ndarray,
+    tolerance: np.ndarray,
 ) -> np.ndarray:
     """Tells rounding of a right formula from a wrong formula (`_precision`, issue 10 item 5).
 
@@ -279,7 +284,7 @@ def precision_loss(
     rtol64 = _tolerance.default_tolerance(np.dtype(np.float64)).rtol
     with np.errstate(invalid="ignore", over="ignore"):
         rescued = st.precision_rescue_host(
-            flat, code, analytic, wide, allowance, rtol64, leaf_max, p.tol.safety
+            flat, code, analytic, wide, allowance, tolerance, rtol64, leaf_max, p.tol.safety
         )
     if not np.any(rescued):
         return code
@@ -318,7 +323,7 @@ def summarize(
         assessment = st.assess_host(est, analytic[:, None], tol.rtol, atol[:, None], tol.safety)
     code, tolerance, resolved = (np.asarray(x)[:, 0] for x in assessment)
     tolerance = np.asarray(tolerance, np.float64)
-    code = precision_loss(p, coords, analytic, est, code)
+    code = precision_loss(p, coords, analytic, est, code, tolerance)
     fscale = float(np.max(np.abs(p.ev.f0), initial=0.0))
     fscale = max(fscale if np.isfinite(fscale) else 0.0, float(p.ev.measured.secant[0]))
     own_scale = fscale / p.scales[coords]

@@ -441,7 +441,9 @@ def _tile_stats(
         )
         rescue = st.precision_rescue if xp is jnp else st.precision_rescue_host
         leaf_rows = leaf_max[in_ids].astype(dtype)
-        rescued = rescue(est, code, a, a64, allowance, precision.rtol64, leaf_rows, safety)
+        rescued = rescue(
+            est, code, a, a64, allowance, asm.tolerance, precision.rtol64, leaf_rows, safety
+        )
         digits = xp.where(rescued, _precision.digits_lost(a, a64, precision.eps, xp), 0.0)
         code = xp.where(rescued & precision.note, st.PASS, code).astype(code.dtype)
     finite = xp.isfinite(a) & xp.isfinite(num)

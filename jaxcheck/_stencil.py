@@ -386,6 +386,7 @@ def _precision_rescue(
     analytic: jax.Array,
     analytic64: jax.Array,
     allowance: jax.Array,
+    tolerance: jax.Array,
     rtol64: Any,
     leaf_max: Any,
     safety: Any,
@@ -393,10 +394,13 @@ def _precision_rescue(
 ) -> jax.Array:
     """Failing elements that are rounding of a right formula, not a wrong formula.
 
-    The same derivative computed in float64 (`analytic64`) agrees with the float64
-    reference within float64's tolerance (safety * fd_error + rtol64 * (|numeric| +
-    leaf_max)), and the native value differs from it by at most `allowance` (the native
-    dtype's rounding, `_precision.allowance`). A wrong formula is wrong in float64 too.
+    The same derivative computed in float64 (`analytic64`) passes the comparison the native
+    value failed (within `tolerance`, or within float64's own tolerance, safety * fd_error +
+    rtol64 * (|numeric| + leaf_max), where that is larger), and the native value differs
+    from it by at most `allowance` (the native dtype's rounding, `_precision.allowance`). A
+    wrong formula is wrong in float64 too: by more than the comparison resolves, or it
+    would not have failed it. An approximate rule (an ODE adjoint at its solver's
+    tolerance) that the native comparison cannot tell from exact is judged as exact.
 
     Returns:
       Boolean mask of rescued elements (a subset of code == FAIL).
@@ -404,7 +408,7 @@ def _precision_rescue(
     numeric = est.numeric
     a64 = analytic64.astype(numeric.dtype)
     tol64 = safety * est.fd_error + rtol64 * (xp.abs(numeric) + leaf_max)
-    agrees = xp.abs(a64 - numeric) <= tol64
+    agrees = xp.abs(a64 - numeric) <= xp.maximum(tol64, tolerance)
     rounding = xp.abs(analytic.astype(numeric.dtype) - a64) <= allowance
     return (code == FAIL) & agrees & rounding & xp.isfinite(analytic) & xp.isfinite(a64)
 

@@ -56,6 +56,18 @@ def test_a_wrong_formula_is_not_rescued_at_the_same_points():
     assert not any(n.startswith("precision:") for n in result.notes)
 
 
+@pytest.mark.parametrize("check", [jaxcheck.check_vjp, jaxcheck.check_grad])
+def test_an_approximate_rule_below_the_float32_resolution_is_judged_as_exact(check):
+    # A rule 1e-6 off in every precision (an ODE adjoint at its solver's tolerance), whose
+    # float32 value also loses digits to saturation: the float32 comparison (rtol 2e-5)
+    # cannot tell 1e-6 from exact, so its failure is rounding; float64's own tolerance
+    # (~1e-10) would have kept it failing.
+    f = vjp_mutant(jnp.tanh, 1 + 1e-6)
+    result = check((lambda v: jnp.sum(f(v))) if check is jaxcheck.check_grad else f, (SATURATED,))
+    assert result.status == "passed", str(result)
+    assert any(n.startswith("precision:") for n in result.notes), result.notes
+
+
 def test_a_float32_only_error_beyond_rounding_is_not_rescued():
     # Right in float64, 5% off in float32: not rounding (more than two digits, far more
     # than f's rounding over the scale), so the float64 agreement does not excuse it.
