@@ -384,8 +384,9 @@ def _tile_stats(
 
     Args:
       values: (k, 4, mt) stencil values; f0 (mt,); points (k, 4); x0 (k,). Or values
-        (S, k, 4, mt) and points (S, k, 4) at S steps: each entry takes the estimate with
-        the smallest estimated error (`_stencil.best_of`).
+        (S, k, 4, mt) and points (S, k, 4) at S steps, the last at twice the step of the one
+        before: it refines that one's error (`_stencil.refined_truncation`), and each entry
+        takes the estimate with the smallest estimated error (`_stencil.best_of`).
       analytic: (k, mt) analytic entries J[j, i] (transposed: row = input coordinate).
       floor_in: (k,) 16 eps / scale_i; out_scale (mt,) max(|f_j|, rms of j's output leaf).
       leaf_max: (L_in, mt) max |J[j, :]| per input leaf; in_ids (k,) input leaf of each row.
@@ -407,12 +408,17 @@ def _tile_stats(
     host = xp is np
     combine, assess = (st.combine_host, st.assess_host) if host else (st.combine, st.assess)
     dtype = values.dtype
-    if values.ndim == 4:  # several steps
+    if values.ndim == 4:  # several steps, the last at twice the step before it
         best_of = st.best_of_host if host else st.best_of
-        stencils = range(values.shape[0])
-        est, _ = best_of(
-            [combine(values[s], f0, points[s], x0, noise_floor=noise_floor) for s in stencils]
-        )
+        refined = st.refined_truncation_host if host else st.refined_truncation
+        ests = [
+            combine(values[s], f0, points[s], x0, noise_floor=noise_floor)
+            for s in range(values.shape[0] - 1)
+        ]
+        wide = (values[-1], f0, points[-1], x0)
+        wide_rounding = combine(*wide, noise_floor=noise_floor, own_share=0.0).noise
+        ests[-1] = refined(ests[-1], combine(*wide, noise_floor=noise_floor), wide_rounding)
+        est, _ = best_of(ests)
     else:
         est = combine(values, f0, points, x0, noise_floor=noise_floor)
     a = analytic.astype(dtype)

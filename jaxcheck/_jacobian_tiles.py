@@ -151,6 +151,7 @@ class Retake:
     Called with the tile's first statistics (tiles without doubt cost nothing):
       - noise-bound entries (`_stencil.noise_bound`, counted in "n_noisy") or narrowly
         failing ones (the worst of a row, `_stencil.near_miss`): the tile is evaluated again at larger steps too (`_tolerance.grown_steps`),
+        and at twice the largest (the higher-order look at it, `_stencil.refined_truncation`),
         and each entry keeps the estimate with the smallest estimated error, raised to what
         the other steps' estimates prove (`_stencil.best_of`: a stencil whose error
         estimate missed f's rounding is exposed; a wrong derivative stays wrong);
@@ -182,11 +183,12 @@ class Retake:
         if not grown and a64 is None:
             return None
         values, points = p.ev.stencil(c, p.h[c], batch_size=k)
-        if grown:
-            more = [p.ev.stencil(c, h, batch_size=k) for h in grown]
+        if grown:  # and the higher-order look at twice the largest step
+            more = [p.ev.stencil(c, h, batch_size=k) for h in grown + [2 * grown[-1]]]
             values = jnp.stack([values] + [v for v, _ in more])
             points = np.stack([points] + [q for _, q in more])
             p.grown_steps += int(np.count_nonzero(doubt))
+            p.higher_order_looks += int(np.count_nonzero(doubt))
         stats = self.tiles.stats(values, points, c, self.analytic, a64)
         return host_stats(jax.device_get(stats), first["n"].shape[0])
 

@@ -380,9 +380,9 @@ class Problem:
             )
         if self.higher_order_looks:
             text += (
-                f"; {self.higher_order_looks} coordinate(s) whose climb ended where truncation "
-                "bound the estimate also took the stencil at twice that step (the "
-                "extrapolated value's own error from the two stencils)"
+                f"; {self.higher_order_looks} coordinate(s) also took the stencil at twice "
+                "their largest step, where truncation bound the estimate (the extrapolated "
+                "value's own error, from the two stencils)"
             )
         return text
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import vjp_mutant
 
 import jaxcheck
 from jaxcheck import _engine, _jacobian_full, _jacobian_kernels
@@ -446,3 +447,17 @@ def test_compiled_code_is_reused_at_new_arguments(key, monkeypatch):
         for p, y in points:
             check(f, (jax.tree.map(lambda a: a * 0.999, p), y * 0.999), mode=mode, sparse=False)
         assert len(traces) == count, f"{check.__name__} mode={mode} retraced"
+
+
+@pytest.mark.parametrize("on_device", [False, True], ids=["host-tiles", "device-tiles"])
+@pytest.mark.parametrize("factor", [1.0, 1 + 1e-8, 1 - 1e-8], ids=["right", "plus", "minus"])
+def test_the_retake_takes_the_higher_order_look(factor, on_device, monkeypatch):
+    # atan at x = 1000 in float64 (test_steps has the check_grad twin): the tile is
+    # noise-bound at h and retaken at 16 h, 256 h and 512 h; the last bounds the 256 h
+    # estimate's own error and resolves a VJP wrong by a relative 1e-8.
+    if on_device:
+        monkeypatch.setattr(_jacobian_full, "HOST_ENTRIES", 0)
+    with jax.enable_x64(True):
+        result = jaxcheck.check_vjp(vjp_mutant(jax.lax.atan, factor), (jnp.float64(1000.0),))
+    assert "took the stencil at twice their largest step" in result.step_policy
+    assert result.status == ("passed" if factor == 1.0 else "failed"), str(result)
