@@ -3,9 +3,10 @@
 Runs JAX's test files (those that call `check_grads`) under pytest with
 `jax.test_util.check_grads` and `jax._src.test_util.check_grads` (`jtu.check_grads`)
 replaced by a shim. For each call the shim runs jaxcheck at its defaults with the same
-modes -- "fwd" -> `jaxcheck.check_jvp(f, args)`, "rev" -> `jaxcheck.check_vjp(f, args)`
--- at order 1 (a call of order k > 1 also records "not run, order k"), and records the
-verdict; it never raises, so the rest of each test runs as usual. JAX's own tolerances
+modes and orders -- "fwd" -> `jaxcheck.check_jvp(f, args, order=k)`, "rev" ->
+`jaxcheck.check_vjp(f, args, order=k)` with JAX's order k (`--max-order K` caps it; a call
+whose order was cut records "not run, order k") -- and records the verdict (a failure at
+order j > 1 is named so); it never raises, so the rest of each test runs as usual. JAX's own tolerances
 (atol/rtol/eps passed explicitly) are ignored but counted: they show where JAX's tests
 had to hand-tune `check_grads`.
 
@@ -39,6 +40,9 @@ then:
 
   PYTHONPATH=. python benchmarks/bench_jax_suite.py --jax-tests /tmp/jax/tests \\
       --files nn_test linalg_test -k "Gelu or Softplus" --timeout 600
+
+(`--max-order 1` checks order 1 only: JAX's tests ask for orders 2 to 4 in most calls, and
+each order is one more full check, of the derivative map.)
 
 DIR is the directory holding `lax_autodiff_test.py` and friends. They need absl-py and
 scipy (JAX's test dependencies). Each file runs in its own subprocess under `--timeout`;
@@ -96,6 +100,7 @@ MORE_FILES = (
 )
 RECORDS_ENV = "JAXCHECK_BENCH_RECORDS"
 ALL_TESTS_ENV = "JAXCHECK_BENCH_ALL_TESTS"
+MAX_ORDER_ENV = "JAXCHECK_BENCH_MAX_ORDER"
 SEVERITY = {"passed": 0, "f-raises": 1, "inconclusive": 2, "failed": 3, "crashed": 4}
 GRAD_CHECKS = frozenset({"check_grads", "check_jvp", "check_vjp"})
 REPORT_CHARS = 6000  # of a non-passing call's jaxcheck report kept in the records
@@ -190,13 +195,14 @@ def _run_mode_untimed(check, f, args) -> dict:
     return entry
 
 
-def _record_call(f, args, order, modes, per_mode, tuned, entry_point) -> None:
+def _record_call(f, args, order, modes, per_mode, tuned, entry_point, order_run=1) -> None:
     worst = max(per_mode.values(), key=lambda m: SEVERITY[m["status"]], default=None)
     status = "passed" if worst is None else worst["status"]
     record = {
         "test": _current_test(),
         "entry": entry_point,
         "order": int(order),
+        "order_run": int(order_run),
         "modes": list(modes),
         "tuned": tuned,
         "status": status,
@@ -216,18 +222,22 @@ def _tuned(**options) -> list[str]:
 
 
 def shim_check_grads(f, args, order, modes=("fwd", "rev"), atol=None, rtol=None, eps=None):
-    """Stands in for `jax.test_util.check_grads`: jaxcheck at defaults, order 1."""
+    """Stands in for `jax.test_util.check_grads`: jaxcheck at defaults, JAX's order (capped
+    at `--max-order`)."""
     import jaxcheck
 
+    cap = os.environ.get(MAX_ORDER_ENV)
+    order_run = min(int(order), int(cap)) if cap else int(order)
     checks = {"fwd": jaxcheck.check_jvp, "rev": jaxcheck.check_vjp}
     per_mode = {}
     for mode in modes:
         if mode not in checks:
             per_mode[mode] = {"status": "crashed", "detail": f"unknown mode {mode!r}"}
             continue
-        per_mode[mode] = _run_mode(checks[mode], f, args)
+        check = functools.partial(checks[mode], order=order_run)
+        per_mode[mode] = _run_mode(check, f, args)
     tuned = _tuned(atol=atol, rtol=rtol, eps=eps)
-    _record_call(f, args, order, modes, per_mode, tuned, "check_grads")
+    _record_call(f, args, order, modes, per_mode, tuned, "check_grads", order_run)
 
 
 def _is_partial_of(fn, targets, f) -> bool:
@@ -389,11 +399,17 @@ def _counts_line(label: str, records: list[dict]) -> str:
 
 
 def summarize(name: str, records: list[dict], seconds: float, note: str) -> list[str]:
-    higher = collections.Counter(r["order"] for r in records if r["order"] > 1)
+    cut = collections.Counter(
+        r["order"] for r in records if r["order"] > r.get("order_run", r["order"])
+    )
+    run = collections.Counter(r.get("order_run", 1) for r in records)
     lines = [f"{_counts_line(name, records)}; {seconds:.0f} s{note}"]
-    if higher:
-        orders = ", ".join(f"{n} x order {k}" for k, n in sorted(higher.items()))
-        lines.append(f"  not run (order 1 only): {orders}")
+    if records:
+        orders = ", ".join(f"{n} x order {k}" for k, n in sorted(run.items()))
+        lines.append(f"  orders checked: {orders}")
+    if cut:
+        orders = ", ".join(f"{n} x order {k}" for k, n in sorted(cut.items()))
+        lines.append(f"  orders cut by --max-order: {orders}")
     for status in ("failed", "inconclusive", "crashed"):
         groups = collections.Counter()
         tuned_in = collections.Counter()
@@ -441,6 +457,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--all-tests", action="store_true", help="run every test, not only those reaching a check"
     )
+    parser.add_argument(
+        "--max-order", type=int, help="check at most this order (default: each call's own)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.worker:
@@ -449,7 +468,8 @@ def main(argv=None) -> int:
         parser.error("--jax-tests DIR is required (see the docstring for how to get it)")
     import jax
 
-    print(f"jax {jax.__version__}; jaxcheck at defaults; order 1 only", flush=True)
+    orders = "JAX's orders" if options.max_order is None else f"orders <= {options.max_order}"
+    print(f"jax {jax.__version__}; jaxcheck at defaults; {orders}", flush=True)
     everything = {}
     files = options.files
     if files == ["all"]:
@@ -464,6 +484,8 @@ def main(argv=None) -> int:
         env = dict(os.environ, **{RECORDS_ENV: str(records_file)})
         if options.all_tests:
             env[ALL_TESTS_ENV] = "1"
+        if options.max_order is not None:
+            env[MAX_ORDER_ENV] = str(options.max_order)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
         )
