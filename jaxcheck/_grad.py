@@ -12,7 +12,7 @@ from ._errors import raise_unless_passed
 from ._jacobian import check_jacobian
 from ._jacobian_result import JacobianCheckResult
 from ._orders import check_orders, validate_order
-from ._problem import Problem, build_problem
+from ._problem import Problem, build_problem, native_if_float64_fails
 from ._problem import function_name as function_name
 from ._problem import validate_options as validate_options
 from ._result import GradCheckResult
@@ -283,7 +283,8 @@ def check_grad(
     start = time.perf_counter()
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0:
         raise ValueError(f"`budget` must be a non-negative number of seconds; got {budget!r}.")
-    with explained("check_grad", f, args):
+
+    def run(reference: str) -> GradCheckResult:
         p = build_problem(
             "grad",
             f,
@@ -310,6 +311,9 @@ def check_grad(
         resolved, note = choose_mode(p, mode, budget)
         strategy = _probe.run_grad if resolved == "probe" else _grad_full.run
         return grad_result(p, strategy(p), resolved, note)
+
+    with explained("check_grad", f, args):
+        return native_if_float64_fails(run, reference)
 
 
 def assert_grad_correct(

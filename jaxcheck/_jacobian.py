@@ -17,7 +17,7 @@ from ._jacobian_full import run_full
 from ._jacobian_result import BlockReport, JacobianCheckResult, sort_blocks
 from ._orders import check_orders, validate_order
 from ._probe import run_probe
-from ._problem import Problem, build_problem
+from ._problem import Problem, build_problem, native_if_float64_fails
 from ._sparse import run_sparse
 
 PyTree = Any
@@ -159,8 +159,14 @@ def _check(
         raise ValueError(f"`n_probes` must be a positive int; got {n_probes!r}.")
     if sparse is not None and not isinstance(sparse, bool):
         raise TypeError(f"`sparse` must be None (automatic), True or False; got {sparse!r}.")
+
+    def run(reference: str) -> JacobianCheckResult:
+        return _run(
+            kind, f, args, mode, n_probes, sparse, start, {**options, "reference": reference}
+        )
+
     with explained(f"check_{kind}", f, args):
-        return _run(kind, f, args, mode, n_probes, sparse, start, options)
+        return native_if_float64_fails(run, options.get("reference", "auto"))
 
 
 def _run(

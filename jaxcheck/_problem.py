@@ -670,6 +670,33 @@ def _theta_vector(layout: ArgLayout, grads: list) -> np.ndarray:
     return ravel_leaves(layout, [np.conj(np.asarray(g)) if np.iscomplexobj(g) else g for g in host])
 
 
+def native_if_float64_fails(run: Callable[[str], Any], reference: str) -> Any:
+    """`run(reference)`, or `run("native")` where that raises a JAX runtime error while the
+    reference was chosen automatically: its result says why float64 was not used.
+
+    JAX can fail evaluating f in float64 partway through a check although f evaluated in
+    float64 when the reference was chosen and evaluates in its own dtypes: caches keyed
+    without the x64 flag (a compiled `pure_callback` whose operands were recorded for
+    float32, as JAX's sparse `spsolve` after float32 checks of f) hand a float64 program
+    float32 values. A check in the native dtypes is then the one that can finish.
+
+    Args:
+      run: Runs the whole check with the given `reference` and returns its result.
+      reference: The user's `reference` argument.
+
+    Raises:
+      Whatever `run` raises, where the reference was not "auto" or the native run fails too.
+    """
+    try:
+        return run(reference)
+    except jax.errors.JaxRuntimeError as error:
+        if reference != "auto":
+            raise
+        result = run("native")
+        reason = f"evaluating f in float64 failed during the check ({first_line(error)})"
+        return dataclasses.replace(result, reference_fallback=reason)
+
+
 def build_problem(
     kind: str,
     f: Callable,

@@ -296,3 +296,33 @@ def test_reports_are_bit_identical_across_runs(key, batch_size):
     )
     failing = without_seconds(broken_op_check(key, batch_size=batch_size))
     assert without_seconds(broken_op_check(key, batch_size=batch_size)) == failing
+
+
+@pytest.mark.parametrize("check", ["grad", "vjp", "jvp"])
+def test_a_float64_evaluation_failing_mid_check_falls_back_to_native(check, monkeypatch):
+    # JAX can fail a float64 evaluation partway through a check (a compiled pure_callback
+    # recorded for float32 operands: JAX's sparse spsolve in JAX's own test suite): the
+    # check finishes in the native dtypes and says why, instead of raising JAX's error.
+    real = _engine.Evaluator.stencil
+
+    def failing(self, *a, **k):
+        if self.reference.x64:
+            raise jax.errors.JaxRuntimeError("INTERNAL: CpuCallback error calling callback")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(_engine.Evaluator, "stencil", failing)
+    x = jnp.linspace(0.5, 1.5, 5, dtype=jnp.float32)
+    run, f = (
+        (jaxcheck.check_grad, lambda v: jnp.sum(jnp.sin(v)))
+        if check == "grad"
+        else (
+            getattr(jaxcheck, f"check_{check}"),
+            jnp.sin,
+        )
+    )
+    result = run(f, (x,), mode="full")
+    assert result.status == "passed", str(result)
+    assert "failed during the check (JaxRuntimeError: INTERNAL" in result.reference_fallback
+    assert result.reference.startswith("native float32")
+    with pytest.raises(Exception, match="CpuCallback"):  # float64 asked for: no fallback
+        run(f, (x,), mode="full", reference="float64")
