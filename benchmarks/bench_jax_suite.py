@@ -117,8 +117,10 @@ def _reason_key(reason: str) -> str:
 
 
 def _record(entry: dict) -> None:
+    # Numpy scalars (a float32 argument's value) are written as Python numbers.
+    line = json.dumps(entry, default=lambda v: v.item() if hasattr(v, "item") else repr(v))
     with open(os.environ[RECORDS_ENV], "a") as out:
-        out.write(json.dumps(entry) + "\n")
+        out.write(line + "\n")
 
 
 def _current_test() -> str:

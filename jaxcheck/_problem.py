@@ -225,8 +225,12 @@ class Problem:
 
     @ft.cached_property
     def native_noise(self) -> np.ndarray:
-        """(m,) f's rounding in the analytic side's dtype (`_precision.native_noise`)."""
-        return _precision.native_noise(self.ev.noise, self.ev.reference.dtype, self.tol_dtype)
+        """(m,) f's rounding in the analytic side's dtype (`_precision.native_noise`); a
+        complex output element's real and imaginary parts share the larger (a complex value
+        rounds as one: saturated complex tanh, 1 - tanh(z)**2 with |tanh(z)| ~ 1 and a small
+        imaginary part, rounds that part like the real one, `jk.complex_row_max`)."""
+        noise = _precision.native_noise(self.ev.noise, self.ev.reference.dtype, self.tol_dtype)
+        return jk.complex_row_max(self.outs, np.asarray(noise, np.float64)[None, :])[0]
 
     @property
     def precision_applies(self) -> bool:
@@ -685,13 +689,14 @@ def native_if_float64_fails(run: Callable[[str], Any], reference: str) -> Any:
       reference: The user's `reference` argument.
 
     Raises:
-      Whatever `run` raises, where the reference was not "auto" or the native run fails too.
+      Whatever `run` raises, where the reference was not "auto", the error is a Ctrl-C that
+      JAX wrapped, or the native run fails too.
     """
     try:
         return run(reference)
     except jax.errors.JaxRuntimeError as error:
-        if reference != "auto":
-            raise
+        if reference != "auto" or "KeyboardInterrupt" in str(error):
+            raise  # asked for float64, or a Ctrl-C inside a callback (JAX wraps it)
         result = run("native")
         reason = f"evaluating f in float64 failed during the check ({first_line(error)})"
         return dataclasses.replace(result, reference_fallback=reason)

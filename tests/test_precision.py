@@ -83,3 +83,16 @@ def test_check_grad_notes_a_derivative_that_float32_wipes_out():
     assert result.status == "passed", str(result)
     assert result.reference_fallback is None
     assert any("lose up to" in n and "float64" in n for n in result.notes), result.notes
+
+
+SATURATED_COMPLEX = jnp.asarray([6.589 - 1.943j, 0.5 + 0.3j, -5.2 + 0.9j], jnp.complex64)
+
+
+@pytest.mark.parametrize("factor", [1.0, 1 + 1e-3], ids=["right", "wrong"])
+def test_saturated_complex_tanh_rounds_as_one_complex_value(factor):
+    # JAX's own testOpGrad (tanh, complex64): 1 - tanh(z)**2 with |tanh(z)| ~ 1 loses five
+    # digits, in the imaginary part as in the real one, while f's imaginary output is small;
+    # the rounding allowance of a complex entry follows the complex value (both parts).
+    f = jnp.tanh if factor == 1.0 else vjp_mutant(jnp.tanh, factor)
+    result = jaxcheck.check_vjp(f, (SATURATED_COMPLEX,))
+    assert result.status == ("passed" if factor == 1.0 else "failed"), str(result)
