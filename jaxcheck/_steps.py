@@ -99,20 +99,26 @@ class _Search:
                 p.analytic[self.coords, None],
             )[:, 0]
 
-    def _failing_narrowly(self, est: st.Estimates) -> np.ndarray:
-        p = self.p
-        num, a = est.numeric[:, 0], p.analytic[self.coords]
-        with np.errstate(invalid="ignore", over="ignore"):
-            allowed = p.tol.safety * est.fd_error[:, 0] + p.tol.rtol * np.abs(num) + self.atol
-            return (np.abs(num - a) > allowed) & st.near_miss(a, num)
-
-    def _doubtful(self, est: st.Estimates) -> np.ndarray:
-        """Rows whose analytic value is at least LOOK_SHARE of their tolerance from `est`."""
+    def _distance_and_tolerance(self, est: st.Estimates) -> tuple[np.ndarray, np.ndarray]:
+        """(k,) |analytic - estimate| and the tolerance of each row against `est`."""
         p = self.p
         num = est.numeric[:, 0]
         with np.errstate(invalid="ignore", over="ignore"):
             tolerance = p.tol.safety * est.fd_error[:, 0] + p.tol.rtol * np.abs(num) + self.atol
-            return ~(np.abs(p.analytic[self.coords] - num) <= LOOK_SHARE * tolerance)
+            return np.abs(num - p.analytic[self.coords]), tolerance
+
+    def _failing_narrowly(self, est: st.Estimates) -> np.ndarray:
+        distance, tolerance = self._distance_and_tolerance(est)
+        with np.errstate(invalid="ignore"):
+            return (distance > tolerance) & st.near_miss(
+                self.p.analytic[self.coords], est.numeric[:, 0]
+            )
+
+    def _doubtful(self, est: st.Estimates) -> np.ndarray:
+        """Rows whose analytic value is at least LOOK_SHARE of their tolerance from `est`."""
+        distance, tolerance = self._distance_and_tolerance(est)
+        with np.errstate(invalid="ignore"):
+            return ~(distance <= LOOK_SHARE * tolerance)
 
     @staticmethod
     def _truncation_bound(est: st.Estimates) -> np.ndarray:
