@@ -415,9 +415,7 @@ def _tile_stats(
             combine(values[s], f0, points[s], x0, noise_floor=noise_floor)
             for s in range(values.shape[0] - 1)
         ]
-        wide = (values[-1], f0, points[-1], x0)
-        wide_rounding = combine(*wide, noise_floor=noise_floor, own_share=0.0).noise
-        ests[-1] = refined(ests[-1], combine(*wide, noise_floor=noise_floor), wide_rounding)
+        ests[-1] = refined(ests[-1], values[-1], f0, points[-1], x0, noise_floor=noise_floor)
         est, _ = best_of(ests)
     else:
         est = combine(values, f0, points, x0, noise_floor=noise_floor)

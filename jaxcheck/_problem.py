@@ -161,7 +161,8 @@ class Problem:
     start: float = dataclasses.field(default_factory=time.perf_counter)
     analytic_unbatchable: str | None = None
     grown_steps: int = 0  # coordinates that tried other steps (`_steps.search`)
-    higher_order_looks: int = 0  # coordinates that took the look at +-2H, +-4H (`_steps`)
+    # Coordinates that took the look at +-2H, +-4H (`_steps`, `_jacobian_tiles.Retake`).
+    higher_order_looks: int = 0
     # (leaf path, growth) of leaves whose steps start above h (`_steps.calibrated_rungs`).
     calibrated_growth: list = dataclasses.field(default_factory=list)
     # Why the jitted analytic kernels could not run (then op by op), or None.

@@ -300,7 +300,14 @@ def _noise_bound(
 
 
 def _refined_truncation(
-    near: Estimates, wide: Estimates, wide_rounding: Any, xp: Any = jnp
+    near: Estimates,
+    values: jax.Array,
+    f0: jax.Array,
+    points: jax.Array,
+    x0: jax.Array,
+    eps: Any = None,
+    noise_floor: Any = 0.0,
+    xp: Any = jnp,
 ) -> Estimates:
     """`near` (stencil at +-H, +-2H) with the error of its extrapolated value, not of D(H).
 
@@ -316,9 +323,15 @@ def _refined_truncation(
     difference, `_combine(own_share=0)`) scaled to `near`'s step. Trusted only in the
     asymptotic range (ASYMPTOTIC_RATIO, REFINE_SIGNAL); elsewhere `near` is unchanged.
 
+    Args:
+      near: `Estimates` (b, m) of the stencil at +-H, +-2H.
+      values, f0, points, x0, eps, noise_floor: The stencil at +-2H, +-4H, as for `_combine`.
+
     Returns:
       `near` with `fd_error` = min(its own, |N(H) - N(2H)| / 15 + its rounding).
     """
+    wide = _combine(values, f0, points, x0, eps, noise_floor, xp=xp)
+    wide_rounding = _combine(values, f0, points, x0, eps, noise_floor, own_share=0.0, xp=xp).noise
     growth = wide.noise / xp.where(near.noise > 0, near.noise, xp.inf)
     smooth_fourth = (growth >= 4.0) & (growth <= 16.0)
     rounding = xp.where(smooth_fourth, xp.minimum(2.0 * wide_rounding, near.noise), near.noise)

@@ -146,14 +146,12 @@ class _Search:
             mine = rows[rung == r]
             c = self.coords[mine]
             values, points = p.ev.stencil_subset(c, 2 * self.rungs[r][mine], p.batch_size)
+            near = st.Estimates(*(x[..., mine, :] for x in self.candidates[1 + r]))
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                inputs = (values, p.ev.f0, points, p.ev.theta[c], self.eps[mine], self.noise)
-                wide = st.combine_host(*inputs)
-                wide_rounding = st.combine_host(*inputs, own_share=0.0).noise
-                near = self._at(np.full(self.coords.size, r))
-                near = st.Estimates(*(x[..., mine, :] for x in near))
-                refined = st.refined_truncation_host(near, wide, wide_rounding)
-                put_rows(self.candidates[1 + r], mine, refined)
+                refined = st.refined_truncation_host(
+                    near, values, p.ev.f0, points, p.ev.theta[c], self.eps[mine], self.noise
+                )
+            put_rows(self.candidates[1 + r], mine, refined)
         p.higher_order_looks += int(rows.size)
 
     def _best(self) -> tuple[st.Estimates, np.ndarray]:
@@ -185,7 +183,7 @@ class _Search:
                 if direction == 1:
                     keep = (won & self._noise_bound(at_new, nxt)) | self._failing_narrowly(best)
                     ends = ok & ~keep & self._truncation_bound(at_new)
-                    stalled = np.where(ends, nxt, np.where(ok & keep, -1, stalled))
+                    stalled = np.where(ends, nxt, stalled)
                 else:
                     keep = won & self._truncation_bound(at_new)
                 last = np.where(ok, nxt, last)

@@ -73,10 +73,8 @@ def _refined(fn, x0, big_h):
     near = _estimates(fn, x0, big_h)
     points = (x0 + OFFSETS * 2 * big_h)[None, :]
     values = np.array([[fn(p)] for p in points[0]], np.float64)[None]
-    inputs = (values, np.array([fn(x0)], np.float64), points, np.array([x0]))
-    wide = st.combine_host(*inputs)
-    wide_rounding = st.combine_host(*inputs, own_share=0.0).noise
-    return near, st.refined_truncation_host(near, wide, wide_rounding)
+    f0 = np.array([fn(x0)], np.float64)
+    return near, st.refined_truncation_host(near, values, f0, points, np.array([x0]))
 
 
 def test_the_higher_order_look_bounds_the_extrapolated_values_own_error():
